@@ -9,25 +9,40 @@ Tables (DESIGN.md; columns named here are a contract other tools rely on):
 - ``pairs``: per round, the pairwise cosine matrix (i < j, by partition id).
 - ``rejections``: per round, client replies that were not aggregated and why.
 
+- ``checkpoints``: per run, the global model after its last completed round, written in the
+  same transaction as that round, so an interrupted run resumes exactly where it stopped.
+
 Re-writing a round replaces its rows, so a resumed run never duplicates them. Non-finite
 statistics that are undefined by definition (NaN, e.g. pairwise cosines with one client) are
 written as NULL.
+
+A run's status is ``pending`` (registered, not started), ``running``, ``finished``,
+``interrupted`` or ``failed: <reason>``. ``running`` is only true while a live process holds the
+output folder's writer lock (`fedadamw.lock`); readers show a ``running`` run without a live
+writer as ``interrupted`` (`effective_status`).
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedadamw.divergence import STAT_NAMES
+from fedadamw.lock import writer_alive
 from fedadamw.messages import SHRINK_QUANTILES
 
-SCHEMA_VERSION = 2  # 2: decay_/data_ parts, shrink ratios, client work columns
+SCHEMA_VERSION = 3  # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints
+# Stores this version can upgrade in place: the change since then only adds a table.
+_UPGRADABLE = (2,)
 
 # Every statistic for the whole update, and (with track-decay) for its decay and data parts.
 PART_PREFIXES = ("", "decay_", "data_")
@@ -72,7 +87,12 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rejections_round ON rejections (run_id, round);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, state BLOB NOT NULL
+);
 """
+ROUND_TABLES = ("rounds", "clients", "layers", "pairs", "rejections")
+FINISHED, RUNNING, PENDING, INTERRUPTED = "finished", "running", "pending", "interrupted"
 
 
 class StoreError(RuntimeError):
@@ -86,6 +106,19 @@ def _num(value: Any) -> Any:
     return value
 
 
+def pack_state(state: Mapping[str, np.ndarray]) -> bytes:
+    """A checkpoint's arrays as .npz bytes (no pickle: plain dtypes only)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in state.items()})  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def unpack_state(blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays of `pack_state`, bit for bit, in their stored order."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
 @dataclass
 class RoundRecord:
     """Everything one round of one run writes, committed together."""
@@ -97,6 +130,27 @@ class RoundRecord:
     layers: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> columns
     pairs: list[tuple[int, int, float]] = field(default_factory=list)
     rejections: list[tuple[int | None, int | None, str]] = field(default_factory=list)
+    checkpoint: Mapping[str, np.ndarray] | None = None  # the global model after this round
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a run (re)starts: after `round` (0: from scratch), from `state` when resuming."""
+
+    round: int
+    state: dict[str, np.ndarray] | None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What registers a run: its id and the columns of its `runs` row."""
+
+    run_id: str
+    experiment: str
+    arm: str
+    mode: str
+    weight_decay: float
+    config_json: str
 
 
 class ResultStore:
@@ -104,17 +158,34 @@ class ResultStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from None
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot be opened ({_first_line(exc)})") from None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StoreError(_describe_open_error(self.path, exc)) from None
+        except StoreError:
+            self._conn.close()
+            raise
+
+    def _open(self) -> None:
+        found = self._schema_version()  # reads the file: "not a database" surfaces here
+        if found is not None and found != SCHEMA_VERSION and found not in _UPGRADABLE:
+            newer = found > SCHEMA_VERSION
+            raise StoreError(
+                f"{self.path} holds schema {found}, this fedadamw writes schema {SCHEMA_VERSION}"
+                + ("; upgrade fedadamw to write it" if newer else "")
+                + "; write to a new --out folder (results already there stay readable)"
+            )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        found = self._schema_version()
-        if found is not None and found != SCHEMA_VERSION:
-            self._conn.close()
-            raise StoreError(
-                f"{self.path} holds schema {found}, this fedadamw writes schema {SCHEMA_VERSION}; "
-                "write to a new --out folder (results already there stay readable)"
-            )
         with self._conn:
             self._conn.executescript(SCHEMA)
             self._conn.execute(
@@ -140,6 +211,23 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- runs -------------------------------------------------------------------------------
+    def register(self, runs: Iterable[RunInfo]) -> None:
+        """Add runs that are not in the store yet as ``pending`` (a sweep shows its whole grid)."""
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, NULL)",
+                [
+                    (r.run_id, r.experiment, r.arm, r.mode, r.weight_decay, r.config_json, 0.0)
+                    for r in runs
+                ],
+            )
+
+    def status(self, run_id: str) -> str | None:
+        """The stored status of a run (None: not in the store)."""
+        row = self._conn.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
+
     def start_run(
         self,
         run_id: str,
@@ -148,23 +236,57 @@ class ResultStore:
         mode: str,
         weight_decay: float,
         config_json: str,
-    ) -> None:
-        """Register a run (or mark a resumed one running again, keeping its rounds)."""
+        restart: bool = False,
+    ) -> Resume:
+        """Mark a run ``running``; resume it after its last checkpoint, or start it over.
+
+        Rows of rounds after the last checkpoint (a round cut short, or a previous attempt
+        that went further) are deleted, so the store never mixes two attempts. `restart`
+        deletes every row of the run first.
+        """
         with self._conn:
+            if restart:
+                self._delete_rounds(run_id, after=-1)
+                self._conn.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
+            row = self._conn.execute(
+                "SELECT round, state FROM checkpoints WHERE run_id=?", (run_id,)
+            ).fetchone()
+            resume = Resume(0, None) if row is None else Resume(int(row[0]), unpack_state(row[1]))
+            # Round 0 (the initial model's evaluation) is kept when resuming from a checkpoint.
+            self._delete_rounds(run_id, after=resume.round if row is not None else -1)
             self._conn.execute(
                 """INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, 'running', ?, NULL)
                    ON CONFLICT(run_id) DO UPDATE SET status='running', finished_at=NULL,
-                   config_json=excluded.config_json""",
+                   config_json=excluded.config_json, started_at=excluded.started_at""",
                 (run_id, experiment, arm, mode, weight_decay, config_json, time.time()),
             )
+        return resume
 
-    def finish_run(self, run_id: str, status: str = "finished") -> None:
-        """Record how a run ended: 'finished' or 'failed: <reason>'."""
+    def _delete_rounds(self, run_id: str, after: int) -> None:
+        for table in ROUND_TABLES:
+            self._conn.execute(f"DELETE FROM {table} WHERE run_id=? AND round>?", (run_id, after))
+
+    def finish_run(self, run_id: str, status: str = FINISHED) -> None:
+        """Record how a run ended: 'finished', 'interrupted' or 'failed: <reason>'."""
         with self._conn:
             self._conn.execute(
                 "UPDATE runs SET status=?, finished_at=? WHERE run_id=?",
                 (status, time.time(), run_id),
             )
+
+    def mark_interrupted(self, run_ids: Iterable[str] | None = None) -> int:
+        """Every ``running`` run (of `run_ids`) becomes ``interrupted``; how many changed.
+
+        Call it only while holding the folder's writer lock: then no run is really running.
+        """
+        ids = None if run_ids is None else list(run_ids)
+        where = "" if ids is None else f" AND run_id IN ({', '.join('?' * len(ids))})"
+        with self._conn:
+            cur = self._conn.execute(
+                f"UPDATE runs SET status=?, finished_at=? WHERE status=?{where}",
+                (INTERRUPTED, time.time(), RUNNING, *(ids or [])),
+            )
+        return int(cur.rowcount)
 
     def write_round(self, rec: RoundRecord) -> None:
         """Write one round of one run in a single transaction, replacing any earlier copy."""
@@ -203,19 +325,70 @@ class ResultStore:
                     for pid, node, reason in rec.rejections
                 ],
             )
+            if rec.checkpoint is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+                    (*key, pack_state(rec.checkpoint)),
+                )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _describe_open_error(path: Path, exc: sqlite3.DatabaseError, reading: bool = False) -> str:
+    """One line for a store that cannot be written (or read): not SQLite, read-only, locked."""
+    text = _first_line(exc)
+    if reading:
+        return (
+            f"{path}: not a readable SQLite results store ({text}); "
+            "it may be half-written or damaged"
+        )
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"{path} is not a fedadamw results store (SQLite says: {text}); "
+            "move it away or choose another --out"
+        )
+    if "readonly" in text or "read-only" in text:
+        return f"{path} is read-only ({text}); choose another --out to write results"
+    return f"{path}: cannot be written ({text})"
 
 
 SUMMARY_STATS = ("mean_pairwise_cosine", "dispersion", "relative_drift")
 
 
 def connect_readonly(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection (works while a writer holds the WAL)."""
-    p = Path(path)
+    """A read-only connection (works while a writer holds the WAL, and in read-only folders).
+
+    The URI comes from `Path.as_uri()`, so `#`, `?`, `%` and spaces in the path are escaped
+    and `mode=ro` is never lost. A store in a folder this process cannot write, and that has
+    no WAL file (its writer closed it cleanly), is opened as immutable: SQLite cannot create
+    the shared-memory file beside it, and no writer can be changing it.
+    """
+    p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise FileNotFoundError(f"no results store at {p}")
-    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=30.0)
+    uri = f"{p.as_uri()}?mode=ro"
+    try:
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            wal = p.with_name(p.name + "-wal")
+            if os.access(p.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
+                raise
+            conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=30.0)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(_describe_open_error(p, exc, reading=True)) from None
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def effective_status(status: str, writer_alive: bool) -> str:
+    """A run's status as a reader should show it: ``running`` needs a live writer."""
+    return INTERRUPTED if status == RUNNING and not writer_alive else status
 
 
 def arm_summary(path: str | Path, run_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -233,13 +406,16 @@ def arm_summary(path: str | Path, run_ids: Sequence[str] | None = None) -> list[
         rows = [dict(row) for row in conn.execute(sql)]
     finally:
         conn.close()
+    alive = writer_alive(Path(path).parent)
+    for row in rows:
+        row["status"] = effective_status(row["status"], alive)
     if run_ids is not None:
-        wanted = set(run_ids)
-        rows = [r for r in rows if r["run_id"] in wanted]
+        order = {rid: n for n, rid in enumerate(run_ids)}
+        rows = sorted((r for r in rows if r["run_id"] in order), key=lambda r: order[r["run_id"]])
     return rows
 
 
-TABLES = ("runs", "rounds", "clients", "layers", "pairs", "rejections")
+TABLES = ("runs", "rounds", "clients", "layers", "pairs", "rejections", "checkpoints")
 
 
 def table_counts(path: str | Path, tables: Iterable[str] = TABLES) -> dict[str, int]:

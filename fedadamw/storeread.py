@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from fedadamw.divergence import STAT_NAMES
-from fedadamw.store import SCHEMA_VERSION
+from fedadamw.lock import writer_alive
+from fedadamw.store import SCHEMA_VERSION, connect_readonly, effective_status
 from fedadamw.store import StoreError as StoreError  # one error class for write and read side
 
 STORE_FILE = "results.db"
@@ -133,10 +134,12 @@ class Store:
                 f"{self.path.parent}` or point at the folder that holds results.db"
             )
         try:
-            # Read-only URI: this process can never modify a store a run is writing.
-            return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10.0)
+            # Read-only: this process can never modify a store a run is writing.
+            conn = connect_readonly(self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot be opened ({_first_line(exc)})") from None
+        conn.row_factory = None  # pandas reads plain tuples
+        return conn
 
     def _check(self) -> None:
         conn = self._connect()
@@ -252,6 +255,9 @@ class Store:
             "SELECT run_id, MAX(round) AS last_round, "
             "SUM(CASE WHEN round >= 1 THEN 1 ELSE 0 END) AS rounds_done FROM rounds GROUP BY run_id"
         )
+        # 'running' only while a live process holds the folder's writer lock.
+        alive = writer_alive(self.path.parent)
+        df["status"] = [effective_status(str(s), alive) for s in df["status"]]
         df = df.merge(progress, on="run_id", how="left")
         df["rounds_done"] = df["rounds_done"].fillna(0).astype(int)
         configs = [_parse_config(text) for text in df["config_json"]]

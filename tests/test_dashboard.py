@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from fedadamw.config import Config
 from fedadamw.data import DataSpec, label_histogram
+from fedadamw.lock import WriterLock
 from fedadamw.report import DASHBOARD_SCRIPT, STORE_ENV, dashboard_command, free_port
 from fedadamw.store import ResultStore
 from tests.test_figures import Synthetic, decode, numpy_cosines, write_synthetic_store
@@ -195,7 +196,8 @@ def test_half_written_run_shows_what_exists_and_refreshes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_synthetic_store(tmp_path, seeds=(0,), num_rounds=0, finish=False)
-    at = open_app(tmp_path, monkeypatch)
+    with WriterLock(tmp_path):  # a live process writes the folder: its run is running
+        at = open_app(tmp_path, monkeypatch)
     assert texts(at, "error") == []
     assert at.toggle(key="auto").value is True  # a run is writing: follow it
     info = " ".join(texts(at, "info"))

@@ -26,6 +26,7 @@ import pytest
 from fedadamw import figures
 from fedadamw.config import default_config
 from fedadamw.divergence import STAT_NAMES, analyze
+from fedadamw.lock import WriterLock
 from fedadamw.report import figures_command, render_html, report_command, standard_sections
 from fedadamw.store import ResultStore, RoundRecord
 from fedadamw.storeread import (
@@ -384,10 +385,10 @@ def test_older_schema_names_what_is_missing(tmp_path: Path) -> None:
 
 
 def test_half_written_run_gives_no_figure_and_no_error(tmp_path: Path) -> None:
-    with ResultStore(tmp_path / "results.db") as rs:
+    with WriterLock(tmp_path), ResultStore(tmp_path / "results.db") as rs:
         rs.start_run("e:coupled:x", "e", "coupled", "coupled", 0.01, default_config().to_json())
-    store = Store(tmp_path)
-    runs = store.runs()
+        store = Store(tmp_path)
+        runs = store.runs()  # read while the writer lives: its run is running
     assert runs["rounds_done"].tolist() == [0] and runs["status"].tolist() == ["running"]
     assert figures.divergence_figure(store, runs, "mean_pairwise_cosine") is None
     assert figures.accuracy_figure(store, runs) is None

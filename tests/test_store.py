@@ -41,7 +41,6 @@ def test_rewriting_a_round_replaces_it(tmp_path: Path) -> None:
         store.start_run("e:coupled:1", "e", "coupled", "coupled", 0.01, "{}")
         store.write_round(_record("e:coupled:1", 1, 0.3, 0.2))
         store.write_round(_record("e:coupled:1", 1, 0.4, 0.25))  # a resumed run writes it again
-        store.start_run("e:coupled:1", "e", "coupled", "coupled", 0.01, "{}")  # resume
     counts = table_counts(tmp_path / "r.db")
     assert counts == {
         "runs": 1,
@@ -50,6 +49,7 @@ def test_rewriting_a_round_replaces_it(tmp_path: Path) -> None:
         "layers": 2,
         "pairs": 3,
         "rejections": 1,
+        "checkpoints": 0,
     }
     conn = connect_readonly(tmp_path / "r.db")
     assert conn.execute("SELECT test_accuracy FROM rounds").fetchone()[0] == 0.4
