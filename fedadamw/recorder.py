@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,8 +12,9 @@ import torch
 from fedadamw import messages
 from fedadamw.config import Config
 from fedadamw.data import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_splits
+from fedadamw.failures import FailureLog
 from fedadamw.models import build_model
-from fedadamw.store import SHRINK_COLUMNS, ResultStore, RoundRecord
+from fedadamw.store import SHRINK_COLUMNS, ResultStore, Resume, RoundRecord
 from fedadamw.training import evaluate, pick_device
 from fedadamw.updates import RoundMeasurement
 
@@ -34,7 +35,17 @@ class RoundReport:
     num_rejected: int
 
 
-Progress = Callable[[RoundReport], None]
+class Progress:
+    """What a run tells its display; the default shows nothing (subclass to show it)."""
+
+    def round(self, report: RoundReport) -> None:
+        """A round was written."""
+
+    def note(self, text: str) -> None:
+        """Something worth a line: an arm resumed or skipped."""
+
+    def skip(self, rounds: int) -> None:
+        """`rounds` rounds need no work (they are already in the store)."""
 
 
 class RunRecorder:
@@ -50,6 +61,7 @@ class RunRecorder:
         label: str = "",
     ) -> None:
         self.store, self.run_id, self.cfg, self.arm = store, run_id, cfg, arm
+        self.failures = FailureLog(store.path.parent)
         self.label = label or arm
         self.progress = progress
         self.device = pick_device()
@@ -61,17 +73,19 @@ class RunRecorder:
         self.pending: RoundMeasurement | None = None
         self._last = time.perf_counter()
 
-    def start(self) -> None:
-        """Register the run in the store."""
-        self.store.start_run(
+    def start(self, restart: bool = False) -> Resume:
+        """Mark the run running in the store; where it resumes (its last checkpoint)."""
+        resume = self.store.start_run(
             self.run_id,
             self.cfg.experiment,
             self.arm,
             self.arm,
             self.cfg.weight_decay,
             self.cfg.replace(arms=self.arm).to_json(),
+            restart=restart,
         )
         self._last = time.perf_counter()
+        return resume
 
     def finish(self, status: str = "finished") -> None:
         """Record how the run ended."""
@@ -90,11 +104,18 @@ class RunRecorder:
         }
         self._last = now
         rec = RoundRecord(self.run_id, server_round, values)
+        if server_round >= 1:
+            # The global model goes with the round it ends, in one transaction: a run resumes
+            # from exactly what its last stored round evaluated.
+            rec.checkpoint = {k: v.detach().cpu().numpy() for k, v in state.items()}
         if m is not None and server_round >= 1:
             values["train_loss"] = m.train_loss()
             values["num_clients"] = len(m.accepted)
             values["num_rejected"] = len(m.rejections)
-            rec.rejections = m.rejections
+            rec.rejections = [
+                (pid, node, self.failures.reason(text, self.run_id, server_round, pid))
+                for pid, node, text in m.rejections
+            ]
             if m.whole is not None:
                 values.update(m.whole.stats)
                 pids = m.partition_ids
@@ -123,7 +144,7 @@ class RunRecorder:
         self.store.write_round(rec)
         if self.progress is not None:
             cos = values.get("mean_pairwise_cosine")
-            self.progress(
+            self.progress.round(
                 RoundReport(
                     arm=self.arm,
                     label=self.label,

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedadamw import messages
+from fedadamw.failures import NonFiniteRunError
 from fedadamw.recorder import RunRecorder
 from fedadamw.sampling import dropped_partitions, sample_partitions
 from fedadamw.updates import ClientReply, measure_round
@@ -76,6 +77,10 @@ class DivergenceFedAvg(FedAvg):
     `configure_train` lets FedAvg address every connected node and keeps the seeded subset;
     `aggregate_train` checks each reply, measures the divergence of the accepted updates
     (`fedadamw.updates.measure_round`) and hands only accepted replies to FedAvg.
+
+    A resumed run starts FedAvg's loop again at its round 1: `first_round` (the last round
+    already in the store) is added to the round number wherever a round is seen, so every
+    seeded draw and every stored row carries the run's true round.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class DivergenceFedAvg(FedAvg):
         seed: int,
         clients_per_round: int,
         dropout_rate: float = 0.0,
+        first_round: int = 0,
     ) -> None:
         super().__init__(
             fraction_train=1.0,  # FedAvg addresses all nodes; configure_train keeps the sample
@@ -100,6 +106,7 @@ class DivergenceFedAvg(FedAvg):
         self.seed = seed
         self.clients_per_round = clients_per_round
         self.dropout_rate = dropout_rate
+        self.first_round = first_round
         self._dropped: list[int] = []
         self._global: dict[str, np.ndarray] = {}
         self._sent: list[Message] = []
@@ -108,6 +115,7 @@ class DivergenceFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global model to the seeded sample of partitions."""
+        server_round += self.first_round
         # aggregate_train is not given the global arrays: keep them from here.
         self._global = {k: v.numpy() for k, v in arrays.items()}
         deadline = time.monotonic() + NODE_WAIT_S
@@ -137,6 +145,7 @@ class DivergenceFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Measure and record the updates, then FedAvg the accepted ones."""
+        server_round += self.first_round
         replies = list(replies)
         sent = [m for m in self._sent if m.metadata.message_id]
         addressed = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
@@ -170,6 +179,14 @@ class DivergenceFedAvg(FedAvg):
             # FedAvg expects exactly one ArrayRecord per reply; the decay part is measured above.
             if messages.DECAY_PART in m.content.array_records:
                 del m.content[messages.DECAY_PART]
+        failed = [r for r in measured.rejections if r[0] not in self._dropped]
+        if not accepted and failed and all("non-finite" in reason for *_, reason in failed):
+            cfg = self.recorder.cfg
+            raise NonFiniteRunError(
+                f"round {server_round}: every client's update is non-finite: "
+                f"learning-rate={cfg.learning_rate:g} with weight-decay={cfg.weight_decay:g} "
+                "overflows float32; lower them"
+            )
         if not accepted:
             log(
                 WARNING, "round %d: no update accepted; the global model is unchanged", server_round
