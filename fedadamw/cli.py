@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fedadamw.config import Config, ConfigError
-from fedadamw.experiment import Experiment, describe, expand, swept_keys
+from fedadamw.experiment import Experiment, describe, expand, run_id_for, swept_keys
 from fedadamw.experiment import load as load_experiment
 from fedadamw.store import ResultStore, StoreError
 
@@ -60,6 +58,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="GPU fraction per client (default: 0.25 when CUDA is available, else 0)",
     )
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="start every arm over (delete its rows) instead of resuming or skipping it",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="write into an --out folder that holds other files"
+    )
+    run.add_argument(
+        "--max-restarts",
+        type=int,
+        default=2,
+        help="restarts of Ray after a worker died, each resuming from the last round (default 2)",
+    )
 
     cmp = sub.add_parser(
         "compare", help="paired differences between two modes across seeds, with 95% CIs"
@@ -145,121 +157,147 @@ def _existing_store(out: str) -> Path:
     return path
 
 
-def _run(args: argparse.Namespace) -> int:
-    configs = resolve_configs(args.config, args.overrides)
-    if args.client_cpus <= 0:
-        raise ConfigError(f"--client-cpus: {args.client_cpus!r} is not allowed; expected > 0")
-    if args.client_gpus is not None and args.client_gpus < 0:
-        raise ConfigError(f"--client-gpus: {args.client_gpus!r} is not allowed; expected >= 0")
-    out_dir = Path(args.out or Path("runs") / configs[0].experiment).expanduser().resolve()
+# What `fedadamw` writes into an output folder; anything else there is someone else's file.
+OWN_FILES = frozenset(
+    {
+        "results.db",
+        "results.db-wal",
+        "results.db-shm",
+        "results.db-journal",
+        "config.json",
+        "failures.log",
+        "partitions.png",
+        ".fedadamw.lock",
+        ".fedadamw-spec.json",
+    }
+)
+
+
+def _finite(name: str, value: float, low: float, inclusive: bool) -> float:
+    ok = math.isfinite(value) and (value >= low if inclusive else value > low)
+    if not ok:
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        raise ConfigError(f"{name}: {value!r} is not allowed; expected a finite number {bound}")
+    return value
+
+
+def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
+    """The output folder, created and checked: writable, a folder, not someone else's files."""
+    out_dir = Path(out or Path("runs") / experiment).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {str(out_dir)!r}: is a file; expected a folder for results.db")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out_dir)!r}: cannot be created ({exc.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out_dir)!r}: is not writable; choose another folder")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OWN_FILES)
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise ConfigError(
+            f"--out {str(out_dir)!r}: holds files fedadamw did not write ({shown}); "
+            "choose a new or empty folder, or pass --force to write there anyway"
+        )
+    return out_dir
+
+
+def _run(args: argparse.Namespace) -> int:
+    configs = resolve_configs(args.config, args.overrides)
+    cpus = _finite("--client-cpus", args.client_cpus, 0.0, inclusive=False)
+    gpus = args.client_gpus
+    if gpus is not None:
+        gpus = _finite("--client-gpus", gpus, 0.0, inclusive=True)
+    if args.max_restarts < 0:
+        raise ConfigError(f"--max-restarts: {args.max_restarts} is not allowed; expected >= 0")
+    out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     configs = [c.replace(out_dir=str(out_dir)) for c in configs]
 
-    # Heavy imports only after the config is known to be good: bad input fails in ~0.1 s.
+    from fedadamw.lock import FolderInUseError, WriterLock
+    from fedadamw.simulate import Spec
+    from fedadamw.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
+
+    try:
+        lock = WriterLock(out_dir)
+    except FolderInUseError as exc:
+        raise ConfigError(str(exc)) from None
+    with lock:
+        # A store we cannot write fails here, before any process starts; runs that a dead
+        # process left 'running' are marked interrupted (we hold the lock: none is running).
+        # A new store is made by the simulation once the data checks passed.
+        _mark_interrupted(out_dir)
+        if gpus is None:
+            gpus = 0.25 if _cuda_available() else 0.0
+        sweep_stale_ray_dirs()
+        joins_cluster = bool(os.environ.get("RAY_ADDRESS"))
+        ray_dir = None if joins_cluster else make_ray_dir()
+        spec = Spec(
+            configs=[c.to_dict() for c in configs],
+            out_dir=str(out_dir),
+            client_cpus=cpus,
+            client_gpus=gpus,
+            verbose=args.verbose,
+            restart=args.restart,
+            ray_temp_dir=None if ray_dir is None else str(ray_dir),
+            parent_pid=os.getpid(),
+        )
+        _print_header(configs)
+        started = time.perf_counter()
+        supervisor = Supervisor(spec, lock.fd, max_restarts=args.max_restarts)
+        code = supervisor.run(out_dir / ".fedadamw-spec.json")
+        _mark_interrupted(out_dir)  # whatever the child left running, it is not running now
+        (out_dir / ".fedadamw-spec.json").unlink(missing_ok=True)
+    _print_summary(configs, out_dir, time.perf_counter() - started)
+    if supervisor.signal is not None:
+        print(
+            "fedadamw: interrupted; finished rounds are in the store — run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _mark_interrupted(out_dir: Path) -> None:
+    if (out_dir / "results.db").exists():
+        with ResultStore(out_dir / "results.db") as store:
+            store.mark_interrupted()
+
+
+def _cuda_available() -> bool:
+    """Whether torch sees a GPU, asked in a subprocess-free way only when torch is cheap."""
     import torch
 
-    from fedadamw.data import prepare
-
-    # Generate the data and check every split here, once, before Ray starts: workers then read
-    # the disk cache, and a split that cannot be made is a one-line error, not a dead worker.
-    for cfg in configs:
-        prepare(cfg)  # cached per data spec: grid points that share a split pay once
-
-    ResultStore(out_dir / "results.db").close()  # a store we cannot write fails before Ray starts
-
-    gpus = args.client_gpus
-    if gpus is None:
-        gpus = 0.25 if torch.cuda.is_available() else 0.0
-    return _simulate(configs, out_dir, args.client_cpus, gpus, args.verbose)
+    return bool(torch.cuda.is_available())
 
 
-def _simulate(configs: list[Config], out_dir: Path, cpus: float, gpus: float, verbose: bool) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from fedadamw.recorder import RoundReport
-
-    # A pipe or CI log has no width: give the closing table room for its columns.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    from flwr.simulation import run_simulation
-    from flwr.supercore.logger import update_console_handler
-
-    if not verbose:
-        # Our own per-round lines replace Flower's INFO log; its errors still show.
-        update_console_handler(level=logging.ERROR)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        # Ray warns that it will stop overriding CUDA_VISIBLE_DEVICES for CPU-only actors.
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-
-    from clients.app import app as client_app
-    from server.app import make_app, run_id_for
-
+def _print_header(configs: list[Config]) -> None:
     cfg = configs[0]
     swept = swept_keys(configs)
-    total = sum(c.num_server_rounds * len(c.arm_list) for c in configs)
-    console.print(
-        f"[bold]fedadamw[/] {cfg.experiment}: arms {', '.join(cfg.arm_list)} · "
+    print(
+        f"fedadamw {cfg.experiment}: arms {', '.join(cfg.arm_list)} · "
         f"{cfg.num_clients} clients ({cfg.partitioner}"
         + (f", α={cfg.dirichlet_alpha:g}" if cfg.partitioner == "dirichlet" else "")
         + f") · {cfg.num_server_rounds} rounds · λ={cfg.weight_decay:g} · lr={cfg.learning_rate:g}"
-        + (f" · sweep of {len(configs)} points over {', '.join(swept)}" if swept else "")
+        + (f" · sweep of {len(configs)} points over {', '.join(swept)}" if swept else ""),
+        flush=True,
     )
-    started = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("starting Ray…", total=total)
-
-        def on_round(r: RoundReport) -> None:
-            if r.round == 0:
-                return
-            c = r.mean_pairwise_cosine
-            cos = "  n/a" if c is None or math.isnan(c) else f"{c:+.3f}"  # n/a: one client
-            loss = "  n/a" if r.train_loss is None else f"{r.train_loss:.3f}"
-            rejected = f"  rejected {r.num_rejected}" if r.num_rejected else ""
-            bar.console.print(
-                f"{r.label:>13}  round {r.round:>3}/{r.num_rounds}  train-loss {loss}  "
-                f"test-acc {100 * r.test_accuracy:5.1f}%  mean-pair-cos {cos}  "
-                f"clients {r.num_clients}{rejected}"
-            )
-            bar.update(task, advance=1, description=f"{r.label} round {r.round}/{r.num_rounds}")
-
-        # One Ray start per federation size: grid points that share it share the SuperNodes.
-        for size in dict.fromkeys(c.num_clients for c in configs):
-            group = [c for c in configs if c.num_clients == size]
-            run_simulation(
-                server_app=make_app(group, out_dir, on_round),
-                client_app=client_app,
-                num_supernodes=size,
-                backend_config={
-                    "client_resources": {"num_cpus": cpus, "num_gpus": gpus},
-                    # Client failures come back as error replies (recorded rejections), so the
-                    # actors' own logs stay out of the terminal unless asked for.
-                    "init_args": {
-                        "logging_level": "INFO" if verbose else "WARNING",
-                        "log_to_driver": verbose,
-                    },
-                },
-                verbose_logging=verbose,
-            )
-    wall = time.perf_counter() - started
-    labels = {run_id_for(c, arm): describe(c, arm, swept) for c in configs for arm in c.arm_list}
-    _print_summary(console, out_dir, labels, wall)
-    return 0
 
 
-def _print_summary(console: Any, out_dir: Path, labels: dict[str, str], wall: float) -> None:
+def _print_summary(configs: list[Config], out_dir: Path, wall: float) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     from fedadamw.store import arm_summary
 
+    swept = swept_keys(configs)
+    labels = {run_id_for(c, arm): describe(c, arm, swept) for c in configs for arm in c.arm_list}
+    if not (out_dir / "results.db").exists():
+        return
     rows = arm_summary(out_dir / "results.db", list(labels))
+    if not rows:
+        return
+    # A pipe or CI log has no width: give the closing table room for its columns.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     table = Table(title="update divergence per arm (means over rounds)")
     for col in (
         "arm",

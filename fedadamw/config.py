@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -45,6 +46,10 @@ MODEL_INPUTS = {
 }
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+# Clients train in float32: a learning rate or decay beyond this overflows on the first step.
+FLOAT32_MAX = 3.4028234663852886e38
+# An experiment name becomes a folder name (runs/<experiment>) and part of every run id.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -86,7 +91,12 @@ class Config:
     client_batch_sizes: str
 
     def __post_init__(self) -> None:
-        _check(self, "experiment", bool(self.experiment.strip()), "a non-empty name")
+        _check(
+            self,
+            "experiment",
+            bool(_PLAIN_NAME.match(self.experiment)),
+            "a plain name of letters, digits, '.', '_' and '-' (at most 64; it names a folder)",
+        )
         _check_choice(self, "dataset", DATASETS)
         _check_choice(self, "model", MODELS)
         _check(self, "num-clients", self.num_clients >= 1, "an integer >= 1")
@@ -94,8 +104,18 @@ class Config:
         _check(self, "num-server-rounds", self.num_server_rounds >= 1, "an integer >= 1")
         _check(self, "local-epochs", self.local_epochs >= 1, "an integer >= 1")
         _check(self, "batch-size", self.batch_size >= 1, "an integer >= 1")
-        _check(self, "learning-rate", self.learning_rate > 0.0, "a finite number > 0")
-        _check(self, "weight-decay", self.weight_decay >= 0.0, "a finite number >= 0")
+        _check(
+            self,
+            "learning-rate",
+            0.0 < self.learning_rate <= FLOAT32_MAX,
+            "a finite number > 0 that float32 can hold (<= 3.4e38)",
+        )
+        _check(
+            self,
+            "weight-decay",
+            0.0 <= self.weight_decay <= FLOAT32_MAX,
+            "a finite number >= 0 that float32 can hold (<= 3.4e38)",
+        )
         for arm in self.arm_list:
             if arm not in DECAY_MODES:
                 raise ConfigError(
@@ -155,8 +175,14 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], base: Config | None = None) -> Config:
-        """Build a Config from kebab-case keys over `base` (default: the pyproject defaults)."""
+    def from_mapping(
+        cls, values: Mapping[str, Any], base: Config | None = None, *, strings: bool = False
+    ) -> Config:
+        """Build a Config from kebab-case keys over `base` (default: the pyproject defaults).
+
+        Values must have their key's type (a TOML file, Flower's run config, JSON); with
+        `strings` they may also be text to parse (`--set KEY=VALUE`).
+        """
         types = _field_types()
         merged: dict[str, Any] = dict(base.to_dict()) if base is not None else {}
         if base is None and not set(types) <= set(values):
@@ -166,7 +192,7 @@ class Config:
                 raise ConfigError(
                     f"unknown config key {key!r}; allowed keys: {', '.join(sorted(types))}"
                 )
-            merged[key] = _coerce(key, raw, types[key])
+            merged[key] = _coerce(key, raw, types[key], strings)
         missing = sorted(set(types) - set(merged))
         if missing:
             raise ConfigError(f"config keys without a value: {', '.join(missing)}")
@@ -178,8 +204,14 @@ def _field_types() -> dict[str, type]:
     return {f.name.replace("_", "-"): hints[str(f.type)] for f in fields(Config)}
 
 
-def _coerce(key: str, raw: Any, kind: type) -> Scalar:
+def _coerce(key: str, raw: Any, kind: type, strings: bool = False) -> Scalar:
     """Turn a TOML value or a `--set` string into the field's type, or raise ConfigError."""
+    if isinstance(raw, str) and kind is not str and not strings:
+        expected = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+        raise ConfigError(
+            f"{key}: {raw!r} is not allowed; expected {expected}, not a string "
+            "(write it without quotes)"
+        )
     if kind is str:
         if not isinstance(raw, str):
             raise ConfigError(f"{key}: {raw!r} is not allowed; expected a string")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -257,12 +258,23 @@ def _split_partitions(spec: DataSpec) -> tuple[np.ndarray, ...]:
     partitioner = make_partitioner(spec)
     partitioner.dataset = table
     try:
-        total = partitioner.num_partitions if natural else n
-        parts = [
-            np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(total)
-        ]
+        # flwr-datasets warns once per failed Dirichlet draw: the error below says it all.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            total = partitioner.num_partitions if natural else n
+            parts = [
+                np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
+                for i in range(total)
+            ]
     except ValueError as exc:
-        # e.g. Dirichlet cannot give every client `min-partition-size` examples in 10 tries.
+        if spec.partitioner == "dirichlet":
+            # It re-draws until every client has `min-partition-size` examples, 10 times.
+            raise ConfigError(
+                f"num-clients: {n} clients cannot each get min-partition-size={least} of the "
+                f"{len(train)} examples of {spec.dataset} in a "
+                f"Dirichlet(α={spec.dirichlet_alpha:g}) split; lower num-clients or "
+                "min-partition-size, or raise dirichlet-alpha"
+            ) from None
         raise ConfigError(f"partitioner {spec.partitioner!r} failed: {exc}") from None
     if natural:
         # Like LEAF, clients with too few examples are left out; the first n of the rest train.

@@ -15,6 +15,7 @@ Every grid point runs every arm in `arms`, so coupled and decoupled are paired a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -72,13 +73,23 @@ def expand(experiment: Experiment, sets: Sequence[str] = ()) -> list[Config]:
             f"--set {swept_and_set[0]}: that key is swept in the experiment file; edit its [sweep]"
         )
     if assigned:
-        base = Config.from_mapping(assigned, base=base)
+        base = Config.from_mapping(assigned, base=base, strings=True)
     keys = list(experiment.sweep)
     configs = []
     for values in itertools.product(*(experiment.sweep[k] for k in keys)):
         point: Mapping[str, Any] = dict(zip(keys, values, strict=True))
         configs.append(Config.from_mapping(point, base=base) if point else base)
     return configs
+
+
+def run_id_for(cfg: Config, arm: str) -> str:
+    """A stable id of one arm of one config: re-running the same config finds its rows.
+
+    Every key but `arms` and `out-dir` is hashed, so a changed config never resumes into the
+    rows of another.
+    """
+    digest = hashlib.sha1(cfg.replace(arms=arm, out_dir="").to_json().encode()).hexdigest()[:8]
+    return f"{cfg.experiment}:{arm}:{digest}"
 
 
 def describe(cfg: Config, arm: str, swept: Sequence[str]) -> str:

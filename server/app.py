@@ -6,12 +6,13 @@ and both arms see the same nodes, partitions, sampled clients and initial weight
 
 from __future__ import annotations
 
-import hashlib
 import json
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
@@ -25,16 +26,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedadamw import messages
 from fedadamw.config import Config, ConfigError
-from fedadamw.experiment import describe, describe_configs, swept_keys
+from fedadamw.experiment import describe, describe_configs, run_id_for, swept_keys
+from fedadamw.failures import RunInterruptedError, WorkerLostError, summary
+from fedadamw.fileio import atomic_write_text
+from fedadamw.lock import WriterLock
 from fedadamw.recorder import Progress, RunRecorder
-from fedadamw.store import ResultStore
+from fedadamw.store import FINISHED, INTERRUPTED, ResultStore, RunInfo
+from server.grid import GuardedGrid
 from server.strategy import NODE_WAIT_S, DivergenceFedAvg, scalar
-
-
-def run_id_for(cfg: Config, arm: str) -> str:
-    """A stable id of one arm of one config: re-running the same config rewrites its rows."""
-    digest = hashlib.sha1(cfg.replace(arms=arm, out_dir="").to_json().encode()).hexdigest()[:8]
-    return f"{cfg.experiment}:{arm}:{digest}"
 
 
 def resolve_out_dir(cfg: Config) -> Path:
@@ -79,24 +78,58 @@ def discover_partitions(grid: Grid, expected: int, wait_s: float = NODE_WAIT_S) 
 
 
 def run_experiment(
-    grid: Grid, configs: Sequence[Config], out_dir: Path, progress: Progress | None = None
+    grid: Grid,
+    configs: Sequence[Config],
+    out_dir: Path,
+    progress: Progress | None = None,
+    *,
+    restart: bool = False,
+    stop: threading.Event | None = None,
+    lost_worker_fatal: bool = False,
+    take_lock: bool = True,
 ) -> list[str]:
     """Train every arm of every config on `grid`, writing `out_dir`/results.db; the run ids.
 
     All configs share the grid's SuperNodes (the same `num-clients`); each client reads its
     data spec from the train message, so seeds and partitioners may differ between them.
+    Arms already finished in the store are skipped and interrupted ones resume after their
+    last stored round (`restart` starts them over). `take_lock=False` is for a process whose
+    parent already holds the folder's writer lock (`fedadamw run`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(describe_configs(configs), indent=1) + "\n")
-    partitions = discover_partitions(grid, configs[0].num_clients)
-    swept = swept_keys(configs)
-    run_ids = []
-    with ResultStore(out_dir / "results.db") as store:
-        for cfg in configs:
-            for arm in cfg.arm_list:
-                label = describe(cfg, arm, swept)
-                run_ids.append(_run_arm(grid, store, cfg, arm, partitions, label, progress))
-    return run_ids
+    lock = WriterLock(out_dir) if take_lock else None
+    try:
+        atomic_write_text(out_dir / "config.json", json.dumps(describe_configs(configs), indent=1))
+        partitions = discover_partitions(grid, configs[0].num_clients)
+        swept = swept_keys(configs)
+        guarded = GuardedGrid(grid, stop, lost_worker_fatal)
+        run_ids = []
+        with ResultStore(out_dir / "results.db") as store:
+            if lock is not None:
+                store.mark_interrupted()  # we hold the lock: nothing else is running here
+            store.register(run_info(cfg, arm) for cfg in configs for arm in cfg.arm_list)
+            for cfg in configs:
+                for arm in cfg.arm_list:
+                    label = describe(cfg, arm, swept)
+                    run_ids.append(
+                        _run_arm(guarded, store, cfg, arm, partitions, label, progress, restart)
+                    )
+        return run_ids
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_info(cfg: Config, arm: str) -> RunInfo:
+    """The `runs` row of one arm of one config."""
+    return RunInfo(
+        run_id_for(cfg, arm),
+        cfg.experiment,
+        arm,
+        arm,
+        cfg.weight_decay,
+        cfg.replace(arms=arm).to_json(),
+    )
 
 
 def _run_arm(
@@ -107,47 +140,93 @@ def _run_arm(
     partitions: dict[int, int],
     label: str,
     progress: Progress | None,
+    restart: bool,
 ) -> str:
     run_id = run_id_for(cfg, arm)
+    if not restart and store.status(run_id) == FINISHED:
+        if progress is not None:
+            progress.note(f"{label}: finished in an earlier run; skipped (--restart reruns it)")
+            progress.skip(cfg.num_server_rounds)
+        return run_id
     recorder = RunRecorder(store, run_id, cfg, arm, progress, label=label)
-    recorder.start()
+    resume = recorder.start(restart)
+    done = resume.round
+    if resume.state is not None and progress is not None:
+        progress.note(f"{label}: resuming after round {done} of {cfg.num_server_rounds}")
+        progress.skip(done)
+    initial = (
+        ArrayRecord({k: torch.from_numpy(v) for k, v in resume.state.items()})
+        if resume.state is not None
+        # The recorder's model is freshly built from the seed: every arm starts from it.
+        else ArrayRecord(recorder.model.state_dict())
+    )
     strategy = DivergenceFedAvg(
         recorder,
         partitions,
         cfg.seed,
         min(cfg.clients_per_round, len(partitions)),
         dropout_rate=cfg.dropout_rate,
+        first_round=done,
     )
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        loss, acc = recorder.record(server_round, arrays.to_torch_state_dict())
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0 and done > 0:
+            return None  # the resumed-from model is already stored as round `done`
+        loss, acc = recorder.record(done + server_round, arrays.to_torch_state_dict())
         return MetricRecord({"test-loss": loss, "test-accuracy": acc})
 
     try:
-        strategy.start(
-            grid=grid,
-            # The recorder's model is freshly built from the seed: both arms start from it.
-            initial_arrays=ArrayRecord(recorder.model.state_dict()),
-            num_rounds=cfg.num_server_rounds,
-            train_config=ConfigRecord(messages.train_config(cfg, arm)),
-            evaluate_fn=evaluate,
-        )
+        if done < cfg.num_server_rounds:
+            strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=cfg.num_server_rounds - done,
+                train_config=ConfigRecord(messages.train_config(cfg, arm)),
+                evaluate_fn=evaluate,
+            )
+    except (RunInterruptedError, WorkerLostError, KeyboardInterrupt):
+        recorder.finish(INTERRUPTED)  # resumable: the next run continues after the last round
+        raise
     except BaseException as exc:
-        recorder.finish(f"failed: {type(exc).__name__}: {exc}")
+        recorder.finish(f"failed: {summary(f'{type(exc).__name__}: {exc}', 180)}")
         raise
     recorder.finish()
     return run_id
 
 
 def make_app(
-    configs: Sequence[Config], out_dir: Path, progress: Progress | None = None
+    configs: Sequence[Config],
+    out_dir: Path,
+    progress: Progress | None = None,
+    *,
+    restart: bool = False,
+    stop: threading.Event | None = None,
+    closed: threading.Event | None = None,
 ) -> ServerApp:
-    """A ServerApp bound to already validated configs (the `fedadamw run` path)."""
+    """A ServerApp bound to already validated configs (the `fedadamw run` simulation path).
+
+    Its process's parent holds the folder's writer lock, and a dead Ray worker stops the
+    run so that it resumes on fresh workers. `closed` is set once the experiment has left
+    the store consistent (every arm it touched marked), however it ended.
+    """
     bound = ServerApp()
 
     @bound.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_experiment(grid, configs, out_dir, progress)
+        try:
+            run_experiment(
+                grid,
+                configs,
+                out_dir,
+                progress,
+                restart=restart,
+                stop=stop,
+                lost_worker_fatal=True,
+                take_lock=False,
+            )
+        finally:
+            if closed is not None:
+                closed.set()
 
     return bound
 

@@ -32,6 +32,14 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["run", "--set", "weight-decay"], "expected KEY=VALUE"),
         (["run", "--config", "missing.toml"], "no such file"),
         (["run", "--client-cpus", "0"], "--client-cpus: 0.0 is not allowed"),
+        (["run", "--client-cpus", "nan"], "--client-cpus: nan is not allowed"),
+        (["run", "--client-cpus", "inf"], "--client-cpus: inf is not allowed"),
+        (["run", "--client-gpus", "nan"], "--client-gpus: nan is not allowed"),
+        (["run", "--client-gpus", "-0.5"], "--client-gpus: -0.5 is not allowed"),
+        (["run", "--set", "weight-decay=1e308"], "that float32 can hold"),
+        (["run", "--set", "learning-rate=1e39"], "that float32 can hold"),
+        (["run", "--set", "experiment=../escape"], "experiment: '../escape' is not allowed"),
+        (["run", "--set", "experiment=a/b"], "experiment: 'a/b' is not allowed"),
         (["run", "--bogus"], "unrecognized arguments: --bogus"),
         (["run", "--set", "num-clients=5000"], "num-clients: 5000 is not allowed"),
         (
@@ -51,6 +59,94 @@ def test_bad_input_exits_2_with_one_line(args: list[str], needle: str, tmp_path:
     assert not (out / "results.db").exists()
 
 
+def test_an_impossible_split_names_the_keys_to_change(tmp_path: Path) -> None:
+    proc = _run(
+        "run",
+        "--out",
+        str(tmp_path / "out"),
+        "--set",
+        "num-clients=400",
+        "--set",
+        "min-partition-size=10",
+        "--set",
+        "dirichlet-alpha=0.05",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for key in ("num-clients", "min-partition-size", "dirichlet-alpha"):
+        assert key in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("value", ['"10"', '"0.05"'])
+def test_a_toml_string_where_a_number_belongs_is_refused(tmp_path: Path, value: str) -> None:
+    exp = tmp_path / "exp.toml"
+    key = "num-clients" if value == '"10"' else "weight-decay"
+    exp.write_text(f"{key} = {value}\n")
+    proc = _run("run", "--config", str(exp), "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"fedadamw: error: {key}: {value[1:-1]!r} is not allowed; expected "
+        + ("an integer" if key == "num-clients" else "a number")
+        + ", not a string (write it without quotes)"
+    ]
+
+
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    proc = _run("run", "--out", "/proc/fedadamw-cannot-exist", cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "cannot be created" in line
+
+
+def test_an_out_with_foreign_files_is_refused_unless_forced(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # one of ours by name: fine on its own
+    (out / "notes.txt").write_text("my notes")
+    proc = _run("run", "--out", str(out), "--set", "num-clients=5000", cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "holds files fedadamw did not write (notes.txt)" in line and "--force" in line
+    assert (out / "config.json").read_text() == "{}"  # untouched
+    # With --force the folder is accepted and the next check (the split) speaks instead.
+    proc = _run("run", "--out", str(out), "--force", "--set", "num-clients=5000", cwd=tmp_path)
+    assert "num-clients: 5000 is not allowed" in proc.stderr
+
+
+def test_a_store_that_is_not_sqlite_is_one_line_and_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    junk = bytes(range(256)) * 16
+    (out / "results.db").write_bytes(junk)
+    proc = _run("run", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "is not a fedadamw results store" in line
+    assert (out / "results.db").read_bytes() == junk
+    proc = _run("compare", str(out), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_store_of_a_newer_schema_is_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    out = tmp_path / "out"
+    out.mkdir()
+    conn = sqlite3.connect(out / "results.db")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+    conn.commit()
+    conn.close()
+    proc = _run("run", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "holds schema 99" in line
+
+
 def test_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("not a folder")
     proc = _run("run", "--out", str(tmp_path / "taken"), cwd=tmp_path)
@@ -63,7 +159,7 @@ def test_bad_experiment_file_value(tmp_path: Path) -> None:
     exp.write_text("weight-decay = -0.5\n")
     proc = _run("run", "--config", str(exp), cwd=tmp_path)
     assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        == "fedadamw: error: weight-decay: -0.5 is not allowed; expected a finite number >= 0"
+    assert proc.stderr.strip() == (
+        "fedadamw: error: weight-decay: -0.5 is not allowed; "
+        "expected a finite number >= 0 that float32 can hold (<= 3.4e38)"
     )

@@ -27,7 +27,9 @@ def test_default_is_the_paired_experiment_of_design() -> None:
 
 
 def test_strings_from_the_command_line_are_coerced() -> None:
-    cfg = Config.from_mapping({"weight-decay": "0.05", "num-clients": "4", "arms": "none"})
+    cfg = Config.from_mapping(
+        {"weight-decay": "0.05", "num-clients": "4", "arms": "none"}, strings=True
+    )
     assert (cfg.weight_decay, cfg.num_clients, cfg.arm_list) == (0.05, 4, ["none"])
     assert isinstance(cfg.weight_decay, float) and isinstance(cfg.num_clients, int)
 

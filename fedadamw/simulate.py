@@ -1,0 +1,291 @@
+"""The simulation process of `fedadamw run`: Flower's simulation engine (Ray) runs every arm.
+
+`fedadamw run` (`fedadamw.supervisor`) starts this module as a child process in a session of
+its own, so that the child and every Ray process it starts form one process group that the
+parent can end as a whole. Here:
+
+- SIGINT (which the parent sends on Ctrl-C and SIGTERM) sets the stop event: the ServerApp
+  thread leaves its round at the next poll (`server.grid.GuardedGrid`) and marks its arm
+  ``interrupted``, and the main thread unwinds Flower's engine, which stops Ray.
+- If the parent disappears (SIGKILL), a watchdog thread does the same, then ends the group.
+- Exit codes: 0 done, 2 bad input (one line printed), 75 a Ray worker died (the parent
+  restarts the simulation, which resumes), 130 stopped, 1 anything else (one line printed;
+  the traceback goes to `failures.log`).
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fedadamw.config import Config, ConfigError
+from fedadamw.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
+from fedadamw.recorder import Progress, RoundReport
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORKER_LOST, EXIT_STOPPED = 0, 1, 2, 75, 130
+# After a stop is asked for, the process exits as soon as the ServerApp has marked its arm
+# (Ray's own orderly shutdown takes seconds; the parent kills Ray's processes instead), and at
+# the latest this long after the request.
+HARD_STOP_S = 3.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the parent hands the simulation process (as JSON)."""
+
+    configs: list[dict[str, Any]]
+    out_dir: str
+    client_cpus: float
+    client_gpus: float
+    verbose: bool
+    restart: bool
+    ray_temp_dir: str | None  # None: join an existing Ray cluster (RAY_ADDRESS)
+    parent_pid: int
+
+    def write(self, path: Path) -> None:
+        """Save as JSON."""
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path) -> Spec:
+        """Load from JSON."""
+        return cls(**json.loads(path.read_text()))
+
+
+class _Stopper:
+    """Turns SIGINT, SIGTERM and the parent's death into one orderly stop."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.event = threading.Event()
+        self.closed = threading.Event()  # set by the ServerApp once the store is consistent
+        self.spec = spec
+        self.parent_pid = spec.parent_pid
+        self.parent_gone = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        threading.Thread(target=self._watch, name="fedadamw-watchdog", daemon=True).start()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self.event.is_set():
+            self.stop()
+            raise KeyboardInterrupt  # unwinds Flower's engine in the main thread
+
+    def stop(self) -> None:
+        """Ask everything to stop; the engine's complaints about actors it kills are noise."""
+        logging.getLogger("flwr").setLevel(logging.CRITICAL)
+        self.event.set()
+
+    def _watch(self) -> None:
+        stopped_at: float | None = None
+        while True:
+            time.sleep(0.05)
+            if not self.parent_gone and os.getppid() != self.parent_pid:
+                self.parent_gone = True  # the CLI died (SIGKILL): stop, then end the group
+                if not self.event.is_set():
+                    self.stop()
+                    _thread.interrupt_main()
+            if self.event.is_set():
+                stopped_at = stopped_at or time.monotonic()
+                if self.closed.is_set() or time.monotonic() - stopped_at > HARD_STOP_S:
+                    self.exit_now()
+
+    def exit_now(self) -> None:
+        """Leave at once: the store is consistent, Ray's processes are the parent's to end."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.parent_gone:
+            _orphan_cleanup(self.spec)
+        os._exit(EXIT_STOPPED)
+
+
+class ConsoleProgress(Progress):
+    """One line per round and a progress bar, on the terminal the parent shares."""
+
+    def __init__(self, configs: list[Config]) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+        self.bar = Bar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        total = sum(c.num_server_rounds * len(c.arm_list) for c in configs)
+        self.task = self.bar.add_task("starting Ray…", total=total)
+
+    def round(self, report: RoundReport) -> None:
+        if report.round == 0:
+            return
+        c = report.mean_pairwise_cosine
+        cos = "  n/a" if c is None or math.isnan(c) else f"{c:+.3f}"  # n/a: one client
+        loss = "  n/a" if report.train_loss is None else f"{report.train_loss:.3f}"
+        rejected = f"  rejected {report.num_rejected}" if report.num_rejected else ""
+        self.bar.console.print(
+            f"{report.label:>13}  round {report.round:>3}/{report.num_rounds}  train-loss {loss}  "
+            f"test-acc {100 * report.test_accuracy:5.1f}%  mean-pair-cos {cos}  "
+            f"clients {report.num_clients}{rejected}"
+        )
+        self.bar.update(
+            self.task,
+            advance=1,
+            description=f"{report.label} round {report.round}/{report.num_rounds}",
+        )
+
+    def note(self, text: str) -> None:
+        self.bar.console.print(text)
+
+    def skip(self, rounds: int) -> None:
+        self.bar.update(self.task, advance=rounds)
+
+
+def _simulate(spec: Spec, configs: list[Config], stopper: _Stopper) -> None:
+    """Run every group of configs that shares a federation size in one Ray start each."""
+    from flwr.simulation import run_simulation
+    from flwr.supercore.logger import update_console_handler
+
+    if not spec.verbose:
+        # Our own per-round lines replace Flower's log, and client failures are recorded as
+        # rejections with one line each: Flower's tracebacks go to failures.log, not the screen.
+        update_console_handler(level=logging.CRITICAL)
+        to_file = logging.FileHandler(Path(spec.out_dir) / LOG_FILE, encoding="utf-8")
+        to_file.setLevel(logging.ERROR)
+        to_file.setFormatter(logging.Formatter("=== %(asctime)s flower %(levelname)s\n%(message)s"))
+        logging.getLogger("flwr").addHandler(to_file)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # Ray warns that it will stop overriding CUDA_VISIBLE_DEVICES for CPU-only actors.
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+    from clients.app import app as client_app
+    from server.app import make_app
+
+    init_args: dict[str, Any] = {
+        "logging_level": "INFO" if spec.verbose else "WARNING",
+        # Client failures come back as error replies (recorded rejections), so the
+        # actors' own logs stay out of the terminal unless asked for.
+        "log_to_driver": spec.verbose,
+        "include_dashboard": False,
+    }
+    if spec.ray_temp_dir is not None:
+        # Every Ray file of this run lives here, and the parent removes it at the end.
+        init_args["_temp_dir"] = spec.ray_temp_dir
+    progress = ConsoleProgress(configs)
+    out_dir = Path(spec.out_dir)
+    with progress.bar:
+        for size in dict.fromkeys(c.num_clients for c in configs):
+            group = [c for c in configs if c.num_clients == size]
+            run_simulation(
+                server_app=make_app(
+                    group,
+                    out_dir,
+                    progress,
+                    restart=spec.restart,
+                    stop=stopper.event,
+                    closed=stopper.closed,
+                ),
+                client_app=client_app,
+                num_supernodes=size,
+                backend_config={
+                    "client_resources": {
+                        "num_cpus": spec.client_cpus,
+                        "num_gpus": spec.client_gpus,
+                    },
+                    "init_args": init_args,
+                },
+                verbose_logging=spec.verbose,
+            )
+            if stopper.event.is_set():
+                raise KeyboardInterrupt
+            stopper.closed.clear()  # the next group's ServerApp
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `python -m fedadamw.simulate SPEC.json`."""
+    args = sys.argv[1:] if argv is None else argv
+    spec = Spec.read(Path(args[0]))
+    stopper = _Stopper(spec)
+    code = EXIT_FAILED
+    try:
+        configs = [Config.from_mapping(c) for c in spec.configs]
+        from fedadamw.data import prepare
+
+        # Generate the data and check every split here, once, before Ray starts: workers then
+        # read the disk cache, and a split that cannot be made is a one-line error.
+        for cfg in configs:
+            prepare(cfg)
+        _simulate(spec, configs, stopper)
+        code = EXIT_OK
+    except KeyboardInterrupt:
+        code = EXIT_STOPPED
+    except (ConfigError, NonFiniteRunError) as exc:
+        _say(str(exc))
+        code = EXIT_BAD_INPUT
+    except WorkerLostError as exc:
+        print(f"fedadamw: {exc}", file=sys.stderr, flush=True)
+        code = EXIT_WORKER_LOST
+    except BaseException as exc:  # one line here, the whole story in the log
+        code = EXIT_STOPPED if stopper.event.is_set() else EXIT_FAILED
+        if code == EXIT_FAILED:
+            _log_traceback(Path(spec.out_dir), exc)
+            _say(f"{summary(f'{type(exc).__name__}: {exc}', 160)} (traceback: {LOG_FILE})")
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if stopper.parent_gone:
+            _orphan_cleanup(spec)
+    # Threads Flower or Ray may have left behind must not keep this process alive.
+    os._exit(code)
+
+
+def _say(message: str) -> None:
+    print(f"fedadamw: error: {message}", file=sys.stderr, flush=True)
+
+
+def _log_traceback(out_dir: Path, exc: BaseException) -> None:
+    try:
+        with (out_dir / LOG_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} fedadamw run failed\n")
+            fh.write("".join(traceback.format_exception(exc)) + "\n")
+    except OSError:
+        pass
+
+
+def _orphan_cleanup(spec: Spec) -> None:
+    """The CLI is gone: mark what ran as interrupted, remove Ray's files, end the group."""
+    from fedadamw.store import ResultStore
+
+    try:
+        with ResultStore(Path(spec.out_dir) / "results.db") as store:
+            store.mark_interrupted()
+    except Exception:  # readers show a lock-less "running" run as interrupted anyway
+        pass
+    if spec.ray_temp_dir:
+        import shutil
+
+        shutil.rmtree(spec.ray_temp_dir, ignore_errors=True)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
