@@ -13,7 +13,6 @@ No flwr import here: this module only reads and writes text.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import yaml
 
 from fedadamw.config import ConfigError
@@ -218,57 +218,66 @@ def loopback_argv(
     ]
 
 
-def _toml_string(text: str) -> str:
-    # JSON's escapes (\" \\ \n \uXXXX for control characters) are valid in a TOML basic string.
-    return json.dumps(text, ensure_ascii=False)
-
-
 def flower_config_path() -> Path:
     """Flower's config.toml, where `flwr` keeps its SuperLink connections."""
     home = os.environ.get("FLWR_HOME")
     return (Path(home) if home else Path.home() / ".flwr") / "config.toml"
 
 
-def write_connection(config: Path, name: str, address: str, root_certificates: Path | None) -> None:
-    """Add (or replace) the connection `[superlink.<name>]` in Flower's config.toml."""
+def backup_path(config: Path) -> Path:
+    """Where `write_connection` keeps the file as it was before its last change."""
+    return config.with_name(config.name + ".bak")
+
+
+def write_connection(
+    config: Path, name: str, address: str, root_certificates: Path | None
+) -> Path | None:
+    """Add (or replace) the connection `[superlink.<name>]` in Flower's config.toml.
+
+    The file is parsed and written as TOML (with tomli-w, as `flwr` writes it), so every other
+    key and connection stays as it was; the old file is first copied to `backup_path(config)`,
+    which is returned (None when there was no file). A file that is not valid TOML is left
+    alone and reported in one line. Comments do not survive a rewrite: they stay in the backup.
+    """
     if not _BARE_KEY.match(name):
         raise ConfigError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
     if not _ADDRESS.match(address) and not address.startswith("["):
         raise ConfigError(f"--address {address!r}: expected HOST:PORT, e.g. {DEFAULT_ADDRESS}")
-    lines = [f"[superlink.{name}]", f"address = {_toml_string(address)}"]
+    entry: dict[str, Any] = {"address": address}
     if root_certificates is None:
-        lines.append("insecure = true")
+        entry["insecure"] = True
     else:
         ca = root_certificates.expanduser().resolve()
         if not ca.is_file():
             raise ConfigError(
                 f"--ca {str(ca)!r}: no such file; create it with docker/certs/generate.sh"
             )
-        # Flower requires an absolute path here.
-        lines.append(f"root-certificates = {_toml_string(str(ca))}")
-    block = "\n".join(lines) + "\n"
+        entry["root-certificates"] = str(ca)  # Flower requires an absolute path here.
 
-    old = config.read_text() if config.is_file() else ""
-    header = re.compile(rf"^\s*\[\s*superlink\.(?:{re.escape(name)}|\"{re.escape(name)}\")\s*[.\]]")
-    kept: list[str] = []
-    skipping = False
-    for line in old.splitlines():
-        if line.lstrip().startswith("["):
-            skipping = bool(header.match(line))
-        if not skipping:
-            kept.append(line)
-    text = "\n".join(kept).rstrip()
-    text = (text + "\n\n" if text else "") + block
+    old: bytes | None = config.read_bytes() if config.is_file() else None
     try:
-        parsed = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config}: not valid TOML, fix or remove it ({exc})") from None
-    if parsed.get("superlink", {}).get(name, {}).get("address") != address:
+        data = tomllib.loads(old.decode()) if old is not None else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config}: not valid TOML ({exc}); fix or move it, then retry") from None
+    tables = data.setdefault("superlink", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{config}: `superlink` is not a table; fix or move the file")
+    tables[name] = entry  # a previous entry of that name goes, with its sub-tables
+    text = tomli_w.dumps(data)
+    if tomllib.loads(text) != data:  # what `flwr` will read must be exactly what was meant
         raise ConfigError(f"{config}: could not write [superlink.{name}]; edit it by hand")
+
     config.parent.mkdir(parents=True, exist_ok=True)
-    tmp = config.with_suffix(".toml.tmp")
+    backup = None
+    if old is not None:
+        backup = backup_path(config)
+        shutil.copy2(config, backup)  # the bytes and the mode, comments included
+    tmp = config.with_name(config.name + ".tmp")
     tmp.write_text(text)
-    tmp.replace(config)
+    if old is not None:
+        tmp.chmod(config.stat().st_mode & 0o777)
+    tmp.replace(config)  # readers see the old file or the new one, never half of one
+    return backup
 
 
 def _let_flower_create(config: Path) -> None:
@@ -301,12 +310,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.is_file():
         _let_flower_create(config)
     try:
-        write_connection(config, args.name, args.address, None if args.insecure else args.ca)
+        backup = write_connection(
+            config, args.name, args.address, None if args.insecure else args.ca
+        )
     except ConfigError as exc:
         print(f"fedadamw: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"fedadamw: error: {config}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    kept = f" (the previous file is {backup})" if backup else ""
     print(
-        f"wrote [superlink.{args.name}] ({args.address}) to {config}; "
+        f"wrote [superlink.{args.name}] ({args.address}) to {config}{kept}; "
         f"start runs with: flwr run . {args.name}"
     )
     return 0

@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import cast
@@ -554,38 +555,96 @@ def test_interpolation_follows_compose() -> None:
     assert deploy.interpolate("${UNSET-d}${UNSET}", env) == "d"
 
 
-def test_connection_is_written_for_flower_and_keeps_the_others(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# A user's Flower config with three connections, a default, options tables and comments.
+USER_FLOWER_CONFIG = """\
+# my connections
+[superlink]
+default = "local"
+
+[superlink.local]
+address = ":local:"
+options.num-supernodes = 10 # inline comment
+
+[superlink.fedadamw-docker]
+address = "old:1"
+insecure = true
+[superlink.fedadamw-docker.options]
+num-supernodes = 2
+
+[superlink."lab cluster"]
+address = "10.0.0.5:9093"
+root-certificates = "/home/me/lab-ca.crt"
+options.num-supernodes = 4
+[superlink."lab cluster".options.backend.client-resources]
+num-cpus = 4
+"""
+
+
+def test_connect_keeps_every_other_connection_and_a_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
     ca = tmp_path / "ca.crt"
     ca.write_text("not read here")
     config = tmp_path / "config.toml"
-    config.write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n\n'
-        '[superlink.fedadamw-docker]\naddress = "old:1"\n[superlink.fedadamw-docker.options]\n'
-        "num-supernodes = 2\n"
-    )
-    deploy.write_connection(config, "fedadamw-docker", "127.0.0.1:8000", ca)
+    config.write_text(USER_FLOWER_CONFIG)
+    config.chmod(0o600)
+    before = tomllib.loads(USER_FLOWER_CONFIG)
+    assert len(before["superlink"]) == 4  # `default` and three connections
+
+    assert deploy.main(["connect", "--ca", str(ca)]) == 0
+    assert "the previous file is" in capsys.readouterr().out
+    after = tomllib.loads(config.read_text())
+    # Every other key is untouched, down to nested option tables; ours is replaced whole.
+    ours = after["superlink"].pop("fedadamw-docker")
+    del before["superlink"]["fedadamw-docker"]
+    assert after == before
+    assert ours == {"address": "127.0.0.1:8000", "root-certificates": str(ca)}
+    assert deploy.backup_path(config).read_text() == USER_FLOWER_CONFIG  # comments included
+    assert config.stat().st_mode & 0o777 == 0o600
+
+    # A second connection; the backup is now the file as the first call left it.
+    first = config.read_text()
     deploy.write_connection(config, "remote", "203.0.113.7:8000", ca)
-    # Flower's own reader is the reference for the file's meaning.
+    assert deploy.backup_path(config).read_text() == first
+    # Flower's own reader is the reference for what the file means.
     from flwr.cli.flower_config import read_superlink_connection
 
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
-    local = read_superlink_connection("local")
-    ours = read_superlink_connection("fedadamw-docker")
+    local, docker = read_superlink_connection("local"), read_superlink_connection("fedadamw-docker")
     remote = read_superlink_connection("remote")
     assert local.address == ":local:"
-    assert (ours.address, ours.root_certificates, ours.insecure) == (
+    assert (docker.address, docker.root_certificates, docker.insecure) == (
         "127.0.0.1:8000",
         str(ca),
         False,
     )
-    assert ours.options is None  # the old table's sub-table went with it
+    assert docker.options is None  # the old entry's sub-table went with it
     assert remote.address == "203.0.113.7:8000"
+    assert read_superlink_connection("lab cluster").address == "10.0.0.5:9093"
+    assert tomllib.loads(config.read_text())["superlink"]["default"] == "local"
+
+
+def test_connect_leaves_a_file_it_cannot_parse_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    config = tmp_path / "config.toml"
+    broken = '[superlink.local]\naddress = ":local:"\n[superlink.local\n'
+    config.write_text(broken)
+    assert deploy.main(["connect", "--ca", str(ca)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fedadamw: error: {config}: not valid TOML (") and err.count("\n") == 1
+    assert config.read_text() == broken and not deploy.backup_path(config).exists()
+    config.write_text('superlink = "not a table"\n')
+    with pytest.raises(ConfigError, match="`superlink` is not a table"):
+        deploy.write_connection(config, "x", "127.0.0.1:8000", ca)
     with pytest.raises(ConfigError, match="no such file"):
         deploy.write_connection(config, "x", "127.0.0.1:8000", tmp_path / "missing.crt")
     with pytest.raises(ConfigError, match="connection name"):
         deploy.write_connection(config, "a b", "127.0.0.1:8000", ca)
+    assert config.read_text() == 'superlink = "not a table"\n'
 
 
 class _FakeGrid:

@@ -65,7 +65,7 @@ def test_a_symlink_inside_the_root_cannot_lead_out(root: Path, tmp_path: Path) -
     assert outdir.resolve_under_root("run", "x", root=alias) == root / "run"
 
 
-def _context(run_config: dict[str, str | int]) -> Context:
+def _context(run_config: dict[str, bool | float | int | str]) -> Context:
     return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
 
 
