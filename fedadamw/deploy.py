@@ -2,11 +2,12 @@
 
 `docker-compose.yml` is the one place that says how the SuperLink, the ServerApp process and
 the SuperNodes are started. This module reads it (plus override files, merged with the part
-of Compose's rules those files use) and rewrites a service's entrypoint + command so that it
-runs as a plain process on 127.0.0.1: compose service names become 127.0.0.1, each listening
-port a free port, container paths the host folders mounted there. The deployment test starts
-exactly these commands, so the compose file and the test cannot drift apart. It also writes
-the `flwr` connection that `flwr run . <connection>` needs (`python -m fedadamw.deploy connect`).
+of Compose's rules those files use) and rewrites a service's entrypoint + command and its
+environment so that it runs as a plain process on 127.0.0.1: compose service names become
+127.0.0.1, each listening port a free port, container paths the host folders mounted there.
+The deployment test starts exactly these commands, so the compose file and the test cannot
+drift apart. It also writes the `flwr` connection that `flwr run . <connection>` needs
+(`python -m fedadamw.deploy connect`).
 No flwr import here: this module only reads and writes text.
 """
 
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class Service:
     environment: dict[str, str]
     binds: dict[str, Path]  # container path -> host path (bind mounts)
     volumes: dict[str, str]  # container path -> named volume
+    published: tuple[str, ...] = ()  # `ports:` entries, [HOST_IP:]HOST_PORT:CONTAINER_PORT
 
     def ports(self) -> list[int]:
         """The ports this service listens on (its `--port` values)."""
@@ -138,7 +140,8 @@ def _service(name: str, spec: dict[str, Any], base: Path, env: Mapping[str, str]
             binds[target] = (base / Path(source).expanduser()).resolve()
         else:
             volumes[target] = source
-    return Service(name, tuple(argv), environment, binds, volumes)
+    published = tuple(interpolate(str(p), env) for p in spec.get("ports", []))
+    return Service(name, tuple(argv), environment, binds, volumes, published)
 
 
 def _flags(argv: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -159,19 +162,12 @@ def _flags(argv: Sequence[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def loopback_argv(
+def _container_paths(
     service: Service,
-    ports: Mapping[tuple[str, int], int],
-    services: Sequence[str] = (),
-    volumes: Mapping[str, Path] | None = None,
-    relocate: Mapping[Path, Path] | None = None,
-) -> list[str]:
-    """`service`'s argv for a process on 127.0.0.1.
-
-    `ports` maps (service, container port) to the loopback port; `services` are the compose
-    service names that addresses may name; `volumes` maps a named volume to a host folder;
-    `relocate` maps a bind mount's host folder to another one (e.g. freshly made certificates).
-    """
+    volumes: Mapping[str, Path] | None,
+    relocate: Mapping[Path, Path] | None,
+) -> Callable[[str], str]:
+    """A function mapping a container path of `service` to the host path mounted there."""
     mounts: dict[str, Path] = {}
     for target, source in service.binds.items():
         for old, new in (relocate or {}).items():
@@ -185,23 +181,10 @@ def loopback_argv(
         else:
             unmapped[target] = volume
 
-    def port(owner: str, number: str) -> str:
-        key = (owner, int(number))
-        if key not in ports:
-            raise ConfigError(f"no loopback port for {owner}:{number}; pass it in `ports`")
-        return str(ports[key])
-
     def under(text: str, target: str) -> bool:
         return text == target or text.startswith(target.rstrip("/") + "/")
 
-    def value(flag: str, text: str) -> str:
-        if flag == "--host":  # listen on loopback only, whatever the container binds to
-            return LOOPBACK
-        if flag == "--port":
-            return port(service.name, text)
-        address = _ADDRESS.match(text)
-        if address and address["host"] in services:
-            return f"{LOOPBACK}:{port(address['host'], address['port'])}"
+    def host_path(text: str) -> str:
         for target in sorted(mounts, key=len, reverse=True):
             if under(text, target):
                 return str(mounts[target]) + text[len(target) :]
@@ -213,9 +196,56 @@ def loopback_argv(
                 )
         return text
 
+    return host_path
+
+
+def loopback_argv(
+    service: Service,
+    ports: Mapping[tuple[str, int], int],
+    services: Sequence[str] = (),
+    volumes: Mapping[str, Path] | None = None,
+    relocate: Mapping[Path, Path] | None = None,
+) -> list[str]:
+    """`service`'s argv for a process on 127.0.0.1.
+
+    `ports` maps (service, container port) to the loopback port; `services` are the compose
+    service names that addresses may name; `volumes` maps a named volume to a host folder;
+    `relocate` maps a bind mount's host folder to another one (e.g. freshly made certificates).
+    """
+    host_path = _container_paths(service, volumes, relocate)
+
+    def port(owner: str, number: str) -> str:
+        key = (owner, int(number))
+        if key not in ports:
+            raise ConfigError(f"no loopback port for {owner}:{number}; pass it in `ports`")
+        return str(ports[key])
+
+    def value(flag: str, text: str) -> str:
+        if flag == "--host":  # listen on loopback only, whatever the container binds to
+            return LOOPBACK
+        if flag == "--port":
+            return port(service.name, text)
+        address = _ADDRESS.match(text)
+        if address and address["host"] in services:
+            return f"{LOOPBACK}:{port(address['host'], address['port'])}"
+        return host_path(text)
+
     return [
         flag if val is None else f"{flag}={value(flag, val)}" for flag, val in _flags(service.argv)
     ]
+
+
+def loopback_environment(
+    service: Service,
+    volumes: Mapping[str, Path] | None = None,
+    relocate: Mapping[Path, Path] | None = None,
+) -> dict[str, str]:
+    """`service`'s environment for a process on 127.0.0.1: container paths become host paths."""
+    host_path = _container_paths(service, volumes, relocate)
+    return {
+        key: host_path(value) if value.startswith("/") else value
+        for key, value in service.environment.items()
+    }
 
 
 def flower_config_path() -> Path:
