@@ -103,10 +103,7 @@ def _distinct_names(sections: Sequence[Section]) -> None:
     suffix settles what is left.
     """
 
-    def clashes() -> Counter[str]:
-        return Counter(item.name.casefold() for s in sections for item in s.items)
-
-    counts = clashes()
+    counts = Counter(item.name.casefold() for s in sections for item in s.items)
     for section in sections:
         for i, item in enumerate(section.items):
             if counts[item.name.casefold()] > 1:
