@@ -3,9 +3,12 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# make flwr-run CLIENTS=4 RUN_CONFIG="num-server-rounds=5 experiment='short'"
+CLIENTS    ?= 10
+RUN_CONFIG ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run flwr-run check lint typecheck test fmt clean
+.PHONY: help setup run flwr-run check lint typecheck test test-fast fmt clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,9 +27,12 @@ run: setup  ## run the default paired experiment (coupled vs decoupled) on MNIST
 	$(BIN)/fedadamw run
 
 flwr-run: setup  ## the same app through `flwr run .` on Flower's local simulation (one Flower run)
-	# Runtime dependency installation off: it would uv-sync a CUDA torch for every run.
-	FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 $(BIN)/flwr run . \
-	    --federation-config "num-supernodes=10 client-resources-num-cpus=1" --stream
+	# flwr starts its local SuperLink by looking `flower-superlink` up on PATH: the venv's bin
+	# goes first there, so no activated venv is needed. Runtime dependency installation off:
+	# it would uv-sync a CUDA torch for every run. One SuperNode per client.
+	PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . \
+	    --federation-config "num-supernodes=$(CLIENTS) client-resources-num-cpus=1" --stream \
+	    --run-config "num-clients=$(CLIENTS) $(RUN_CONFIG)"
 
 lint: setup  ## ruff format check and ruff lint
 	$(BIN)/ruff format --check .
@@ -35,8 +41,11 @@ lint: setup  ## ruff format check and ruff lint
 typecheck: setup  ## mypy (strict)
 	$(BIN)/mypy
 
-test: setup  ## pytest, the whole suite
+test: setup  ## pytest, the whole suite (the loopback deployment tests included)
 	$(BIN)/pytest -q
+
+test-fast: setup  ## pytest without the slow loopback deployment tests (marker `deployment`)
+	$(BIN)/pytest -q -m "not deployment"
 
 check: lint typecheck test  ## everything CI runs: lint, types, tests
 

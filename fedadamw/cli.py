@@ -97,6 +97,9 @@ def _build_parser() -> argparse.ArgumentParser:
     fig = sub.add_parser("figures", help="write PNG and PDF figures for papers")
     fig.add_argument("out", metavar="OUT", help="a run's output folder")
     fig.add_argument("--dir", metavar="D", required=True, dest="directory", help="output folder")
+    fig.add_argument(
+        "--force", action="store_true", help="overwrite figure files that exist in --dir"
+    )
     return parser
 
 
@@ -136,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "figures":
             from fedadamw.report import figures_command
 
-            return figures_command(Path(args.out), Path(args.directory))
+            return figures_command(Path(args.out), Path(args.directory), args.force)
         if args.command == "compare":
             from fedadamw.compare import compare_command
 

@@ -41,6 +41,10 @@ INPUT_SHAPE: dict[str, tuple[int, ...]] = {
 }
 # Partitioners that hand out contiguous row ranges: the table is shuffled (seeded) before them.
 _CONTIGUOUS = ("iid", "exponential", "linear")
+# Version of the split code (`make_partitioner`, `_split_partitions`): part of the key of the
+# splits kept on disk. Bump it with any change that alters which rows a client gets, or runs
+# keep reading splits the old code made.
+SPLIT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -299,12 +303,14 @@ def _split_partitions(spec: DataSpec) -> tuple[np.ndarray, ...]:
 def partition_indices(spec: DataSpec) -> tuple[np.ndarray, ...]:
     """Row indices of the train split for every partition (computed once per process).
 
-    The split is also kept on disk, keyed by the spec and the flwr-datasets version, so that
-    Ray workers skip importing `datasets` (~3 s per process) when the driver already split.
+    The split is also kept on disk, keyed by the spec, `SPLIT_VERSION` and the flwr-datasets
+    version, so that Ray workers skip importing `datasets` (~3 s per process) when the driver
+    already split.
     """
     from importlib.metadata import version
 
-    key = hashlib.sha1(f"{spec!r}|flwr-datasets {version('flwr-datasets')}".encode()).hexdigest()
+    text = f"{spec!r}|split v{SPLIT_VERSION}|flwr-datasets {version('flwr-datasets')}"
+    key = hashlib.sha1(text.encode()).hexdigest()
     path = cache_dir() / f"partitions-{key[:16]}.npz"
     if path.is_file():
         try:

@@ -2,29 +2,30 @@
 
 `docker-compose.yml` is the one place that says how the SuperLink, the ServerApp process and
 the SuperNodes are started. This module reads it (plus override files, merged with the part
-of Compose's rules those files use) and rewrites a service's entrypoint + command so that it
-runs as a plain process on 127.0.0.1: compose service names become 127.0.0.1, each listening
-port a free port, container paths the host folders mounted there. The deployment test starts
-exactly these commands, so the compose file and the test cannot drift apart. It also writes
-the `flwr` connection that `flwr run . <connection>` needs (`python -m fedadamw.deploy connect`).
+of Compose's rules those files use) and rewrites a service's entrypoint + command and its
+environment so that it runs as a plain process on 127.0.0.1: compose service names become
+127.0.0.1, each listening port a free port, container paths the host folders mounted there.
+The deployment test starts exactly these commands, so the compose file and the test cannot
+drift apart. It also writes the `flwr` connection that `flwr run . <connection>` needs
+(`python -m fedadamw.deploy connect`).
 No flwr import here: this module only reads and writes text.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import yaml
 
 from fedadamw.config import ConfigError
@@ -51,6 +52,7 @@ class Service:
     environment: dict[str, str]
     binds: dict[str, Path]  # container path -> host path (bind mounts)
     volumes: dict[str, str]  # container path -> named volume
+    published: tuple[str, ...] = ()  # `ports:` entries, [HOST_IP:]HOST_PORT:CONTAINER_PORT
 
     def ports(self) -> list[int]:
         """The ports this service listens on (its `--port` values)."""
@@ -138,7 +140,8 @@ def _service(name: str, spec: dict[str, Any], base: Path, env: Mapping[str, str]
             binds[target] = (base / Path(source).expanduser()).resolve()
         else:
             volumes[target] = source
-    return Service(name, tuple(argv), environment, binds, volumes)
+    published = tuple(interpolate(str(p), env) for p in spec.get("ports", []))
+    return Service(name, tuple(argv), environment, binds, volumes, published)
 
 
 def _flags(argv: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -159,19 +162,12 @@ def _flags(argv: Sequence[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def loopback_argv(
+def _container_paths(
     service: Service,
-    ports: Mapping[tuple[str, int], int],
-    services: Sequence[str] = (),
-    volumes: Mapping[str, Path] | None = None,
-    relocate: Mapping[Path, Path] | None = None,
-) -> list[str]:
-    """`service`'s argv for a process on 127.0.0.1.
-
-    `ports` maps (service, container port) to the loopback port; `services` are the compose
-    service names that addresses may name; `volumes` maps a named volume to a host folder;
-    `relocate` maps a bind mount's host folder to another one (e.g. freshly made certificates).
-    """
+    volumes: Mapping[str, Path] | None,
+    relocate: Mapping[Path, Path] | None,
+) -> Callable[[str], str]:
+    """A function mapping a container path of `service` to the host path mounted there."""
     mounts: dict[str, Path] = {}
     for target, source in service.binds.items():
         for old, new in (relocate or {}).items():
@@ -185,23 +181,10 @@ def loopback_argv(
         else:
             unmapped[target] = volume
 
-    def port(owner: str, number: str) -> str:
-        key = (owner, int(number))
-        if key not in ports:
-            raise ConfigError(f"no loopback port for {owner}:{number}; pass it in `ports`")
-        return str(ports[key])
-
     def under(text: str, target: str) -> bool:
         return text == target or text.startswith(target.rstrip("/") + "/")
 
-    def value(flag: str, text: str) -> str:
-        if flag == "--host":  # listen on loopback only, whatever the container binds to
-            return LOOPBACK
-        if flag == "--port":
-            return port(service.name, text)
-        address = _ADDRESS.match(text)
-        if address and address["host"] in services:
-            return f"{LOOPBACK}:{port(address['host'], address['port'])}"
+    def host_path(text: str) -> str:
         for target in sorted(mounts, key=len, reverse=True):
             if under(text, target):
                 return str(mounts[target]) + text[len(target) :]
@@ -213,14 +196,56 @@ def loopback_argv(
                 )
         return text
 
+    return host_path
+
+
+def loopback_argv(
+    service: Service,
+    ports: Mapping[tuple[str, int], int],
+    services: Sequence[str] = (),
+    volumes: Mapping[str, Path] | None = None,
+    relocate: Mapping[Path, Path] | None = None,
+) -> list[str]:
+    """`service`'s argv for a process on 127.0.0.1.
+
+    `ports` maps (service, container port) to the loopback port; `services` are the compose
+    service names that addresses may name; `volumes` maps a named volume to a host folder;
+    `relocate` maps a bind mount's host folder to another one (e.g. freshly made certificates).
+    """
+    host_path = _container_paths(service, volumes, relocate)
+
+    def port(owner: str, number: str) -> str:
+        key = (owner, int(number))
+        if key not in ports:
+            raise ConfigError(f"no loopback port for {owner}:{number}; pass it in `ports`")
+        return str(ports[key])
+
+    def value(flag: str, text: str) -> str:
+        if flag == "--host":  # listen on loopback only, whatever the container binds to
+            return LOOPBACK
+        if flag == "--port":
+            return port(service.name, text)
+        address = _ADDRESS.match(text)
+        if address and address["host"] in services:
+            return f"{LOOPBACK}:{port(address['host'], address['port'])}"
+        return host_path(text)
+
     return [
         flag if val is None else f"{flag}={value(flag, val)}" for flag, val in _flags(service.argv)
     ]
 
 
-def _toml_string(text: str) -> str:
-    # JSON's escapes (\" \\ \n \uXXXX for control characters) are valid in a TOML basic string.
-    return json.dumps(text, ensure_ascii=False)
+def loopback_environment(
+    service: Service,
+    volumes: Mapping[str, Path] | None = None,
+    relocate: Mapping[Path, Path] | None = None,
+) -> dict[str, str]:
+    """`service`'s environment for a process on 127.0.0.1: container paths become host paths."""
+    host_path = _container_paths(service, volumes, relocate)
+    return {
+        key: host_path(value) if value.startswith("/") else value
+        for key, value in service.environment.items()
+    }
 
 
 def flower_config_path() -> Path:
@@ -229,46 +254,60 @@ def flower_config_path() -> Path:
     return (Path(home) if home else Path.home() / ".flwr") / "config.toml"
 
 
-def write_connection(config: Path, name: str, address: str, root_certificates: Path | None) -> None:
-    """Add (or replace) the connection `[superlink.<name>]` in Flower's config.toml."""
+def backup_path(config: Path) -> Path:
+    """Where `write_connection` keeps the file as it was before its last change."""
+    return config.with_name(config.name + ".bak")
+
+
+def write_connection(
+    config: Path, name: str, address: str, root_certificates: Path | None
+) -> Path | None:
+    """Add (or replace) the connection `[superlink.<name>]` in Flower's config.toml.
+
+    The file is parsed and written as TOML (with tomli-w, as `flwr` writes it), so every other
+    key and connection stays as it was; the old file is first copied to `backup_path(config)`,
+    which is returned (None when there was no file). A file that is not valid TOML is left
+    alone and reported in one line. Comments do not survive a rewrite: they stay in the backup.
+    """
     if not _BARE_KEY.match(name):
         raise ConfigError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
     if not _ADDRESS.match(address) and not address.startswith("["):
         raise ConfigError(f"--address {address!r}: expected HOST:PORT, e.g. {DEFAULT_ADDRESS}")
-    lines = [f"[superlink.{name}]", f"address = {_toml_string(address)}"]
+    entry: dict[str, Any] = {"address": address}
     if root_certificates is None:
-        lines.append("insecure = true")
+        entry["insecure"] = True
     else:
         ca = root_certificates.expanduser().resolve()
         if not ca.is_file():
             raise ConfigError(
                 f"--ca {str(ca)!r}: no such file; create it with docker/certs/generate.sh"
             )
-        # Flower requires an absolute path here.
-        lines.append(f"root-certificates = {_toml_string(str(ca))}")
-    block = "\n".join(lines) + "\n"
+        entry["root-certificates"] = str(ca)  # Flower requires an absolute path here.
 
-    old = config.read_text() if config.is_file() else ""
-    header = re.compile(rf"^\s*\[\s*superlink\.(?:{re.escape(name)}|\"{re.escape(name)}\")\s*[.\]]")
-    kept: list[str] = []
-    skipping = False
-    for line in old.splitlines():
-        if line.lstrip().startswith("["):
-            skipping = bool(header.match(line))
-        if not skipping:
-            kept.append(line)
-    text = "\n".join(kept).rstrip()
-    text = (text + "\n\n" if text else "") + block
+    old: bytes | None = config.read_bytes() if config.is_file() else None
     try:
-        parsed = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config}: not valid TOML, fix or remove it ({exc})") from None
-    if parsed.get("superlink", {}).get(name, {}).get("address") != address:
+        data = tomllib.loads(old.decode()) if old is not None else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config}: not valid TOML ({exc}); fix or move it, then retry") from None
+    tables = data.setdefault("superlink", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{config}: `superlink` is not a table; fix or move the file")
+    tables[name] = entry  # a previous entry of that name goes, with its sub-tables
+    text = tomli_w.dumps(data)
+    if tomllib.loads(text) != data:  # what `flwr` will read must be exactly what was meant
         raise ConfigError(f"{config}: could not write [superlink.{name}]; edit it by hand")
+
     config.parent.mkdir(parents=True, exist_ok=True)
-    tmp = config.with_suffix(".toml.tmp")
+    backup = None
+    if old is not None:
+        backup = backup_path(config)
+        shutil.copy2(config, backup)  # the bytes and the mode, comments included
+    tmp = config.with_name(config.name + ".tmp")
     tmp.write_text(text)
-    tmp.replace(config)
+    if old is not None:
+        tmp.chmod(config.stat().st_mode & 0o777)
+    tmp.replace(config)  # readers see the old file or the new one, never half of one
+    return backup
 
 
 def _let_flower_create(config: Path) -> None:
@@ -301,12 +340,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.is_file():
         _let_flower_create(config)
     try:
-        write_connection(config, args.name, args.address, None if args.insecure else args.ca)
+        backup = write_connection(
+            config, args.name, args.address, None if args.insecure else args.ca
+        )
     except ConfigError as exc:
         print(f"fedadamw: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"fedadamw: error: {config}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    kept = f" (the previous file is {backup})" if backup else ""
     print(
-        f"wrote [superlink.{args.name}] ({args.address}) to {config}; "
+        f"wrote [superlink.{args.name}] ({args.address}) to {config}{kept}; "
         f"start runs with: flwr run . {args.name}"
     )
     return 0

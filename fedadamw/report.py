@@ -15,14 +15,16 @@ status and print one line on stderr for bad input, never a traceback.
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +90,36 @@ def standard_sections(
     for experiment in dict.fromkeys(runs_all["experiment"]):
         runs = runs_all[runs_all["experiment"] == experiment]
         sections.append(_experiment_section(store, str(experiment), runs, labels))
+    _distinct_names(sections)
     return sections
+
+
+def _distinct_names(sections: Sequence[Section]) -> None:
+    """Give every figure its own file stem, in place.
+
+    Slugs are not one-to-one: experiments `a b` and `a-b`, or settings `lr=0.1` and `lr-0.1`,
+    give the same stem, as do stems differing only in case on a case-insensitive disk. Each
+    clashing stem gets a tag hashed from what it stands for (stable from run to run); a numeric
+    suffix settles what is left.
+    """
+
+    counts = Counter(item.name.casefold() for s in sections for item in s.items)
+    for section in sections:
+        for i, item in enumerate(section.items):
+            if counts[item.name.casefold()] > 1:
+                source = f"{section.experiment}\0{item.group}\0{item.name}"
+                tag = hashlib.sha1(source.encode()).hexdigest()[:6]
+                section.items[i] = replace(item, name=f"{item.name}-{tag}")
+    taken: set[str] = set()
+    for section in sections:
+        for i, item in enumerate(section.items):
+            name, n = item.name, 1
+            while name.casefold() in taken:
+                n += 1
+                name = f"{item.name}-{n}"
+            taken.add(name.casefold())
+            if name != item.name:
+                section.items[i] = replace(item, name=name)
 
 
 def _experiment_section(
@@ -311,12 +342,18 @@ class ExportError(RuntimeError):
     """Static export is impossible here (no Chromium); the message says what to install."""
 
 
-def write_figures(out: str | Path, directory: str | Path) -> list[Path]:
-    """Write every standard figure as PNG and PDF into `directory`; returns the files written."""
+class OverwriteError(RuntimeError):
+    """Files to be written exist already and overwriting was not asked for."""
+
+
+def write_figures(out: str | Path, directory: str | Path, force: bool = False) -> list[Path]:
+    """Write every standard figure as PNG and PDF into `directory`; returns the files written.
+
+    Nothing is written when one of the files exists, unless `force`.
+    """
     store = Store(out)
     items = [item for s in standard_sections(store) for item in s.items]
     target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
     jobs = []
     paths: list[Path] = []
     for item in items:
@@ -331,6 +368,15 @@ def write_figures(out: str | Path, directory: str | Path) -> list[Path]:
             }
             jobs.append({"fig": item.figure, "path": str(path), "opts": opts})
             paths.append(path)
+    if not force:
+        # is_symlink: a dangling link does not "exist", yet writing would follow it.
+        existing = [p for p in paths if p.exists() or p.is_symlink()]
+        if existing:
+            raise OverwriteError(
+                f"--dir {str(target)!r}: {len(existing)} of the {len(paths)} files exist "
+                f"already (e.g. {existing[0].name}); pass --force to overwrite them"
+            )
+    target.mkdir(parents=True, exist_ok=True)
     if jobs:
         _export(jobs)
     return paths
@@ -468,13 +514,13 @@ def report_command(out: Path, html_path: Path) -> int:
     return 0
 
 
-def figures_command(out: Path, directory: Path) -> int:
-    """`fedadamw figures OUT --dir D`: write the standard figures as PNG and PDF."""
+def figures_command(out: Path, directory: Path, force: bool = False) -> int:
+    """`fedadamw figures OUT --dir D [--force]`: write the standard figures as PNG and PDF."""
     if _check_out(out) is None:
         return EXIT_BAD_INPUT
     try:
-        written = write_figures(out, directory)
-    except (StoreError, ExportError) as exc:
+        written = write_figures(out, directory, force)
+    except (StoreError, ExportError, OverwriteError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"--dir {str(directory)!r}: cannot write ({exc.strerror or exc})")

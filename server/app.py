@@ -7,6 +7,7 @@ and both arms see the same nodes, partitions, sampled clients and initial weight
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from fedadamw.experiment import describe, describe_configs, run_id_for, swept_ke
 from fedadamw.failures import RunInterruptedError, WorkerLostError, summary
 from fedadamw.fileio import atomic_write_text
 from fedadamw.lock import WriterLock
+from fedadamw.outdir import resolve_under_root
 from fedadamw.recorder import Progress, RunRecorder
 from fedadamw.store import FINISHED, INTERRUPTED, ResultStore, RunInfo
 from server.grid import GuardedGrid
@@ -37,9 +39,8 @@ from server.strategy import NODE_WAIT_S, DivergenceFedAvg, scalar
 
 
 def resolve_out_dir(cfg: Config) -> Path:
-    """Where results go on the server: `out-dir`, made absolute under ~/fedadamw-runs."""
-    path = Path(cfg.out_dir or cfg.experiment).expanduser()
-    return path if path.is_absolute() else Path.home() / "fedadamw-runs" / path
+    """Where a submitted run writes: `out-dir` under the results root (fedadamw.outdir)."""
+    return resolve_under_root(cfg.out_dir, cfg.experiment)
 
 
 def discover_partitions(grid: Grid, expected: int, wait_s: float = NODE_WAIT_S) -> dict[int, int]:
@@ -236,6 +237,16 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """The `flwr run .` path: the config is Flower's run config (pyproject defaults + overrides)."""
-    cfg = Config.from_mapping(dict(context.run_config))
-    run_experiment(grid, [cfg], resolve_out_dir(cfg))
+    """The `flwr run .` path: the config is Flower's run config (pyproject defaults + overrides).
+
+    A run config the server refuses (a bad value, an `out-dir` outside the results root) ends
+    the run with one line in its log and before any file is written.
+    """
+    try:
+        cfg = Config.from_mapping(dict(context.run_config))
+        out_dir = resolve_out_dir(cfg)
+    except ConfigError as exc:
+        # Flower would log a traceback for an exception; the submitter needs the one line.
+        print(f"fedadamw: error: {exc}", file=sys.stderr, flush=True)
+        return
+    run_experiment(grid, [cfg], out_dir)

@@ -10,7 +10,6 @@ checkout). The server is stopped by its pid, also when the test fails.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,9 +21,9 @@ import pytest
 from fedadamw.config import default_config
 from fedadamw.report import free_port, start_dashboard, stop_process
 from fedadamw.store import ResultStore
+from tests import needs
 from tests.test_figures import write_synthetic_store
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -36,9 +35,11 @@ CHROMIUM_FLAGS = [
 ]
 MAIN_FIGURES = 6  # divergence, accuracy, heatmap, scatter, labels, layers
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
-)
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's chromium: the test skips without it, and fails without it under CI."""
+    return needs.chromium()
 
 
 def _wait_healthy(url: str, proc: Any, timeout: float = 40.0) -> None:
@@ -82,14 +83,16 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         assert proc.poll() is not None
 
 
-def test_dashboard_renders_in_chromium(served: tuple[str, Path], tmp_path: Path) -> None:
+def test_dashboard_renders_in_chromium(
+    chromium: str, served: tuple[str, Path], tmp_path: Path
+) -> None:
     shots = Path(os.environ.get("FEDADAMW_SCREENSHOTS") or tmp_path)
     from playwright.sync_api import sync_playwright
 
     url, out = served
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1500})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

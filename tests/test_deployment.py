@@ -1,9 +1,12 @@
 """The deployment without a Docker engine: docker-compose.yml's own commands on 127.0.0.1.
 
-The slow tests (marker `deployment`) start the SuperLink with TLS, the ServerApp process and
-three SuperNodes exactly as docker-compose.yml runs them (fedadamw.deploy reads the file and
-maps service names, ports and mounted paths to loopback), start the experiment with
-`flwr run . <connection>` and check the results store. Every process is started in its own
+The slow tests (marker `deployment`) start the SuperLink with TLS, SuperNode authentication
+and the SuperExec secret, the ServerApp process and three SuperNodes exactly as
+docker-compose.yml runs them (fedadamw.deploy reads the file and maps service names, ports and
+mounted paths to loopback), with fresh certificates, keys and secret; they start the experiment
+with `flwr run . <connection>` and check the results store, and show that a SuperNode without a
+registered key, one without the CA and a SuperExec without the secret are each refused. One
+more runs `make flwr-run`, the README's local simulation. Every process is started in its own
 process group and stopped by pid when the test ends, also when it fails.
 """
 
@@ -20,9 +23,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, RecordDict
@@ -36,10 +40,10 @@ from fedadamw.store import ResultStore, connect_readonly
 from server import strategy as strategy_module
 from server.app import discover_partitions
 from server.strategy import to_client_reply
+from tests import needs
 
 ROOT = deploy.ROOT
 BIN = Path(sys.executable).parent  # flower-superlink & co. of the environment running the tests
-AUTH_FILE = ROOT / "docker" / "compose.auth.yml"
 GPU_FILE = ROOT / "docker" / "compose.gpu.yml"
 SUPERNODES = ("supernode-1", "supernode-2", "supernode-3")
 CONNECTION = "fedadamw-loopback"
@@ -93,7 +97,8 @@ class Processes:
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] = {}) -> None:
         """Start `argv` (its program from this environment's bin folder) with output in a log."""
         program = BIN / argv[0]
-        with (self.logs / f"{name}.log").open("wb") as log:
+        # Appended to: a restarted process keeps the log of its first life.
+        with (self.logs / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 [str(program) if program.exists() else argv[0], *argv[1:]],
                 stdout=log,
@@ -155,7 +160,11 @@ def _listening(port: int) -> bool:
 
 
 class Deployment:
-    """docker-compose.yml's services as loopback processes, with fresh certificates."""
+    """docker-compose.yml's services as loopback processes, with fresh credentials.
+
+    The certificates, the SuperExec secret and the SuperNode keys come from the scripts the
+    README has users run (docker/certs/generate.sh, docker/keys/generate.sh), into `root`.
+    """
 
     def __init__(self, root: Path, files: Sequence[Path] = (deploy.COMPOSE_FILE,)) -> None:
         self.root = root
@@ -167,11 +176,14 @@ class Deployment:
         }
         self.certs, self.keys, self.state = root / "certs", root / "keys", root / "state"
         self.state.mkdir(parents=True)
-        subprocess.run(
-            ["bash", str(ROOT / "docker/certs/generate.sh"), str(self.certs)],
-            check=True,
-            capture_output=True,
-        )
+        for script, args in (("certs", []), ("keys", ["3"])):
+            out = getattr(self, script)
+            subprocess.run(
+                ["bash", str(ROOT / "docker" / script / "generate.sh"), str(out), *args],
+                check=True,
+                capture_output=True,
+            )
+        self.results = root / "results"  # the `results` volume
         self.home = root / "flwr-home"  # Flower's config and installed apps, not the user's
         env = {
             **os.environ,
@@ -185,18 +197,40 @@ class Deployment:
             self.home / "config.toml", CONNECTION, address, self.certs / "ca.crt"
         )
 
+    def _mounts(self) -> dict[str, Any]:
+        return {
+            "volumes": {"superlink-state": self.state, "results": self.results},
+            "relocate": {ROOT / "docker/certs": self.certs, ROOT / "docker/keys": self.keys},
+        }
+
     def argv(self, name: str) -> list[str]:
         """The loopback command of compose service `name`."""
         return deploy.loopback_argv(
-            self.services[name],
-            self.ports,
-            services=list(self.services),
-            volumes={"superlink-state": self.state, "results": self.root / "results"},
-            relocate={ROOT / "docker/certs": self.certs, ROOT / "docker/keys": self.keys},
+            self.services[name], self.ports, services=list(self.services), **self._mounts()
         )
 
-    def start(self, name: str, argv: Sequence[str] | None = None) -> None:
-        self.procs.start(name, argv or self.argv(name), self.services[name].environment)
+    def start(self, name: str, argv: Sequence[str] | None = None, service: str = "") -> None:
+        """Start compose service `service` (default: `name`) as process `name`."""
+        env = deploy.loopback_environment(self.services[service or name], **self._mounts())
+        self.procs.start(name, argv or self.argv(service or name), env)
+
+    def register(self, *names: str) -> list[str]:
+        """`flwr supernode register` the public keys of SuperNodes `names`; flwr's outputs."""
+        return [
+            self.flwr("supernode", "register", str(self.keys / f"{n}.pub"), CONNECTION).stdout
+            for n in names
+        ]
+
+    def wait_exit(self, name: str, timeout: float = 120) -> int:
+        """Wait until process `name` ends on its own; its exit status."""
+        proc = self.procs.procs[name]
+        _wait_for(f"{name} to exit", lambda: proc.poll() is not None, self.procs, timeout)
+        return int(proc.returncode)
+
+    def runs(self) -> dict[int, dict[str, Any]]:
+        """The SuperLink's runs (`flwr ls`), by run id."""
+        listing = json.loads(self.flwr("ls", CONNECTION, "--format", "json").stdout)
+        return {int(r["run-id"]): r for r in listing["runs"]}
 
     def start_superlink(self) -> None:
         self.start("superlink")
@@ -219,8 +253,10 @@ class Deployment:
         )
         return proc
 
-    def run_args(self, experiment: str, out: Path, stream: bool = True, **extra: str) -> list[str]:
-        """`flwr run . <connection>` for a small experiment writing to `out` (absolute)."""
+    def run_args(
+        self, experiment: str, out: Path | str, stream: bool = True, **extra: str
+    ) -> list[str]:
+        """`flwr run . <connection>` for a small experiment writing to `out-dir` `out`."""
         config = {
             "experiment": f"'{experiment}'",
             "num-server-rounds": str(ROUNDS),
@@ -252,6 +288,7 @@ def _deployment(root: Path, files: Sequence[Path] = (deploy.COMPOSE_FILE,)) -> I
 
 def _start_all(dep: Deployment) -> None:
     dep.start_superlink()
+    dep.register(*SUPERNODES)  # before they connect, as the README's recipe does
     dep.start("serverapp")
     for name in SUPERNODES:
         dep.start(name)
@@ -276,9 +313,9 @@ def _finished(out: Path, arms: int) -> bool:
     return len(rows) == arms and all(r[0] != "running" for r in rows)
 
 
-def _expected_sizes() -> dict[int, int]:
+def _expected_sizes(clients: int = CLIENTS) -> dict[int, int]:
     """Each partition's size, from the split the run config asks for (pyproject defaults)."""
-    cfg = Config.from_mapping({"num-clients": CLIENTS})
+    cfg = Config.from_mapping({"num-clients": clients})
     return {p: len(idx) for p, idx in enumerate(partition_indices(DataSpec.from_config(cfg)))}
 
 
@@ -295,13 +332,14 @@ def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     deployment, the decoupled arm loses `KILLED` in its round 1 and must finish without it.
     """
     root = tmp_path_factory.mktemp("deployed")
+    # A relative out-dir, as in the README: the ServerApp takes it under the results volume.
     out = root / "results" / "two-arms"
     with _deployment(root) as dep:
         _start_all(dep)
         started = time.perf_counter()
         with (dep.root / "logs" / "flwr-run.log").open("wb") as log:
             run = subprocess.Popen(
-                [str(BIN / "flwr"), *dep.run_args("deploy-test", out)],
+                [str(BIN / "flwr"), *dep.run_args("deploy-test", out.name)],
                 cwd=ROOT,
                 env=dep.procs.env,
                 stdout=log,
@@ -374,7 +412,7 @@ def test_experiment_runs_on_the_compose_services(deployed_run: Path) -> None:
         assert (c["num_examples"], c["local_steps"]) == (n, EPOCHS * math.ceil(n / BATCH))
     conn.close()
     config = json.loads((deployed_run / "config.json").read_text())
-    assert config["out-dir"] == str(deployed_run) and config["num-clients"] == CLIENTS
+    assert config["out-dir"] == deployed_run.name and config["num-clients"] == CLIENTS
 
 
 @pytest.mark.deployment
@@ -404,39 +442,56 @@ def test_a_killed_supernode_is_recorded_and_the_run_finishes(deployed_run: Path)
     conn.close()
 
 
+SECRET_FLAG = "--superexec-auth-secret-file"
+
+
+def _without(argv: Sequence[str], flag: str) -> list[str]:
+    kept = [a for a in argv if a.split("=", 1)[0] != flag]
+    assert len(kept) == len(argv) - 1, f"{flag} not in {argv}"
+    return kept
+
+
 @pytest.mark.deployment
-def test_supernodes_without_the_ca_or_a_registered_key_are_refused(tmp_path: Path) -> None:
-    with _deployment(tmp_path, (deploy.COMPOSE_FILE, AUTH_FILE)) as dep:
-        subprocess.run(
-            ["bash", str(ROOT / "docker/keys/generate.sh"), str(dep.keys), "3"],
-            check=True,
-            capture_output=True,
-        )
-        assert "--enable-supernode-auth" in dep.argv("superlink")
+def test_nodes_and_processes_without_their_credentials_are_refused(tmp_path: Path) -> None:
+    """The default compose file lets in only what holds its credential, each checked live:
+
+    (a) a SuperNode whose key was never registered, (b) a SuperNode without the CA and
+    (c) a SuperExec (Runtime API client) without the secret are refused; with the secret the
+    same SuperExec gets the run, whose escaping out-dir the ServerApp refuses in one line.
+    """
+    with _deployment(tmp_path) as dep:
+        superlink = dep.argv("superlink")
+        assert "--enable-supernode-auth" in superlink
+        assert f"{SECRET_FLAG}={dep.certs}/superexec.secret" in superlink
         dep.start_superlink()
-        registered = []
-        for name in ("supernode-1", "supernode-3"):  # supernode-2's key is never registered
-            out = dep.flwr("supernode", "register", str(dep.keys / f"{name}.pub"), CONNECTION)
-            registered.append(out.stdout)
-        no_ca = [a for a in dep.argv("supernode-3") if not a.startswith("--root-certificates")]
-        assert len(no_ca) == len(dep.argv("supernode-3")) - 1
+        registered = dep.register("supernode-1", "supernode-3")  # never supernode-2's key
         dep.start("supernode-1")
-        dep.start("supernode-2")
-        dep.start("supernode-3", no_ca)
+        dep.start("supernode-2")  # (a) its key pair exists, but was never registered
+        dep.start("supernode-3", _without(dep.argv("supernode-3"), "--root-certificates"))  # (b)
 
-        refused = {
-            "supernode-2": "Failed to activate SuperNode",
-            "supernode-3": "CERTIFICATE_VERIFY",
-        }
-        for name in refused:
-            proc = dep.procs.procs[name]
+        # A run waits for a SuperExec; one without the secret (c) is turned away.
+        outside = tmp_path / "outside"
+        args = dep.run_args("escape", outside, stream=False)
+        run_id = int(json.loads(dep.flwr(*args, "--format", "json").stdout)["run-id"])
+        dep.start("no-secret", _without(dep.argv("serverapp"), SECRET_FLAG), "serverapp")
 
-            def gave_up(p: subprocess.Popen[bytes] = proc) -> bool:
-                return p.poll() is not None
-
-            _wait_for(f"{name} to give up", gave_up, dep.procs, 120)
-            assert proc.returncode != 0
-            assert refused[name] in dep.procs.log(name), dep.procs.tails()
+        # (a): the node gives up, and the SuperLink says why (HTTP 412 on activate-node).
+        assert dep.wait_exit("supernode-2") != 0
+        assert "Failed to activate SuperNode" in dep.procs.log("supernode-2"), dep.procs.tails()
+        link_log = dep.procs.log("superlink")
+        assert "Attempted to register SuperNode with public key" in link_log
+        assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in link_log
+        # (b): TLS fails on the node's side: it cannot verify the SuperLink's certificate.
+        assert dep.wait_exit("supernode-3") != 0
+        assert "CERTIFICATE_VERIFY" in dep.procs.log("supernode-3"), dep.procs.tails()
+        # (c): the SuperLink answers the SuperExec's first AcquireTask with 401 and the
+        # SuperExec stops (Flower 1.41 exits it with status 0: the log is the evidence).
+        dep.wait_exit("no-secret", 60)
+        link_log = dep.procs.log("superlink")
+        assert "SuperExec authentication failed for /flwr.proto.Runtime/AcquireTask" in link_log
+        assert '"POST /v1/runtime/acquire-task HTTP/1.1" 401' in link_log
+        assert "Starting Flower SuperExec" in dep.procs.log("no-secret")
+        assert dep.runs()[run_id]["status"] == "pending"  # nobody got the run's code
 
         def online() -> list[dict[str, str]]:
             listing = json.loads(
@@ -449,48 +504,200 @@ def test_supernodes_without_the_ca_or_a_registered_key_are_refused(tmp_path: Pat
         assert node_id in registered[0]  # the one that is online is supernode-1
         assert dep.procs.procs["supernode-1"].poll() is None
 
+        # With the secret, the same command gets the run; the ServerApp refuses its out-dir
+        # (outside the results volume) with one line in the run's log and writes nothing.
+        dep.start("serverapp")
+
+        def finished() -> bool:
+            return str(dep.runs()[run_id]["status"]).startswith("finished")
+
+        _wait_for("the escaping run to end", finished, dep.procs, 180)
+        log = dep.flwr("log", str(run_id), CONNECTION, "--show").stdout
+        refusals = [line for line in log.splitlines() if "fedadamw: error:" in line]
+        assert len(refusals) == 1, log
+        assert f"out-dir: {str(outside)!r} resolves to" in refusals[0]
+        assert "Traceback" not in log
+        assert not outside.exists()
+        assert not dep.results.exists() or not any(dep.results.rglob("*"))
+
         # The SuperLink's state is its --database (a volume in compose): a restart keeps runs.
-        args = dep.run_args("persist", tmp_path / "unused", stream=False)
-        run_id = json.loads(dep.flwr(*args, "--format", "json").stdout)["run-id"]
-        dep.procs.stop("superlink")
+        dep.procs.stop("serverapp", "superlink")
         dep.start_superlink()
-        runs = json.loads(dep.flwr("ls", CONNECTION, "--format", "json").stdout)["runs"]
-        assert run_id in [r["run-id"] for r in runs]
+        assert run_id in dep.runs()
+
+
+# --------------------------------------------------------------------------- make flwr-run
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie nobody has reaped yet does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _local_superlinks(flwr_home: Path) -> list[int]:
+    """Pids of the local SuperLinks `flwr run` started for this FLWR_HOME.
+
+    Flower starts it detached, with its log under $FLWR_HOME/local-superlink: that log path in
+    its command line tells it from any other SuperLink on the machine.
+    """
+    log_file = str(flwr_home / "local-superlink" / "superlink.log")
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        argv = _cmdline(int(entry.name))
+        programs = {Path(a).name for a in argv[:2]}  # `flower-superlink`, or python + script
+        if "flower-superlink" in programs and log_file in argv and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _stop_by_pid(pid: int) -> None:
+    """SIGTERM `pid`, its process group and descendants; SIGKILL what is left after 10 s."""
+    family = _descendants(pid)
+    _signal(family, pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal([p for p in [pid, *family, *_descendants(pid)] if _alive(p)], pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+# Not Flower's default of 2 simulated SuperNodes: 3 shows that CLIENTS reached the federation.
+FLWR_RUN_CLIENTS = 3
+
+
+@pytest.mark.deployment
+def test_make_flwr_run_works_without_an_activated_venv(tmp_path: Path) -> None:
+    """The README's `make flwr-run`, 2 rounds: no venv on PATH, Flower's home and the results
+    root in tmp_path; the detached local SuperLink it leaves behind is stopped by pid."""
+    make = shutil.which("make")
+    assert make is not None, "the README's commands need make"
+    home, results = tmp_path / "flwr-home", tmp_path / "results"
+    # As on a fresh machine: no activated venv, so this environment's bin folder is not on
+    # PATH (the Makefile must put it there), and no make of ours is running around it.
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN]
+    drop = {"VIRTUAL_ENV", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    env = {k: v for k, v in os.environ.items() if k not in drop} | {
+        "PATH": os.pathsep.join(path),
+        "FLWR_HOME": str(home),  # never the user's ~/.flwr
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FEDADAMW_RESULTS_ROOT": str(results),
+        # Flower's local SuperLink listens on fixed ports unless told otherwise: free ones, so
+        # that neither a SuperLink the user left running nor another test is reused.
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+    }
+    experiment = "flwr-run-test"
+    command = [
+        make,
+        "--no-print-directory",
+        # The venv running this test is set up already: do not let make rebuild it.
+        "-o",
+        str(BIN.parent / ".installed"),
+        "flwr-run",
+        f"VENV={BIN.parent}",
+        f"CLIENTS={FLWR_RUN_CLIENTS}",
+        f"RUN_CONFIG=num-server-rounds={ROUNDS} local-epochs={EPOCHS} experiment='{experiment}'",
+    ]
+    log = tmp_path / "make-flwr-run.log"
+    started = time.perf_counter()
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.run(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600
+            )
+        wall = time.perf_counter() - started
+        text = log.read_text(errors="replace")
+        assert proc.returncode == 0, text[-6000:]
+        assert "Unable to launch `flower-superlink`" not in text
+        assert f"({FLWR_RUN_CLIENTS} simulated SuperNodes)" in text
+        superlinks = _local_superlinks(home)
+        assert len(superlinks) == 1, f"expected the one local SuperLink; found {superlinks}"
+    finally:
+        for pid in _local_superlinks(home):
+            _stop_by_pid(pid)
+    assert _local_superlinks(home) == []
+    print(f"\nmake flwr-run: {wall:.1f} s for {ROUNDS} rounds, both arms")
+
+    store = results / experiment / "results.db"
+    conn = connect_readonly(store)
+    runs = conn.execute("SELECT run_id, arm, status FROM runs ORDER BY arm").fetchall()
+    assert [(r["arm"], r["status"]) for r in runs] == [
+        ("coupled", "finished"),
+        ("decoupled", "finished"),
+    ]
+    sizes = _expected_sizes(FLWR_RUN_CLIENTS)
+    for run in runs:
+        rid = run["run_id"]
+        rounds = conn.execute(
+            "SELECT round, num_clients, resultant_length, mean_pairwise_cosine FROM rounds "
+            "WHERE run_id=? ORDER BY round",
+            (rid,),
+        ).fetchall()
+        assert [r["round"] for r in rounds] == list(range(ROUNDS + 1))
+        for rnd in rounds[1:]:
+            assert rnd["num_clients"] == FLWR_RUN_CLIENTS
+            # DESIGN's identity: mean pairwise cosine = (K·R² − 1)/(K − 1).
+            r, k = rnd["resultant_length"], FLWR_RUN_CLIENTS
+            assert rnd["mean_pairwise_cosine"] == pytest.approx((k * r * r - 1) / (k - 1))
+        clients = conn.execute(
+            "SELECT partition_id, num_examples FROM clients WHERE run_id=?", (rid,)
+        ).fetchall()
+        assert len(clients) == ROUNDS * FLWR_RUN_CLIENTS
+        assert all(c["num_examples"] == sizes[c["partition_id"]] for c in clients)
+    conn.close()
+    config = json.loads((store.parent / "config.json").read_text())
+    assert (config["num-clients"], config["num-server-rounds"]) == (FLWR_RUN_CLIENTS, ROUNDS)
 
 
 # --------------------------------------------------------------------------- fast tests
 
 
-def _compose_config(*files: Path) -> dict[str, dict[str, object]]:
+COMPOSE_VARIABLES = ("SUPERLINK_ADDRESS", "SUPERLINK_BIND")
+
+
+def _compose_config(files: Sequence[Path], env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     args = [a for f in files for a in ("-f", str(f))]
     proc = subprocess.run(
-        ["docker-compose", *args, "config"],
+        [needs.docker_compose(), *args, "config"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        env={k: v for k, v in os.environ.items() if k != "SUPERLINK_ADDRESS"},
+        env={k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES} | dict(env),
     )
     assert proc.returncode == 0, proc.stderr
     import yaml
 
-    return cast("dict[str, dict[str, object]]", yaml.safe_load(proc.stdout)["services"])
+    return cast("dict[str, dict[str, Any]]", yaml.safe_load(proc.stdout)["services"])
 
 
-@pytest.mark.skipif(
-    shutil.which("docker-compose") is None,
-    reason="needs Debian's docker-compose (scripts/system-deps.sh installs it)",
+@pytest.mark.parametrize(
+    ("overrides", "env"),
+    [((), {}), ((GPU_FILE,), {}), ((), {"SUPERLINK_BIND": "10.1.2.3"})],
 )
-@pytest.mark.parametrize("overrides", [(), (AUTH_FILE,), (GPU_FILE,), (AUTH_FILE, GPU_FILE)])
 def test_compose_files_pass_the_schema_and_match_what_the_test_runs(
-    overrides: tuple[Path, ...],
+    overrides: tuple[Path, ...], env: dict[str, str]
 ) -> None:
     files = (deploy.COMPOSE_FILE, *overrides)
     # docker-compose validates against the Compose schema and merges the files itself: the
     # reference for fedadamw.deploy's reading of them.
-    reference = _compose_config(*files)
-    ours = deploy.load_services(files, env={})
+    reference = _compose_config(files, env)
+    ours = deploy.load_services(files, env=env)
     assert set(ours) == set(reference) == {"superlink", "serverapp", *SUPERNODES}
     for name, svc in ours.items():
         ref = reference[name]
@@ -503,6 +710,50 @@ def test_compose_files_pass_the_schema_and_match_what_the_test_runs(
             t: s for s, t in mounts if s.startswith("/")
         }
         assert svc.volumes == {t: s for s, t in mounts if not s.startswith("/")}
+        published = [str(p).removesuffix("/tcp") for p in ref.get("ports", [])]
+        assert list(svc.published) == published
+    bind = env.get("SUPERLINK_BIND", "127.0.0.1")
+    assert ours["superlink"].published == (f"{bind}:8000:8000",)
+
+
+def _value(argv: Sequence[str], flag: str) -> str:
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")]
+    assert len(values) == 1, f"{flag} in {argv}"
+    return values[0]
+
+
+def test_the_default_compose_file_lets_no_one_in_without_credentials() -> None:
+    services = deploy.load_services(env={})
+    link, server = services["superlink"], services["serverapp"]
+    # Published on this machine's loopback only; nothing else is published at all.
+    assert link.published == ("127.0.0.1:8000:8000",)
+    assert all(not svc.published for name, svc in services.items() if name != "superlink")
+    assert all("--insecure" not in svc.argv for svc in services.values())
+    # TLS, registered SuperNode keys only, and the SuperExec secret on the Runtime API.
+    assert "--enable-supernode-auth" in link.argv
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
+        assert _value(link.argv, flag).startswith("/app/certs/")
+    secret = ROOT / "docker" / "certs" / "superexec.secret"
+    for svc in (link, server):  # the same file on both sides
+        assert svc.binds[_value(svc.argv, "--superexec-auth-secret-file")] == secret
+    for i, name in enumerate(SUPERNODES, start=1):
+        node = services[name]
+        key = _value(node.argv, "--auth-supernode-private-key")
+        assert node.binds[key] == ROOT / "docker" / "keys" / f"supernode-{i}"  # its own key
+        assert node.binds[_value(node.argv, "--root-certificates")] == (
+            ROOT / "docker" / "certs" / "ca.crt"
+        )
+        assert f"{ROOT}/docker/certs/superexec.secret" not in map(str, node.binds.values())
+    # Submitted runs write under the results volume only (fedadamw.outdir).
+    assert server.volumes[server.environment["FEDADAMW_RESULTS_ROOT"]] == "results"
+    # The credentials the scripts make are never committed.
+    if shutil.which("git") and (ROOT / ".git").exists():
+        made = [secret, ROOT / "docker/certs/server.key", ROOT / "docker/keys/supernode-1"]
+        for path in made:
+            ignored = subprocess.run(
+                ["git", "check-ignore", "-q", str(path)], cwd=ROOT, check=False
+            )
+            assert ignored.returncode == 0, f"{path} is not git-ignored"
 
 
 def test_compose_services_become_loopback_processes() -> None:
@@ -518,25 +769,36 @@ def test_compose_services_become_loopback_processes() -> None:
     assert sorted(ports) == [("superlink", 8000)] + [
         (f"supernode-{i}", 9093 + i) for i in (1, 2, 3)
     ]
-    state, certs = Path("/x/state"), Path("/x/certs")
+    state, certs, keys, results = (Path(f"/x/{n}") for n in ("state", "certs", "keys", "results"))
+    volumes = {"superlink-state": state, "results": results}
+    relocate = {ROOT / "docker/certs": certs, ROOT / "docker/keys": keys}
     argvs = {
-        name: deploy.loopback_argv(
-            svc, ports, list(services), {"superlink-state": state}, {ROOT / "docker/certs": certs}
-        )
+        name: deploy.loopback_argv(svc, ports, list(services), volumes, relocate)
         for name, svc in services.items()
     }
     assert argvs["superlink"][:3] == ["flower-superlink", "--host=127.0.0.1", "--port=30000"]
     assert f"--ssl-keyfile={certs}/server.key" in argvs["superlink"]
+    assert f"--superexec-auth-secret-file={certs}/superexec.secret" in argvs["superlink"]
     assert f"--database={state}/state.db" in argvs["superlink"]
-    assert "--runtime-api-address=127.0.0.1:30000" in argvs["serverapp"]
+    assert argvs["serverapp"] == [
+        "flower-superexec",
+        "--runtime-api-address=127.0.0.1:30000",
+        f"--root-certificates={certs}/ca.crt",
+        f"--superexec-auth-secret-file={certs}/superexec.secret",
+    ]
     for i, name in enumerate(SUPERNODES):
         assert argvs[name] == [
             "flower-supernode",
             "--superlink=127.0.0.1:30000",
             f"--root-certificates={certs}/ca.crt",
+            f"--auth-supernode-private-key={keys}/supernode-{i + 1}",
             f"--port={30001 + i}",
             f"--node-config=partition-id={i} num-partitions=3",
         ]
+    # Environment paths are mapped too: the results root is the `results` volume's folder.
+    env = deploy.loopback_environment(services["serverapp"], volumes, relocate)
+    assert env["FEDADAMW_RESULTS_ROOT"] == str(results)
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
     # Pointing SuperNodes at a remote SuperLink is the compose file's SUPERLINK_ADDRESS.
     remote = deploy.load_services(env={"SUPERLINK_ADDRESS": "203.0.113.7:8000"})
     assert "--superlink=203.0.113.7:8000" in remote["supernode-1"].argv
@@ -554,38 +816,96 @@ def test_interpolation_follows_compose() -> None:
     assert deploy.interpolate("${UNSET-d}${UNSET}", env) == "d"
 
 
-def test_connection_is_written_for_flower_and_keeps_the_others(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# A user's Flower config with three connections, a default, options tables and comments.
+USER_FLOWER_CONFIG = """\
+# my connections
+[superlink]
+default = "local"
+
+[superlink.local]
+address = ":local:"
+options.num-supernodes = 10 # inline comment
+
+[superlink.fedadamw-docker]
+address = "old:1"
+insecure = true
+[superlink.fedadamw-docker.options]
+num-supernodes = 2
+
+[superlink."lab cluster"]
+address = "10.0.0.5:9093"
+root-certificates = "/home/me/lab-ca.crt"
+options.num-supernodes = 4
+[superlink."lab cluster".options.backend.client-resources]
+num-cpus = 4
+"""
+
+
+def test_connect_keeps_every_other_connection_and_a_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
     ca = tmp_path / "ca.crt"
     ca.write_text("not read here")
     config = tmp_path / "config.toml"
-    config.write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n\n'
-        '[superlink.fedadamw-docker]\naddress = "old:1"\n[superlink.fedadamw-docker.options]\n'
-        "num-supernodes = 2\n"
-    )
-    deploy.write_connection(config, "fedadamw-docker", "127.0.0.1:8000", ca)
+    config.write_text(USER_FLOWER_CONFIG)
+    config.chmod(0o600)
+    before = tomllib.loads(USER_FLOWER_CONFIG)
+    assert len(before["superlink"]) == 4  # `default` and three connections
+
+    assert deploy.main(["connect", "--ca", str(ca)]) == 0
+    assert "the previous file is" in capsys.readouterr().out
+    after = tomllib.loads(config.read_text())
+    # Every other key is untouched, down to nested option tables; ours is replaced whole.
+    ours = after["superlink"].pop("fedadamw-docker")
+    del before["superlink"]["fedadamw-docker"]
+    assert after == before
+    assert ours == {"address": "127.0.0.1:8000", "root-certificates": str(ca)}
+    assert deploy.backup_path(config).read_text() == USER_FLOWER_CONFIG  # comments included
+    assert config.stat().st_mode & 0o777 == 0o600
+
+    # A second connection; the backup is now the file as the first call left it.
+    first = config.read_text()
     deploy.write_connection(config, "remote", "203.0.113.7:8000", ca)
-    # Flower's own reader is the reference for the file's meaning.
+    assert deploy.backup_path(config).read_text() == first
+    # Flower's own reader is the reference for what the file means.
     from flwr.cli.flower_config import read_superlink_connection
 
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
-    local = read_superlink_connection("local")
-    ours = read_superlink_connection("fedadamw-docker")
+    local, docker = read_superlink_connection("local"), read_superlink_connection("fedadamw-docker")
     remote = read_superlink_connection("remote")
     assert local.address == ":local:"
-    assert (ours.address, ours.root_certificates, ours.insecure) == (
+    assert (docker.address, docker.root_certificates, docker.insecure) == (
         "127.0.0.1:8000",
         str(ca),
         False,
     )
-    assert ours.options is None  # the old table's sub-table went with it
+    assert docker.options is None  # the old entry's sub-table went with it
     assert remote.address == "203.0.113.7:8000"
+    assert read_superlink_connection("lab cluster").address == "10.0.0.5:9093"
+    assert tomllib.loads(config.read_text())["superlink"]["default"] == "local"
+
+
+def test_connect_leaves_a_file_it_cannot_parse_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    config = tmp_path / "config.toml"
+    broken = '[superlink.local]\naddress = ":local:"\n[superlink.local\n'
+    config.write_text(broken)
+    assert deploy.main(["connect", "--ca", str(ca)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fedadamw: error: {config}: not valid TOML (") and err.count("\n") == 1
+    assert config.read_text() == broken and not deploy.backup_path(config).exists()
+    config.write_text('superlink = "not a table"\n')
+    with pytest.raises(ConfigError, match="`superlink` is not a table"):
+        deploy.write_connection(config, "x", "127.0.0.1:8000", ca)
     with pytest.raises(ConfigError, match="no such file"):
         deploy.write_connection(config, "x", "127.0.0.1:8000", tmp_path / "missing.crt")
     with pytest.raises(ConfigError, match="connection name"):
         deploy.write_connection(config, "a b", "127.0.0.1:8000", ca)
+    assert config.read_text() == 'superlink = "not a table"\n'
 
 
 class _FakeGrid:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import shutil
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from fedadamw import figures
+from fedadamw import cli, figures
 from fedadamw.config import default_config
 from fedadamw.divergence import STAT_NAMES, analyze
 from fedadamw.lock import WriterLock
@@ -39,6 +38,7 @@ from fedadamw.storeread import (
     cosine_matrix,
     resolve_store_path,
 )
+from tests import needs
 
 # The parameter tensors of a small model: (name, size), in model order.
 LAYERS = (
@@ -666,8 +666,8 @@ def test_report_of_missing_store_is_one_line(
     assert not (tmp_path / "r.html").exists()
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="PNG/PDF export needs chromium")
 def test_figures_are_written_as_png_and_pdf(tmp_path: Path) -> None:
+    needs.kaleido()
     syn = write_synthetic_store(tmp_path / "run", seeds=(0,), num_rounds=2, num_clients=4)
     assert figures_command(syn.path.parent, tmp_path / "figs") == 0
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())
@@ -684,6 +684,53 @@ def test_figures_are_written_as_png_and_pdf(tmp_path: Path) -> None:
     width = int.from_bytes(png[16:20], "big")
     assert width == 2000  # 1000 px at scale 2, for print
     assert (tmp_path / "figs" / "default-divergence.pdf").read_bytes()[:5] == b"%PDF-"
+    # A second export over the first one is refused; --force (through the CLI) rewrites it.
+    (tmp_path / "figs" / "default-divergence.png").write_bytes(b"edited by hand")
+    assert figures_command(syn.path.parent, tmp_path / "figs") == 2
+    assert (tmp_path / "figs" / "default-divergence.png").read_bytes() == b"edited by hand"
+    args = ["figures", str(syn.path.parent), "--dir", str(tmp_path / "figs"), "--force"]
+    assert cli.main(args) == 0
+    assert (tmp_path / "figs" / "default-divergence.png").read_bytes()[:8] == png[:8]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == written
+
+
+def test_figures_refuse_to_overwrite_a_file_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    syn = write_synthetic_store(tmp_path / "run", seeds=(0,), num_rounds=1, num_clients=3)
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    mine = figs / "default-accuracy.pdf"
+    mine.write_bytes(b"a figure someone made by hand")
+    (figs / "default-layers.png").symlink_to(tmp_path / "nowhere.png")  # dangling: still taken
+    assert figures_command(syn.path.parent, figs) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"fedadamw: error: --dir {str(figs)!r}: 2 of the ") and err.count("\n") == 1
+    )
+    assert "pass --force" in err
+    # Nothing was written, the existing file is untouched, the link still points nowhere.
+    assert mine.read_bytes() == b"a figure someone made by hand"
+    assert sorted(p.name for p in figs.iterdir()) == ["default-accuracy.pdf", "default-layers.png"]
+    assert not (tmp_path / "nowhere.png").exists()
+
+
+def test_names_that_slug_alike_still_get_one_file_each(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    experiments = ("a b", "a-b", "A-B", "a/b")  # all four slug to a-b (or A-B)
+    for name in experiments:
+        write_synthetic_store(out, seeds=(0,), num_rounds=1, num_clients=3, experiment=name)
+    sections = standard_sections(Store(out))
+    names = [item.name for s in sections for item in s.items]
+    # One file per figure, also on a disk that ignores case.
+    assert len({n.casefold() for n in names}) == len(names)
+    per = {s.experiment: [i.name for i in s.items] for s in sections}
+    assert set(per) == set(experiments)
+    assert len({len(v) for v in per.values()}) == 1  # every experiment keeps all its figures
+    for names_of in per.values():
+        assert all(n.casefold().startswith("a-b-") for n in names_of)
+    # The names are a function of the store: reading it again gives the same ones.
+    assert names == [item.name for s in standard_sections(Store(out)) for item in s.items]
 
 
 def test_export_without_a_browser_is_one_line(

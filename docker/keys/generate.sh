@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Generate ECDSA P-384 key pairs for SuperNode authentication (`--enable-supernode-auth`).
+# Generate ECDSA P-384 key pairs for SuperNode authentication, which docker-compose.yml turns
+# on (`--enable-supernode-auth`): the SuperLink accepts only SuperNodes whose key it knows.
 #
 #   docker/keys/generate.sh [OUT_DIR] [COUNT]
 #
 # Writes OUT_DIR/supernode-1 ... supernode-COUNT (private, OpenSSH format) and the matching
 # .pub files; OUT_DIR defaults to this script's folder, COUNT to 3 (one per compose SuperNode).
-# Register each public key with the SuperLink before its SuperNode connects:
+# Run it where the SuperNode runs: the private key never leaves that machine; only the .pub
+# file goes to the SuperLink's operator, who registers it before the SuperNode connects:
 #   flwr supernode register docker/keys/supernode-1.pub fedadamw-docker
 # Existing keys are kept.
 set -euo pipefail
