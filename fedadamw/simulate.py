@@ -190,6 +190,7 @@ def _simulate(spec: Spec, configs: list[Config], stopper: _Stopper) -> None:
     if spec.ray_temp_dir is not None:
         # Every Ray file of this run lives here, and the parent removes it at the end.
         init_args["_temp_dir"] = spec.ray_temp_dir
+        init_args["_node_ip_address"] = "127.0.0.1"
     progress = ConsoleProgress(configs)
     out_dir = Path(spec.out_dir)
     with progress.bar:

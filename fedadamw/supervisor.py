@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -164,8 +165,14 @@ class Supervisor:
                 shutil.rmtree(self.spec.ray_temp_dir, ignore_errors=True)
 
     def _run_once(self, spec_file: Path) -> int:
+        env = dict(os.environ)
+        if self.spec.ray_temp_dir is not None:
+            # Ray's gRPC ports listen on every interface: with a token that only this run's
+            # processes know (they inherit it), nobody else can use the local cluster.
+            env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.child = subprocess.Popen(
             [sys.executable, "-m", "fedadamw.simulate", str(spec_file)],
+            env=env,
             start_new_session=True,  # its own group: a terminal's Ctrl-C reaches only us
             pass_fds=(self.lock_fd,),  # the child shares the writer lock while it lives
         )
