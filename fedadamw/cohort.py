@@ -28,7 +28,7 @@ the last float32 bits. SGD keeps that at ~1e-6 of the update. Adam divides each 
 √v̂ + ε, which turns the rounding noise of a near-zero gradient (|g| ~ ε = 1e-8, where a float32
 sum is only accurate relative to its largest terms) into a sizeable step: a few weights then
 differ by 1e-5 to 1e-3 of the update, and now and then (one client of twenty in
-benchmarks/bench_cohort.py) the difference spreads to ~1e-1. That is float32's accuracy, not the
+benchmarks/bench_cohort.py) the difference spreads to ~6e-2. That is float32's accuracy, not the
 engine's: float32 `train_local` with 1 vs 2 threads differs from itself as much (resnet20), and
 against float64 `train_local` it is as often the farther of the two. Coupled Adam's decay split
 divides by the same √v̂ + ε and is as sensitive.
