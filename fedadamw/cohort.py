@@ -39,6 +39,7 @@ statistics are updated in place; `train_cohort` raises ValueError for such model
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ from fedadamw.optim import decay_param_groups
 from fedadamw.sampling import local_steps
 from fedadamw.training import TrainResult, TrainSpec, batch_seed, pick_device
 
-# torch's Adam/AdamW defaults, which `fedadamw.optim.make_optimizer` uses.
-BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+# torch's Adam/AdamW defaults, which `fedadamw.optim.make_optimizer` uses: read from torch.
+_ADAM_DEFAULTS = inspect.signature(torch.optim.Adam.__init__).parameters
+BETA1, BETA2 = (float(b) for b in _ADAM_DEFAULTS["betas"].default)
+EPS = float(_ADAM_DEFAULTS["eps"].default)
 # The default quantiles of `fedadamw.tracked.shrink_ratio_quantiles`.
 SHRINK_QUANTILES = (0.05, 0.5, 0.95)
 ADAM_MODES = ("decoupled", "coupled", "none")
