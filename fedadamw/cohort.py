@@ -1,0 +1,541 @@
+"""Train every sampled client of a round at once: one batched computation over stacked weights.
+
+`train_cohort` gives, per client, what `fedadamw.training.train_local` gives on a fresh copy of
+the model loaded with the global weights: the same batches in the same order, the same step
+budget (stragglers included), the same decay mode and parameter groups, the same loss
+bookkeeping and (with ``track_decay``) the same split as `fedadamw.tracked`. The K clients'
+weights are stacked into (K, P) tensors; each step gathers every client's batch from one
+concatenated data tensor, takes all K gradients with ``vmap(grad(functional_call))`` and
+applies the optimizer's elementwise formulas, written here over the stacked tensors in torch's
+own operation order.
+
+Lockstep with ragged clients:
+
+- Clients are sorted by their number of steps, most first, so the clients still training at
+  step t are a prefix of the stack: a finished client is never touched again (weights and
+  optimizer state unchanged by construction), and no work is spent on it.
+- A client's batch may be shorter than the step's widest batch (its own batch size, or the last
+  partial batch of an epoch): its rows are padded and masked out of the loss, which is the mean
+  over its real rows, as `F.cross_entropy` computes it.
+- Every client still training at step t has taken exactly t steps, so Adam's per-client step
+  count, and hence its bias correction, is t + 1 for all of them.
+
+What is exact and what only close: given the same gradients, the optimizer arithmetic is torch's
+bit for bit (same operations in the same order; Python-float coefficients where clients share
+them), and so are the batches, step counts and example counts. The gradients are not: batched
+convolutions and matrix products sum in another order than one client's own, so they differ in
+the last float32 bits. SGD keeps that at ~1e-6 of the update. Adam divides each gradient by
+√v̂ + ε, which turns the rounding noise of a near-zero gradient (|g| ~ ε = 1e-8, where a float32
+sum is only accurate relative to its largest terms) into a sizeable step: a few weights then
+differ by 1e-5 to 1e-3 of the update, and now and then (one client of twenty in
+benchmarks/bench_cohort.py) the difference spreads to ~6e-2. That is float32's accuracy, not the
+engine's: float32 `train_local` with 1 vs 2 threads differs from itself as much (resnet20), and
+against float64 `train_local` it is as often the farther of the two. Coupled Adam's decay split
+divides by the same √v̂ + ε and is as sensitive.
+
+BatchNorm is not supported: its batch statistics would see the padded rows and its running
+statistics are updated in place; `train_cohort` raises ValueError for such models.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn import functional as F  # noqa: N812 - torch's convention
+
+from fedadamw.config import DECAY_MODES, ConfigError
+from fedadamw.data import ArrayDataset
+from fedadamw.optim import decay_param_groups
+from fedadamw.sampling import local_steps
+from fedadamw.training import TrainResult, TrainSpec, batch_seed, pick_device
+
+# torch's Adam/AdamW defaults, which `fedadamw.optim.make_optimizer` uses: read from torch.
+_ADAM_DEFAULTS = inspect.signature(torch.optim.Adam.__init__).parameters
+BETA1, BETA2 = (float(b) for b in _ADAM_DEFAULTS["betas"].default)
+EPS = float(_ADAM_DEFAULTS["eps"].default)
+# The default quantiles of `fedadamw.tracked.shrink_ratio_quantiles`.
+SHRINK_QUANTILES = (0.05, 0.5, 0.95)
+ADAM_MODES = ("decoupled", "coupled", "none")
+
+# A coefficient shared by the clients of a step (a Python float: torch's scalar kernels, as the
+# torch optimizers use) or one per client (a (k, 1) column that broadcasts over the weights).
+Coef = float | Tensor
+# One client's loss: (weights, batch x, batch y, real-row mask, real-row count) -> mean loss.
+LossFn = Callable[[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class CohortClient:
+    """One sampled client of a round: its partition and what it is asked to do."""
+
+    data: ArrayDataset
+    spec: TrainSpec
+
+
+def batch_plan(num_examples: int, spec: TrainSpec) -> list[Tensor]:
+    """The row indices of each of a client's batches, in train_local's order and budget."""
+    if num_examples == 0:
+        raise ValueError(f"partition {spec.partition_id} has no training examples")
+    gen = torch.Generator().manual_seed(batch_seed(spec.seed, spec.partition_id, spec.server_round))
+    budget = local_steps(num_examples, spec.batch_size, spec.local_epochs, spec.work_fraction)
+    plan: list[Tensor] = []
+    for _ in range(spec.local_epochs):
+        # Drawn every epoch, also once the budget is spent, exactly as train_local draws it.
+        order = torch.randperm(num_examples, generator=gen)
+        for start in range(0, num_examples, spec.batch_size):
+            if len(plan) < budget:
+                plan.append(order[start : start + spec.batch_size])
+    return plan
+
+
+def train_cohort(
+    model: nn.Module,
+    global_state: dict[str, Tensor],
+    clients: Sequence[CohortClient],
+    device: torch.device | None = None,
+) -> list[TrainResult]:
+    """Train every client from `global_state` in lockstep; one TrainResult per client, in order."""
+    if not clients:
+        return []
+    device = device or pick_device()
+    mode = _check_cohort(model, global_state, clients)
+    plans = [batch_plan(len(c.data), c.spec) for c in clients]
+    # Most steps first: the clients still training at any step are then a prefix of the stack.
+    order = sorted(range(len(clients)), key=lambda k: -len(plans[k]))
+    ranked = [clients[k] for k in order]
+    schedule = _Schedule.build([plans[k] for k in order], [len(c.data) for c in ranked], device)
+    # All clients' examples in one tensor, on the device once; batches are gathered from it.
+    arrays = [c.data.tensors("cpu") for c in ranked]
+    x = torch.cat([a[0] for a in arrays]).to(device)
+    y = torch.cat([a[1] for a in arrays]).to(device)
+
+    layout = _Layout.of(model)
+    stacked = [group.stack(global_state, len(clients), device) for group in layout.groups]
+    fixed = {
+        name: _as_model_tensor(model, name, global_state.get(name), device) for name in layout.fixed
+    }
+    opt = _CohortOptimizer(mode, ranked, layout, stacked, device)
+    step_grad = vmap(grad_and_value(_loss(model, fixed)))
+    losses = torch.zeros(schedule.steps, len(clients), device=device)
+
+    modes = {m: m.training for m in model.modules()}
+    model.train()  # as train_local; restored below, the caller's module is otherwise untouched
+    try:
+        for t in range(schedule.steps):
+            k, width = schedule.active[t], schedule.width[t]
+            rows = schedule.index[t, :k, :width]
+            params: dict[str, Tensor] = {}
+            for group, flat in zip(layout.groups, stacked, strict=True):
+                params.update(group.views(flat[:k]))
+            grads, loss = step_grad(
+                params, x[rows], y[rows], schedule.mask[t, :k, :width], schedule.count[t, :k]
+            )
+            losses[t, :k] = loss.detach()
+            opt.step(t, k, [group.flatten(grads, k) for group in layout.groups])
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+    weights = [flat.cpu() for flat in stacked]  # one transfer each, then per-client copies
+    decay = opt.decay_parts()
+    quantiles = opt.shrink_quantiles()
+    losses_cpu = losses.cpu().tolist()  # float32 values, exactly as float(loss) reads them
+    names = list(model.state_dict())
+    results: list[TrainResult | None] = [None] * len(clients)
+    for rank, k in enumerate(order):
+        spec = clients[k].spec
+        state: dict[str, Tensor] = {}
+        for name in names:
+            if name in fixed:
+                state[name] = fixed[name].to("cpu", copy=True)
+            else:
+                group_i, group = layout.where(name)
+                state[name] = group.take(weights[group_i], rank, name)
+        # As train_local: a Python-float sum of each step's mean loss times its batch size.
+        loss_sum, seen = 0.0, 0
+        for t, size in enumerate(schedule.sizes[rank]):
+            loss_sum += losses_cpu[t][rank] * size
+            seen += size
+        decay_part = None
+        if spec.track_decay:
+            decay_part = {}
+            for name in layout.trained:
+                group_i, group = layout.where(name)
+                decay_part[name] = group.take(decay[group_i], rank, name)
+        results[k] = TrainResult(
+            state=state,
+            num_examples=len(clients[k].data),
+            train_loss=loss_sum / seen,
+            local_steps=len(schedule.sizes[rank]),
+            decay_part=decay_part,
+            shrink_quantiles=quantiles[rank] if spec.track_decay else {},
+        )
+    return [r for r in results if r is not None]
+
+
+def _check_cohort(
+    model: nn.Module, global_state: dict[str, Tensor], clients: Sequence[CohortClient]
+) -> str:
+    """The cohort's one decay mode; raise on what the engine cannot reproduce."""
+    modes = sorted({c.spec.mode for c in clients})
+    if len(modes) != 1:
+        raise ValueError(f"clients: one cohort trains one decay mode, got {', '.join(modes)}")
+    mode = modes[0]
+    if mode not in DECAY_MODES:
+        raise ConfigError(
+            f"mode: {mode!r} is not allowed; expected one of {', '.join(DECAY_MODES)}"
+        )
+    for c in clients:
+        if c.spec.weight_decay < 0.0:
+            raise ConfigError(
+                f"weight-decay: {c.spec.weight_decay!r} is not allowed; expected >= 0"
+            )
+    batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    norms = [n for n, m in model.named_modules() if isinstance(m, batch_norms)]
+    if norms:
+        raise ValueError(
+            f"model: BatchNorm layers ({norms[0]}, …) are not supported by train_cohort: padded "
+            "rows would enter their batch statistics and their running statistics are updated "
+            "in place; use GroupNorm (resnet-norm = group) or train_local"
+        )
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(global_state)), sorted(set(global_state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"global_state does not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+    return mode
+
+
+def _as_model_tensor(
+    model: nn.Module, name: str, value: Tensor | None, device: torch.device
+) -> Tensor:
+    """`value` (or the model's own tensor) with the model tensor's dtype, on `device`."""
+    own = (dict(model.named_parameters()) | dict(model.named_buffers()))[name]
+    source = own.detach() if value is None else value.detach()
+    return source.to(device=device, dtype=own.dtype, copy=True)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Every step's batches, built once on the host and moved to the device once.
+
+    `index[t, k, :]` are rows of the concatenated data (padded with the client's first row),
+    `mask` 1 on real rows, `count` the real rows; `active[t]` clients train at step t (a
+    prefix), `width[t]` is their widest batch; `sizes[k]` each of client k's batch sizes.
+    """
+
+    index: Tensor
+    mask: Tensor
+    count: Tensor
+    active: list[int]
+    width: list[int]
+    sizes: list[list[int]]
+
+    @property
+    def steps(self) -> int:
+        """Steps of the busiest client: the length of the lockstep loop."""
+        return len(self.active)
+
+    @classmethod
+    def build(
+        cls, plans: list[list[Tensor]], lengths: list[int], device: torch.device
+    ) -> _Schedule:
+        """The schedule of `plans` (sorted by length, longest first) over concatenated data."""
+        steps, k = len(plans[0]), len(plans)
+        widest = max(len(b) for plan in plans for b in plan)
+        offsets = [0, *torch.tensor(lengths).cumsum(0).tolist()[:-1]]
+        index = torch.zeros(steps, k, widest, dtype=torch.int64)
+        mask = torch.zeros(steps, k, widest)
+        count = torch.ones(steps, k)
+        for c, (plan, offset) in enumerate(zip(plans, offsets, strict=True)):
+            index[:, c, :] = offset
+            for t, batch in enumerate(plan):
+                index[t, c, : len(batch)] = batch + offset
+                mask[t, c, : len(batch)] = 1.0
+                count[t, c] = len(batch)
+        active = [sum(len(plan) > t for plan in plans) for t in range(steps)]
+        width = [max(len(plans[c][t]) for c in range(active[t])) for t in range(steps)]
+        sizes = [[len(b) for b in plan] for plan in plans]
+        return cls(index.to(device), mask.to(device), count.to(device), active, width, sizes)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Parameter tensors that share a decay setting, stored as one (K, P) flat tensor."""
+
+    names: list[str]
+    shapes: list[torch.Size]
+    offsets: list[int]
+    size: int
+    decayed: bool
+
+    @classmethod
+    def of(cls, named: list[tuple[str, Tensor]], decayed: bool) -> _Group:
+        """The group of these (name, parameter) pairs."""
+        sizes = [p.numel() for _, p in named]
+        offsets = [0, *[sum(sizes[: i + 1]) for i in range(len(sizes))]][:-1] if sizes else []
+        return cls([n for n, _ in named], [p.shape for _, p in named], offsets, sum(sizes), decayed)
+
+    def stack(self, state: dict[str, Tensor], k: int, device: torch.device) -> Tensor:
+        """(k, P): every client starts from the same global weights."""
+        if not self.names:
+            return torch.zeros(k, 0, device=device)
+        # As load_state_dict: the global arrays take the model's dtype (float32, see _Layout).
+        flat = torch.cat([state[n].detach().reshape(-1).to(torch.float32) for n in self.names])
+        return flat.to(device).unsqueeze(0).repeat(k, 1)
+
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """Per-name (k, *shape) views of a (k, P) flat tensor (no copies)."""
+        k = flat.shape[0]
+        return {
+            n: flat[:, o : o + s.numel()].view(k, *s)
+            for n, s, o in zip(self.names, self.shapes, self.offsets, strict=True)
+        }
+
+    def flatten(self, tensors: dict[str, Tensor], k: int) -> Tensor:
+        """The (k, P) flat tensor of per-name (k, *shape) tensors."""
+        if not self.names:
+            return torch.zeros(k, 0, device=next(iter(tensors.values())).device)
+        return torch.cat([tensors[n].reshape(k, -1) for n in self.names], dim=1)
+
+    def take(self, flat: Tensor, row: int, name: str) -> Tensor:
+        """One client's tensor `name` out of a (K, P) flat tensor, as its own contiguous copy."""
+        i = self.names.index(name)
+        o, s = self.offsets[i], self.shapes[i]
+        return flat[row, o : o + s.numel()].reshape(s).clone()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which model tensors train (in two groups: decayed, not decayed) and which stay fixed."""
+
+    groups: tuple[_Group, _Group]
+    fixed: list[str]
+    trained: list[str]  # in the model's order, as train_local reports decay parts
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _Layout:
+        """The layout of `model`, with `decay_param_groups`'s choice of decayed tensors."""
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = decay_param_groups(model)
+        for g in groups:
+            if g.get("weight_decay", None) not in (None, 0.0):
+                raise ValueError(
+                    "decay_param_groups: a group with its own non-zero λ is not supported"
+                )
+        decayed = [
+            (names[id(p)], p) for g in groups if "weight_decay" not in g for p in g["params"]
+        ]
+        kept = [(names[id(p)], p) for g in groups if "weight_decay" in g for p in g["params"]]
+        dtypes = {p.dtype for _, p in decayed + kept}
+        if dtypes - {torch.float32}:
+            raise ValueError(
+                f"model: train_cohort trains float32 weights, got {sorted(map(str, dtypes))}"
+            )
+        trained = {n for n, _ in decayed + kept}
+        # Frozen parameters and every buffer (non-persistent ones too) go in unbatched.
+        tensors = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+        fixed = [n for n in tensors if n not in trained]
+        order = [n for n, _ in model.named_parameters() if n in trained]
+        return cls((_Group.of(decayed, True), _Group.of(kept, False)), fixed, order)
+
+    def where(self, name: str) -> tuple[int, _Group]:
+        """The group that holds trained tensor `name`, and its position."""
+        for i, g in enumerate(self.groups):
+            if name in g.names:
+                return i, g
+        raise KeyError(name)
+
+
+def _loss(model: nn.Module, fixed: dict[str, Tensor]) -> LossFn:
+    """One client's mean cross-entropy over the real rows of its (padded) batch."""
+
+    def loss(
+        params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, count: Tensor
+    ) -> Tensor:
+        logits = functional_call(model, {**params, **fixed}, (x,))
+        # Sum then divide, as F.cross_entropy's mean: its gradient per row is then 1/count too.
+        return (F.cross_entropy(logits, y, reduction="none") * mask).sum() / count
+
+    return loss
+
+
+def _coef(values: Sequence[float], device: torch.device) -> Coef:
+    """One coefficient per client: a Python float when all are equal, else a (K, 1) column."""
+    if all(v == values[0] for v in values):
+        return float(values[0])
+    return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+
+def _rows(c: Coef, k: int) -> Coef:
+    """The coefficients of the first `k` clients."""
+    return c if isinstance(c, float) else c[:k]
+
+
+def _add(x: Tensor, y: Tensor, alpha: Coef) -> Tensor:
+    """x + alpha·y (torch's `add(alpha=)` when alpha is shared)."""
+    return torch.add(x, y, alpha=alpha) if isinstance(alpha, float) else torch.addcmul(x, y, alpha)
+
+
+def _add_(x: Tensor, y: Tensor, alpha: Coef) -> None:
+    """x += alpha·y, in place."""
+    if isinstance(alpha, float):
+        x.add_(y, alpha=alpha)
+    else:
+        x.addcmul_(y, alpha)
+
+
+def _addcdiv_(x: Tensor, num: Tensor, den: Tensor, value: Coef) -> None:
+    """x += value·num/den, in place, with torch's order (value·num first)."""
+    if isinstance(value, float):
+        x.addcdiv_(num, den, value=value)
+    else:
+        x.addcdiv_(num * value, den)
+
+
+class _CohortOptimizer:
+    """The decay modes' elementwise steps over (K, P) stacked weights, and the decay split."""
+
+    def __init__(
+        self,
+        mode: str,
+        clients: Sequence[CohortClient],
+        layout: _Layout,
+        weights: list[Tensor],
+        device: torch.device,
+    ) -> None:
+        self.mode, self.layout, self.weights = mode, layout, weights
+        lrs = [c.spec.learning_rate for c in clients]
+        wds = [0.0 if mode == "none" else c.spec.weight_decay for c in clients]
+        self.any_decay = any(w != 0.0 for w in wds)
+        # Each coefficient is computed in Python floats exactly as torch's optimizers write it.
+        # Adam's step size lr/(1 − β1^t) is computed in doubles and rounded once to float32, as
+        # torch does with its Python floats: keep the learning rates as float64 on the device.
+        lr = _coef(lrs, device)
+        self.lr64: Coef = (
+            lr
+            if isinstance(lr, float)
+            else torch.tensor(lrs, dtype=torch.float64, device=device).unsqueeze(1)
+        )
+        self.neg_lr = _coef([-lr for lr in lrs], device)
+        self.wd = _coef(wds, device)
+        self.shrink = _coef([1.0 - lr * wd for lr, wd in zip(lrs, wds, strict=True)], device)
+        self.lr_wd = _coef([lr * wd for lr, wd in zip(lrs, wds, strict=True)], device)
+        self.neg_lr_wd = _coef([-lr * wd for lr, wd in zip(lrs, wds, strict=True)], device)
+        adam = mode in ADAM_MODES
+        self.exp_avg = [torch.zeros_like(w) for w in weights] if adam else []
+        self.exp_avg_sq = [torch.zeros_like(w) for w in weights] if adam else []
+        self.track = any(c.spec.track_decay for c in clients) and self.any_decay
+        decayed = weights[0]
+        self.decay = torch.zeros_like(decayed) if self.track else decayed[:, :0]
+        self.shrink_num = torch.zeros_like(decayed) if self.track else decayed[:, :0]
+        self.shrink_den = torch.zeros_like(decayed) if self.track else decayed[:, :0]
+        coupled_adam = self.track and mode == "coupled"
+        self.m_decay = torch.zeros_like(decayed) if coupled_adam else decayed[:, :0]
+
+    def step(self, t: int, k: int, grads: list[Tensor]) -> None:
+        """Step the first `k` clients (those still training) with their gradients at step t."""
+        for i, (g, group) in enumerate(zip(grads, self.layout.groups, strict=True)):
+            decay = group.decayed and self.any_decay
+            w = self.weights[i][:k]
+            if decay and self.track:
+                self._track_before(w, k)
+            if self.mode in ADAM_MODES:
+                denom = self._adam(i, t, k, w, g, decay)
+                if decay and self.track and self.mode == "coupled":
+                    self._track_coupled_after(t, k, denom)
+            else:
+                self._sgd(k, w, g, decay)
+
+    def _adam(self, i: int, t: int, k: int, w: Tensor, g: Tensor, decay: bool) -> Tensor:
+        """torch's `_single_tensor_adam` (amsgrad off); returns the step's denominator."""
+        m, v = self.exp_avg[i][:k], self.exp_avg_sq[i][:k]
+        step = t + 1  # every client still training has taken t steps before this one
+        if decay and self.mode == "decoupled":
+            w.mul_(_rows(self.shrink, k))
+        elif decay:
+            g = _add(g, w, _rows(self.wd, k))
+        m.lerp_(g, 1 - BETA1)
+        v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+        bias_correction1 = 1 - BETA1**step
+        bias_correction2_sqrt = (1 - BETA2**step) ** 0.5
+        neg_step_size = self._per_client(lambda lr: -(lr / bias_correction1))
+        denom = torch.div(v.sqrt(), bias_correction2_sqrt).add_(EPS)
+        _addcdiv_(w, m, denom, _rows(neg_step_size, k))
+        return denom
+
+    def _sgd(self, k: int, w: Tensor, g: Tensor, decay: bool) -> None:
+        """torch.optim.SGD without momentum (coupled) and fedadamw.optim.SGDW (decoupled)."""
+        if decay and self.mode == "sgd-coupled":
+            g = _add(g, w, _rows(self.wd, k))
+        elif decay:
+            w.mul_(_rows(self.shrink, k))
+        _add_(w, g, _rows(self.neg_lr, k))
+
+    def _per_client(self, of_lr: Callable[[Coef], Coef]) -> Coef:
+        """A coefficient that depends on each client's lr: float64 math, one float32 rounding."""
+        value = of_lr(self.lr64)
+        return value if isinstance(value, float) else value.to(torch.float32)
+
+    def _track_before(self, w: Tensor, k: int) -> None:
+        """fedadamw.tracked's pre-step sums, on the weights wₜ before the step."""
+        self.shrink_den[:k].add_(w.abs().mul_(_rows(self.lr_wd, k)))
+        if self.mode == "coupled":  # the first moment of λwₜ alone, as torch updates exp_avg
+            self.m_decay[:k].lerp_(w * _rows(self.wd, k), 1.0 - BETA1)
+        else:  # decoupled Adam and both SGD modes: the decay step is −ηλwₜ
+            step = w * _rows(self.neg_lr_wd, k)
+            self.decay[:k].add_(step)
+            self.shrink_num[:k].add_(step.abs_())
+
+    def _track_coupled_after(self, t: int, k: int, denom: Tensor) -> None:
+        """Coupled Adam: the decay share −ηₜ·m̂_decay/(√v̂+ε) of the step just taken."""
+        step = t + 1
+        bias_correction1 = 1.0 - BETA1**step
+        neg_step_size = self._per_client(lambda lr: -lr / bias_correction1)
+        part = self.m_decay[:k] / denom
+        part.mul_(_rows(neg_step_size, k))
+        self.decay[:k].add_(part)
+        self.shrink_num[:k].add_(part.abs_())
+
+    def decay_parts(self) -> list[Tensor]:
+        """Per group, the (K, P) Δ_decay on the CPU (zeros where nothing decays)."""
+        out = []
+        for group, w in zip(self.layout.groups, self.weights, strict=True):
+            if group.decayed and self.track:
+                out.append(self.decay.cpu())
+            else:
+                out.append(torch.zeros(w.shape, dtype=w.dtype))
+        return out
+
+    def shrink_quantiles(self) -> list[dict[str, float]]:
+        """Per client, `fedadamw.tracked.shrink_ratio_quantiles` of its decayed weights."""
+        k = self.weights[0].shape[0]
+        if not self.track or self.shrink_den.shape[1] == 0:
+            return [{} for _ in range(k)]
+        keep = self.shrink_den > 0
+        # Weights without decay sort last (+inf); each row's first `n` values are its ratios.
+        ratios = torch.where(keep, self.shrink_num / self.shrink_den, math.inf)
+        ordered = torch.sort(ratios, dim=1).values
+        # shrink_ratio_quantiles' linear interpolation, its positions in Python floats.
+        counts = keep.sum(dim=1).tolist()
+        pos = [[q * (max(n, 1) - 1) for q in SHRINK_QUANTILES] for n in counts]
+        lo = [[math.floor(x) for x in row] for row in pos]
+        hi = [[min(i + 1, max(n, 1) - 1) for i in row] for row, n in zip(lo, counts, strict=True)]
+        index = torch.tensor([a + b for a, b in zip(lo, hi, strict=True)], device=ordered.device)
+        picked = ordered.gather(1, index).double().cpu().tolist()
+        nq = len(SHRINK_QUANTILES)
+        out: list[dict[str, float]] = []
+        for row, n in enumerate(counts):
+            quantiles = {}
+            for j, q in enumerate(SHRINK_QUANTILES):
+                a, b = picked[row][j], picked[row][nq + j]
+                quantiles[f"p{q * 100:g}"] = a + (b - a) * (pos[row][j] - lo[row][j])
+            out.append(quantiles if n else {})  # no decayed weight: none to take quantiles of
+        return out
