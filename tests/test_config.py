@@ -62,7 +62,7 @@ def test_bad_values_name_key_value_and_what_is_allowed(
     values: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        Config.from_mapping(values)
+        Config.from_mapping(values, strings=True)  # also the text of `--set KEY=VALUE`
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 

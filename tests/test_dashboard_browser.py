@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from fedadamw.config import default_config
+from fedadamw.lock import WriterLock
 from fedadamw.report import free_port, start_dashboard, stop_process
 from fedadamw.store import ResultStore
 from tests import needs
@@ -73,6 +74,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     with ResultStore(out / "results.db") as store:
         store.start_run("live:decoupled:1", "live", "decoupled", "decoupled", 0.01, live.to_json())
     port = free_port()
+    writer = WriterLock(out)  # a live process holds the folder: its runs are running
     proc = start_dashboard(out, port, quiet=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -80,6 +82,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield url, out
     finally:
         stop_process(proc)  # by pid: terminate, then kill if it lingers
+        writer.release()
         assert proc.poll() is not None
 
 
