@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cohort.py [--clients 20,100] [--repeats 3] [--threads N]
 
-MNIST-1D split across the clients by the run config's Dirichlet partitioner (fedadamw.data),
+MNIST-1D split across the clients by the run config's Dirichlet partitioner (fedadamw.data.split),
 the 1-D CNN, 2 local epochs of AdamW (lr 1e-3, λ 0.01, batch 32): every client of the split
 trains once from the same global weights, on the CPU. Both paths are warmed up once untimed
 (train_cohort's first call in a process also imports torch._dynamo, ~1.5 s, shown apart);
@@ -10,7 +10,7 @@ the first table shows the medians of wall time and of this process's CPU time (t
 on a shared machine) over the repeats, both paths measured in the same run.
 The second compares the returned weights, per client max |w_a − w_b| / max |w_b − w_global|
 (median and max over clients): cohort against loop, and each against `train_local` in float64,
-which shows how far float32 itself is from the exact trajectory (see fedadamw.cohort).
+which shows how far float32 itself is from the exact trajectory (see fedadamw.core.cohort).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import time
 import torch
 from torch import Tensor, nn
 
-from fedadamw.cohort import CohortClient, train_cohort
 from fedadamw.config import Config
-from fedadamw.data import INPUT_SHAPE, NUM_CLASSES, ArrayDataset, DataSpec, load_partition
-from fedadamw.models import build_model
-from fedadamw.training import TrainResult, TrainSpec, train_local
+from fedadamw.core.cohort import CohortClient, train_cohort
+from fedadamw.core.models import build_model
+from fedadamw.core.training import TrainResult, TrainSpec, train_local
+from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, ArrayDataset, DataSpec, load_partition
 
 CPU = torch.device("cpu")
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from fedadamw.config import Config
-from fedadamw.data import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_partition, load_splits
-from fedadamw.models import build_model
-from fedadamw.sampling import sample_partitions
-from fedadamw.store import arm_summary, connect_readonly
-from fedadamw.training import TrainSpec, evaluate, train_local
+from fedadamw.core.models import build_model
+from fedadamw.core.sampling import sample_partitions
+from fedadamw.core.training import TrainSpec, evaluate, train_local
+from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_partition, load_splits
+from fedadamw.results.writer import arm_summary, connect_readonly
 
 
 def plain_loop(cfg: Config, mode: str) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tracked.py [--epochs 5] [--repeats 5] [--threads 1]
 
-Both columns run `fedadamw.training.train_local` unchanged; the tracked column swaps its
+Both columns run `fedadamw.core.training.train_local` unchanged; the tracked column swaps its
 optimizer factory for `make_tracked_optimizer`. Plain and tracked alternate, so drifts in the
 machine's load hit both; the table shows medians of wall time and of this process's CPU time
 (the steadier one on a shared machine, but blind to GPU work). One thread by default, as a Ray
@@ -19,11 +19,11 @@ from unittest import mock
 
 import torch
 
-from fedadamw import training
 from fedadamw.config import DECAY_MODES, Config, default_config
-from fedadamw.data import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_partition
-from fedadamw.models import build_model
-from fedadamw.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
+from fedadamw.core import training
+from fedadamw.core.models import build_model
+from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
+from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_partition
 
 
 def _config() -> Config:

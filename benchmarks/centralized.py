@@ -30,9 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedadamw.config import Config
-from fedadamw.data import INPUT_SHAPE, NUM_CLASSES, load_partition, load_splits, prepare
-from fedadamw.models import build_model
-from fedadamw.training import TrainSpec, evaluate, train_local
+from fedadamw.core.models import build_model
+from fedadamw.core.training import TrainSpec, evaluate, train_local
+from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, load_partition, load_splits, prepare
 
 # Test accuracy the MNIST-1D authors publish for each model (README table, MNIST-1D row).
 PUBLISHED = {"logreg": 0.32, "mlp": 0.68, "cnn1d": 0.94}

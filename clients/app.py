@@ -7,10 +7,10 @@ import time
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedadamw import messages
-from fedadamw.data import INPUT_SHAPE, NUM_CLASSES, load_partition
-from fedadamw.models import build_model
-from fedadamw.training import train_local
+from fedadamw.core import wire as messages
+from fedadamw.core.models import build_model
+from fedadamw.core.training import train_local
+from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, load_partition
 
 app = ClientApp()
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from fedadamw.config import Config, ConfigError
-from fedadamw.experiment import Experiment, describe, expand, run_id_for, swept_keys
-from fedadamw.experiment import load as load_experiment
-from fedadamw.store import ResultStore, StoreError
+from fedadamw.results.writer import ResultStore, StoreError
+from fedadamw.run.experiment import Experiment, describe, expand, run_id_for, swept_keys
+from fedadamw.run.experiment import load as load_experiment
 
 EXIT_BAD_INPUT = 2
 
@@ -124,24 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "partitions":
-            from fedadamw.partitions import partitions_command
+            from fedadamw.data.labels import partitions_command
 
             cfg = resolve_config(args.config, args.overrides)
             return partitions_command(cfg, Path(args.plot) if args.plot else None)
         if args.command == "dashboard":
-            from fedadamw.report import dashboard_command
+            from fedadamw.viz.report import dashboard_command
 
             return dashboard_command(Path(args.out), args.port)
         if args.command == "report":
-            from fedadamw.report import report_command
+            from fedadamw.viz.report import report_command
 
             return report_command(Path(args.out), Path(args.html))
         if args.command == "figures":
-            from fedadamw.report import figures_command
+            from fedadamw.viz.report import figures_command
 
             return figures_command(Path(args.out), Path(args.directory), args.force)
         if args.command == "compare":
-            from fedadamw.compare import compare_command
+            from fedadamw.results.compare import compare_command
 
             return compare_command(_existing_store(args.out), args.a, args.b)
     except (ConfigError, StoreError) as exc:
@@ -170,7 +170,7 @@ OWN_FILES = frozenset(
         "config.json",
         "failures.log",
         "partitions.png",
-        ".fedadamw.lock",
+        ".fedadamw.results.lock",
         ".fedadamw-spec.json",
     }
 )
@@ -216,9 +216,9 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     configs = [c.replace(out_dir=str(out_dir)) for c in configs]
 
-    from fedadamw.lock import FolderInUseError, WriterLock
-    from fedadamw.simulate import Spec
-    from fedadamw.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
+    from fedadamw.results.lock import FolderInUseError, WriterLock
+    from fedadamw.run.simulate import Spec
+    from fedadamw.run.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
 
     try:
         lock = WriterLock(out_dir)
@@ -290,7 +290,7 @@ def _print_summary(configs: list[Config], out_dir: Path, wall: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fedadamw.store import arm_summary
+    from fedadamw.results.writer import arm_summary
 
     swept = swept_keys(configs)
     labels = {run_id_for(c, arm): describe(c, arm, swept) for c in configs for arm in c.arm_list}

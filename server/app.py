@@ -25,21 +25,21 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid, ServerApp
 
-from fedadamw import messages
 from fedadamw.config import Config, ConfigError
-from fedadamw.experiment import describe, describe_configs, run_id_for, swept_keys
-from fedadamw.failures import RunInterruptedError, WorkerLostError, summary
+from fedadamw.core import wire as messages
 from fedadamw.fileio import atomic_write_text
-from fedadamw.lock import WriterLock
-from fedadamw.outdir import resolve_under_root
-from fedadamw.recorder import Progress, RunRecorder
-from fedadamw.store import FINISHED, INTERRUPTED, ResultStore, RunInfo
+from fedadamw.results.lock import WriterLock
+from fedadamw.results.writer import FINISHED, INTERRUPTED, ResultStore, RunInfo
+from fedadamw.run.experiment import describe, describe_configs, run_id_for, swept_keys
+from fedadamw.run.failures import RunInterruptedError, WorkerLostError, summary
+from fedadamw.run.outdir import resolve_under_root
+from fedadamw.run.recorder import Progress, RunRecorder
 from server.grid import GuardedGrid
 from server.strategy import NODE_WAIT_S, DivergenceFedAvg, scalar
 
 
 def resolve_out_dir(cfg: Config) -> Path:
-    """Where a submitted run writes: `out-dir` under the results root (fedadamw.outdir)."""
+    """Where a submitted run writes: `out-dir` under the results root (fedadamw.run.outdir)."""
     return resolve_under_root(cfg.out_dir, cfg.experiment)
 
 

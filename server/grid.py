@@ -20,7 +20,7 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedadamw.failures import RunInterruptedError, WorkerLostError, is_lost_worker, summary
+from fedadamw.run.failures import RunInterruptedError, WorkerLostError, is_lost_worker, summary
 
 _FIRST_POLL_S, _MAX_POLL_S = 0.002, 0.2  # replies of a simulated round come within milliseconds
 

@@ -12,11 +12,11 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedadamw import messages
-from fedadamw.failures import NonFiniteRunError
-from fedadamw.recorder import RunRecorder
-from fedadamw.sampling import dropped_partitions, sample_partitions
-from fedadamw.updates import ClientReply, measure_round
+from fedadamw.core import wire as messages
+from fedadamw.core.sampling import dropped_partitions, sample_partitions
+from fedadamw.core.updates import ClientReply, measure_round
+from fedadamw.run.failures import NonFiniteRunError
+from fedadamw.run.recorder import RunRecorder
 
 NODE_WAIT_S = 120.0  # how long to wait for SuperNodes to (re)connect before giving up
 
@@ -76,7 +76,7 @@ class DivergenceFedAvg(FedAvg):
 
     `configure_train` lets FedAvg address every connected node and keeps the seeded subset;
     `aggregate_train` checks each reply, measures the divergence of the accepted updates
-    (`fedadamw.updates.measure_round`) and hands only accepted replies to FedAvg.
+    (`fedadamw.core.updates.measure_round`) and hands only accepted replies to FedAvg.
 
     A resumed run starts FedAvg's loop again at its round 1: `first_round` (the last round
     already in the store) is added to the round number wherever a round is seen, so every

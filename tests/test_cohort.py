@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fedadamw.cohort import CohortClient, _CohortOptimizer, _Layout, batch_plan, train_cohort
 from fedadamw.config import DECAY_MODES
-from fedadamw.data import ArrayDataset
-from fedadamw.models import build_model
-from fedadamw.optim import decay_param_groups
-from fedadamw.tracked import make_tracked_optimizer, shrink_ratio_quantiles
-from fedadamw.training import TrainResult, TrainSpec, train_local
+from fedadamw.core.cohort import CohortClient, _CohortOptimizer, _Layout, batch_plan, train_cohort
+from fedadamw.core.models import build_model
+from fedadamw.core.optim import decay_param_groups
+from fedadamw.core.tracked import make_tracked_optimizer, shrink_ratio_quantiles
+from fedadamw.core.training import TrainResult, TrainSpec, train_local
+from fedadamw.data.split import ArrayDataset
 
 CPU = torch.device("cpu")
 ADAM_MODES = ("decoupled", "coupled", "none")
@@ -78,7 +78,7 @@ def _assert_close(actual: Tensor, expected: Tensor, scale: Tensor, outliers: flo
     Adam sends float32 rounding noise in near-zero gradients (|g| ~ ε = 1e-8) to full-size
     steps: a few weights then differ from train_local by more than 1e-5 of the update, as they
     differ between two float32 runs of train_local itself (see the module docstring of
-    fedadamw.cohort). Those few stay within 1e-2; a wrong batch, mask or formula moves most
+    fedadamw.core.cohort). Those few stay within 1e-2; a wrong batch, mask or formula moves most
     weights by far more.
     """
     err = (actual - expected).abs() / scale.abs().max().clamp_min(1e-30)

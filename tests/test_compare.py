@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedadamw.compare import compare, paired_interval
 from fedadamw.config import Config
-from fedadamw.store import ResultStore, RoundRecord
+from fedadamw.results.compare import compare, paired_interval
+from fedadamw.results.writer import ResultStore, RoundRecord
 
 
 def test_paired_interval_matches_the_t_formula() -> None:

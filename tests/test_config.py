@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedadamw.config import PYPROJECT, Config, ConfigError, default_config
-from fedadamw.experiment import load as load_experiment
+from fedadamw.run.experiment import load as load_experiment
 
 
 def test_every_field_has_exactly_one_default_in_pyproject() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedadamw import messages
 from fedadamw.config import Config, ConfigError
-from fedadamw.data import (
+from fedadamw.core import wire as messages
+from fedadamw.data.split import (
     DataSpec,
     label_histogram,
     load_partition,

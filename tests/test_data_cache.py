@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedadamw import data
 from fedadamw.config import Config
+from fedadamw.data import split as data
 
 
 def _spec() -> data.DataSpec:

@@ -34,9 +34,9 @@ from flwr.serverapp import Grid
 
 from fedadamw import deploy
 from fedadamw.config import Config, ConfigError
-from fedadamw.data import DataSpec, partition_indices
-from fedadamw.recorder import RunRecorder
-from fedadamw.store import ResultStore, connect_readonly
+from fedadamw.data.split import DataSpec, partition_indices
+from fedadamw.results.writer import ResultStore, connect_readonly
+from fedadamw.run.recorder import RunRecorder
 from server import strategy as strategy_module
 from server.app import discover_partitions
 from server.strategy import to_client_reply
@@ -744,7 +744,7 @@ def test_the_default_compose_file_lets_no_one_in_without_credentials() -> None:
             ROOT / "docker" / "certs" / "ca.crt"
         )
         assert f"{ROOT}/docker/certs/superexec.secret" not in map(str, node.binds.values())
-    # Submitted runs write under the results volume only (fedadamw.outdir).
+    # Submitted runs write under the results volume only (fedadamw.run.outdir).
     assert server.volumes[server.environment["FEDADAMW_RESULTS_ROOT"]] == "results"
     # The credentials the scripts make are never committed.
     if shutil.which("git") and (ROOT / ".git").exists():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedadamw.divergence import STAT_NAMES, analyze, divergence_stats
+from fedadamw.core.divergence import STAT_NAMES, analyze, divergence_stats
 
 
 def reference(updates: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
@@ -64,7 +64,7 @@ def test_torch_input_chunking_and_layers_agree_with_whole() -> None:
     weights = [3, 1, 4, 1, 5]
     whole = divergence_stats(torch.from_numpy(updates), weights)
     segments = {"a": slice(0, 10), "b": slice(10, 999), "c": slice(999, 1000)}
-    from fedadamw.divergence import segment_grams
+    from fedadamw.core.divergence import segment_grams
 
     small_chunks, _ = segment_grams(updates, chunk=7)
     full, per_layer = analyze(updates, weights, segments)

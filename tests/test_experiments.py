@@ -22,7 +22,7 @@ def test_experiment_file_is_valid(path: Path) -> None:
 
 
 def test_sweep_expands_to_the_grid(tmp_path: Path) -> None:
-    from fedadamw.experiment import describe_configs, expand, load, swept_keys
+    from fedadamw.run.experiment import describe_configs, expand, load, swept_keys
 
     f = tmp_path / "s.toml"
     f.write_text('experiment = "s"\n[sweep]\nweight-decay = [0.001, 0.1]\nseed = [0, 1, 2]\n')
@@ -49,7 +49,7 @@ def test_bad_sweeps_are_one_line_errors(
     tmp_path: Path, text: str, sets: list[str], message: str
 ) -> None:
     from fedadamw.config import ConfigError
-    from fedadamw.experiment import expand, load
+    from fedadamw.run.experiment import expand, load
 
     f = tmp_path / "bad.toml"
     f.write_text(text)

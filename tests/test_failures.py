@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedadamw.failures import MAX_REASON, FailureLog, clean, is_lost_worker, summary
+from fedadamw.run.failures import MAX_REASON, FailureLog, clean, is_lost_worker, summary
 
 RAY_TRACEBACK = (
     "<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before finishing "

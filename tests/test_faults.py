@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fedadamw.store import arm_summary
+from fedadamw.results.writer import arm_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 6
@@ -99,7 +99,7 @@ def _simulation_pgid(out: Path) -> int:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"fedadamw.simulate" in cmd and spec.encode() in cmd:
+            if b"fedadamw.run.simulate" in cmd and spec.encode() in cmd:
                 return int(entry.name)
     pytest.fail("no simulation process found")
 

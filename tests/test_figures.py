@@ -1,7 +1,7 @@
 """Figures, store reading and report export, on synthetic but schema-true stores (no Ray).
 
 `write_synthetic_store` builds a results.db the way the real writer does (ResultStore,
-RoundRecord, divergence statistics from `fedadamw.divergence.analyze` of real update vectors)
+RoundRecord, divergence statistics from `fedadamw.core.divergence.analyze` of real update vectors)
 and returns the numbers it wrote, so tests compare figures against an independent numpy
 reference. The dashboard tests import it too.
 """
@@ -22,13 +22,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from fedadamw import cli, figures
+from fedadamw import cli
 from fedadamw.config import default_config
-from fedadamw.divergence import STAT_NAMES, analyze
-from fedadamw.lock import WriterLock
-from fedadamw.report import figures_command, render_html, report_command, standard_sections
-from fedadamw.store import ResultStore, RoundRecord
-from fedadamw.storeread import (
+from fedadamw.core.divergence import STAT_NAMES, analyze
+from fedadamw.results.lock import WriterLock
+from fedadamw.results.reader import (
     ROUND_MEAN,
     ClientLabels,
     EmptyStoreError,
@@ -38,6 +36,9 @@ from fedadamw.storeread import (
     cosine_matrix,
     resolve_store_path,
 )
+from fedadamw.results.writer import ResultStore, RoundRecord
+from fedadamw.viz import figures
+from fedadamw.viz.report import figures_command, render_html, report_command, standard_sections
 from tests import needs
 
 # The parameter tensors of a small model: (name, size), in model order.
@@ -108,7 +109,7 @@ def write_synthetic_store(
                     syn.configs[run_id] = cfg.to_dict()
                     store.start_run(run_id, experiment, mode, mode, cfg.weight_decay, cfg.to_json())
                     if real_labels:
-                        from fedadamw.data import DataSpec, label_histogram
+                        from fedadamw.data.split import DataSpec, label_histogram
 
                         hist = label_histogram(DataSpec.from_config(cfg))
                     else:

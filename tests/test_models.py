@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from fedadamw import messages
 from fedadamw.config import DATASETS, IMAGE_DATASETS, MODEL_INPUTS, MODELS, Config, ConfigError
-from fedadamw.data import INPUT_SHAPE, NUM_CLASSES, ArrayDataset
-from fedadamw.models import FloatBatchNorm2d, build_model
-from fedadamw.training import TrainSpec, evaluate, train_local
-from fedadamw.updates import ClientReply, check_reply, flatten_updates
+from fedadamw.core import wire as messages
+from fedadamw.core.models import FloatBatchNorm2d, build_model
+from fedadamw.core.training import TrainSpec, evaluate, train_local
+from fedadamw.core.updates import ClientReply, check_reply, flatten_updates
+from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, ArrayDataset
 
 
 def _params(model: nn.Module) -> int:

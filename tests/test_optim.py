@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from fedadamw.config import DECAY_MODES, ConfigError
-from fedadamw.models import MLP
-from fedadamw.optim import SGDW, decay_param_groups, make_optimizer
+from fedadamw.core.models import MLP
+from fedadamw.core.optim import SGDW, decay_param_groups, make_optimizer
 
 
 def _zero_grad_step(w: torch.Tensor, mode: str, lr: float, wd: float) -> torch.Tensor:

@@ -9,8 +9,8 @@ import pytest
 from flwr.app import Context, RecordDict
 from flwr.serverapp import Grid
 
-from fedadamw import outdir
 from fedadamw.config import ConfigError
+from fedadamw.run import outdir
 from server import app as server_app
 
 

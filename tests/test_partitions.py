@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedadamw.config import Config, ConfigError
-from fedadamw.data import DataSpec, load_splits, partition_indices
-from fedadamw.partitions import default_plot_path, describe, partitions_command
+from fedadamw.data.labels import default_plot_path, describe, partitions_command
+from fedadamw.data.split import DataSpec, load_splits, partition_indices
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedadamw.lock import FolderInUseError, WriterLock, writer_alive
-from fedadamw.store import (
+from fedadamw.results.lock import FolderInUseError, WriterLock, writer_alive
+from fedadamw.results.writer import (
     ResultStore,
     RoundRecord,
     RunInfo,
@@ -137,7 +137,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from fedadamw.lock import WriterLock; "
+            "import sys, time; from fedadamw.results.lock import WriterLock; "
             f"l = WriterLock({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -224,7 +224,7 @@ def test_a_store_in_a_read_only_folder_is_readable(shared_tmp: Path) -> None:
         p.chmod(0o644)
     folder.chmod(0o555)
     code = (
-        "from fedadamw.store import arm_summary; "
+        "from fedadamw.results.writer import arm_summary; "
         "print([(r['status'], r['rounds']) for r in arm_summary("
         f"{str(folder / 'results.db')!r})])"
     )

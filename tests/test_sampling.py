@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 from fedadamw.config import Config
-from fedadamw.data import ArrayDataset
-from fedadamw.messages import parse_train_config, train_config
-from fedadamw.models import MLP
-from fedadamw.sampling import (
+from fedadamw.core.models import MLP
+from fedadamw.core.sampling import (
     client_batch_size,
     dropped_partitions,
     local_steps,
     sample_partitions,
     work_fraction,
 )
-from fedadamw.training import TrainSpec, train_local
+from fedadamw.core.training import TrainSpec, train_local
+from fedadamw.core.wire import parse_train_config, train_config
+from fedadamw.data.split import ArrayDataset
 
 
 def test_sampling_is_seeded_sized_and_uniform() -> None:

@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedadamw.divergence import STAT_NAMES
-from fedadamw.store import ResultStore, RoundRecord, arm_summary, connect_readonly, table_counts
+from fedadamw.core.divergence import STAT_NAMES
+from fedadamw.results.writer import (
+    ResultStore,
+    RoundRecord,
+    arm_summary,
+    connect_readonly,
+    table_counts,
+)
 
 
 def _record(run_id: str, rnd: int, acc: float, cos: float) -> RoundRecord:
@@ -108,7 +114,7 @@ def test_node_ids_beyond_int64_are_kept_exactly(tmp_path: Path) -> None:
 
 
 def test_a_store_of_another_schema_is_refused_in_one_line(tmp_path: Path) -> None:
-    from fedadamw.store import StoreError
+    from fedadamw.results.writer import StoreError
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)

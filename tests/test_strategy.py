@@ -24,11 +24,11 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedadamw import messages
 from fedadamw.config import Config
-from fedadamw.recorder import RunRecorder
-from fedadamw.sampling import sample_partitions
-from fedadamw.store import ResultStore, connect_readonly
+from fedadamw.core import wire as messages
+from fedadamw.core.sampling import sample_partitions
+from fedadamw.results.writer import ResultStore, connect_readonly
+from fedadamw.run.recorder import RunRecorder
 from server.strategy import DivergenceFedAvg
 
 SHAPES = {"w": (3, 4), "b": (4,)}
@@ -186,7 +186,7 @@ def test_round_with_no_acceptable_reply_keeps_the_global_model(tmp_path: Path) -
 
 
 def test_dropped_clients_get_no_message_and_are_recorded(tmp_path: Path) -> None:
-    from fedadamw.sampling import dropped_partitions
+    from fedadamw.core.sampling import dropped_partitions
 
     partitions = {50 + p: p for p in range(10)}
     strategy = _strategy(tmp_path, partitions, per_round=10)

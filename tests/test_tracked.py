@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from fedadamw.config import DECAY_MODES, ConfigError
-from fedadamw.optim import SGDW
-from fedadamw.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
+from fedadamw.core.optim import SGDW
+from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
 
 EPS32 = float(np.finfo(np.float32).eps)
 ADAM_MODES = ("decoupled", "coupled", "none")

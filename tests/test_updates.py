@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedadamw import messages
-from fedadamw.divergence import divergence_stats
-from fedadamw.updates import ClientReply, check_reply, flatten_updates, measure_round
+from fedadamw.core import wire as messages
+from fedadamw.core.divergence import divergence_stats
+from fedadamw.core.updates import ClientReply, check_reply, flatten_updates, measure_round
 
 GLOBAL = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.float32)}
 

@@ -1,7 +1,7 @@
 """Client updates as deltas, Δᵢ = wᵢ − w_global, computed and checked in this one place.
 
 A reply is aggregated only when it has every expected tensor with the global model's shape,
-a floating dtype, finite values and the numeric metrics of `fedadamw.messages`; anything else
+a floating dtype, finite values and the numeric metrics of `fedadamw.core.wire`; anything else
 becomes a recorded rejection with a one-line reason, never a crash of the round.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedadamw import messages
-from fedadamw.divergence import Divergence, analyze
+from fedadamw.core import wire as messages
+from fedadamw.core.divergence import Divergence, analyze
 
 
 @dataclass(frozen=True)

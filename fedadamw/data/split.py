@@ -1,6 +1,6 @@
 """Data sets and their split across clients.
 
-Each data set (`fedadamw.datasets.*`) yields a train and a test split as numpy arrays; the train
+Each data set (`fedadamw.data.sources.*`) yields a train and a test split as numpy arrays; the train
 split becomes a small `datasets.Dataset` table of (row index, label[, client id]) that a
 flwr-datasets partitioner splits across clients, so every data set, hub or local, is split by the
 same code and the split is kept as row indices. Everything is cached per process
@@ -137,15 +137,15 @@ def _load(
     if dataset == "mnist1d":
         arrays = _mnist1d(root)
     elif dataset == "digits":
-        from fedadamw.datasets import digits
+        from fedadamw.data.sources import digits
 
         arrays = digits.load()
     elif dataset == "synthetic":
-        from fedadamw.datasets import synthetic
+        from fedadamw.data.sources import synthetic
 
         arrays = synthetic.generate(*params)
     elif dataset in ("cifar10", "femnist"):
-        from fedadamw.datasets import hub
+        from fedadamw.data.sources import hub
 
         arrays = hub.load(dataset, root)
     else:
@@ -158,7 +158,7 @@ def _load(
 
 def _mnist1d(root: Path) -> dict[str, np.ndarray]:
     """MNIST-1D's arrays from the disk cache, generated (~3.5 s) when absent or torn."""
-    from fedadamw.datasets import mnist1d
+    from fedadamw.data.sources import mnist1d
 
     path = root / f"mnist1d-seed{mnist1d.DATA_SEED}-v1.npz"
     if path.is_file():

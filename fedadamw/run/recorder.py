@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedadamw import messages
 from fedadamw.config import Config
-from fedadamw.data import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_splits
-from fedadamw.failures import FailureLog
-from fedadamw.models import build_model
-from fedadamw.store import SHRINK_COLUMNS, ResultStore, Resume, RoundRecord
-from fedadamw.training import evaluate, pick_device
-from fedadamw.updates import RoundMeasurement
+from fedadamw.core import wire as messages
+from fedadamw.core.models import build_model
+from fedadamw.core.training import evaluate, pick_device
+from fedadamw.core.updates import RoundMeasurement
+from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_splits
+from fedadamw.results.writer import SHRINK_COLUMNS, ResultStore, Resume, RoundRecord
+from fedadamw.run.failures import FailureLog
 
 
 @dataclass(frozen=True)

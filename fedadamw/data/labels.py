@@ -97,7 +97,7 @@ def partitions_command(cfg: Config, plot: Path | None) -> int:
 
     from rich.console import Console
 
-    from fedadamw.data import label_histogram, prepare
+    from fedadamw.data.split import label_histogram, prepare
 
     hist = label_histogram(prepare(cfg))
     title = describe(cfg)

@@ -1,9 +1,9 @@
 """Train every sampled client of a round at once: one batched computation over stacked weights.
 
-`train_cohort` gives, per client, what `fedadamw.training.train_local` gives on a fresh copy of
+`train_cohort` gives, per client, what `fedadamw.core.training.train_local` gives on a fresh copy of
 the model loaded with the global weights: the same batches in the same order, the same step
 budget (stragglers included), the same decay mode and parameter groups, the same loss
-bookkeeping and (with ``track_decay``) the same split as `fedadamw.tracked`. The K clients'
+bookkeeping and (with ``track_decay``) the same split as `fedadamw.core.tracked`. The K clients'
 weights are stacked into (K, P) tensors; each step gathers every client's batch from one
 concatenated data tensor, takes all K gradients with ``vmap(grad(functional_call))`` and
 applies the optimizer's elementwise formulas, written here over the stacked tensors in torch's
@@ -50,16 +50,16 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
 from fedadamw.config import DECAY_MODES, ConfigError
-from fedadamw.data import ArrayDataset
-from fedadamw.optim import decay_param_groups
-from fedadamw.sampling import local_steps
-from fedadamw.training import TrainResult, TrainSpec, batch_seed, pick_device
+from fedadamw.core.optim import decay_param_groups
+from fedadamw.core.sampling import local_steps
+from fedadamw.core.training import TrainResult, TrainSpec, batch_seed, pick_device
+from fedadamw.data.split import ArrayDataset
 
-# torch's Adam/AdamW defaults, which `fedadamw.optim.make_optimizer` uses: read from torch.
+# torch's Adam/AdamW defaults, which `fedadamw.core.optim.make_optimizer` uses: read from torch.
 _ADAM_DEFAULTS = inspect.signature(torch.optim.Adam.__init__).parameters
 BETA1, BETA2 = (float(b) for b in _ADAM_DEFAULTS["betas"].default)
 EPS = float(_ADAM_DEFAULTS["eps"].default)
-# The default quantiles of `fedadamw.tracked.shrink_ratio_quantiles`.
+# The default quantiles of `fedadamw.core.tracked.shrink_ratio_quantiles`.
 SHRINK_QUANTILES = (0.05, 0.5, 0.95)
 ADAM_MODES = ("decoupled", "coupled", "none")
 
@@ -472,7 +472,7 @@ class _CohortOptimizer:
         return denom
 
     def _sgd(self, k: int, w: Tensor, g: Tensor, decay: bool) -> None:
-        """torch.optim.SGD without momentum (coupled) and fedadamw.optim.SGDW (decoupled)."""
+        """torch.optim.SGD without momentum (coupled) and fedadamw.core.optim.SGDW (decoupled)."""
         if decay and self.mode == "sgd-coupled":
             g = _add(g, w, _rows(self.wd, k))
         elif decay:
@@ -485,7 +485,7 @@ class _CohortOptimizer:
         return value if isinstance(value, float) else value.to(torch.float32)
 
     def _track_before(self, w: Tensor, k: int) -> None:
-        """fedadamw.tracked's pre-step sums, on the weights wₜ before the step."""
+        """fedadamw.core.tracked's pre-step sums, on the weights wₜ before the step."""
         self.shrink_den[:k].add_(w.abs().mul_(_rows(self.lr_wd, k)))
         if self.mode == "coupled":  # the first moment of λwₜ alone, as torch updates exp_avg
             self.m_decay[:k].lerp_(w * _rows(self.wd, k), 1.0 - BETA1)
@@ -515,7 +515,7 @@ class _CohortOptimizer:
         return out
 
     def shrink_quantiles(self) -> list[dict[str, float]]:
-        """Per client, `fedadamw.tracked.shrink_ratio_quantiles` of its decayed weights."""
+        """Per client, `fedadamw.core.tracked.shrink_ratio_quantiles` of its decayed weights."""
         k = self.weights[0].shape[0]
         if not self.track or self.shrink_den.shape[1] == 0:
             return [{} for _ in range(k)]

@@ -1,7 +1,7 @@
 """Every figure of the dashboard, the HTML report and the paper figures (Plotly).
 
 One module so the three outputs can never drift apart: each function takes DataFrames from
-`fedadamw.storeread` and returns a `plotly.graph_objects.Figure` with the house style. A mode
+`fedadamw.results.reader` and returns a `plotly.graph_objects.Figure` with the house style. A mode
 has one colour everywhere (Okabe–Ito, safe for colour-blind readers and in greyscale print):
 coupled is vermillion, decoupled blue. Figures carry no title; the page or the paper's caption
 says what they show, panels carry short subplot titles.
@@ -21,8 +21,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 from scipy import stats as sps
 
-from fedadamw.store import SHRINK_COLUMNS
-from fedadamw.storeread import (
+from fedadamw.results.reader import (
     FINAL,
     ROUND_MEAN,
     ClientLabels,
@@ -32,6 +31,7 @@ from fedadamw.storeread import (
     cosine_matrix,
     run_summary,
 )
+from fedadamw.results.writer import SHRINK_COLUMNS
 
 MODE_COLORS = {
     "coupled": "#D55E00",

@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedadamw.divergence import STAT_NAMES
-from fedadamw.lock import writer_alive
-from fedadamw.store import SCHEMA_VERSION, connect_readonly, effective_status
-from fedadamw.store import StoreError as StoreError  # one error class for write and read side
+from fedadamw.core.divergence import STAT_NAMES
+from fedadamw.results.lock import writer_alive
+from fedadamw.results.writer import SCHEMA_VERSION, connect_readonly, effective_status
+from fedadamw.results.writer import (
+    StoreError as StoreError,  # one error class for write and read side
+)
 
 STORE_FILE = "results.db"
 
@@ -479,7 +481,7 @@ def client_labels(config_json: str) -> ClientLabels:
     try:
         # Imported here: torch and the data stack are needed only for this view.
         from fedadamw.config import Config
-        from fedadamw.data import DataSpec, label_histogram
+        from fedadamw.data.split import DataSpec, label_histogram
 
         values = {k: v for k, v in _parse_config(config_json).items()}
         if not values:

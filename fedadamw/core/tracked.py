@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from fedadamw.config import DECAY_MODES, ConfigError
-from fedadamw.optim import SGDW, ParamsT
+from fedadamw.core.optim import SGDW, ParamsT
 
 ADAM_OPTIONS = ("betas", "eps")
 # Group settings that change the update rule beyond what the split handles.
@@ -200,7 +200,7 @@ class _TrackedSGD(TrackedOptimizer, torch.optim.SGD):
 
 
 class _TrackedSGDW(TrackedOptimizer, SGDW):
-    """fedadamw.optim.SGDW, tracked."""
+    """fedadamw.core.optim.SGDW, tracked."""
 
 
 def _check_group(group: dict[str, Any]) -> None:
@@ -219,7 +219,7 @@ def make_tracked_optimizer(
     weight_decay: float,
     **options: Any,
 ) -> TrackedOptimizer:
-    """The tracked twin of `fedadamw.optim.make_optimizer(params, mode, lr, weight_decay)`.
+    """The tracked twin of `fedadamw.core.optim.make_optimizer(params, mode, lr, weight_decay)`.
 
     Same modes, groups (a group's own ``weight_decay`` wins) and trajectory; `options` are
     ``betas`` and ``eps`` for the Adam modes and nothing for the SGD modes.

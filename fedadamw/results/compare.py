@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from fedadamw.store import connect_readonly
+from fedadamw.results.writer import connect_readonly
 
 _LAST = "SELECT {col} FROM rounds WHERE run_id=? ORDER BY round DESC LIMIT 1"
 _MEAN = "SELECT AVG({col}) FROM rounds WHERE run_id=? AND round>=1"

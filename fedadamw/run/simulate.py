@@ -1,6 +1,6 @@
 """The simulation process of `fedadamw run`: Flower's simulation engine (Ray) runs every arm.
 
-`fedadamw run` (`fedadamw.supervisor`) starts this module as a child process in a session of
+`fedadamw run` (`fedadamw.run.supervisor`) starts this module as a child process in a session of
 its own, so that the child and every Ray process it starts form one process group that the
 parent can end as a whole. Here:
 
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from fedadamw.config import Config, ConfigError
-from fedadamw.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
-from fedadamw.recorder import Progress, RoundReport
+from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
+from fedadamw.run.recorder import Progress, RoundReport
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORKER_LOST, EXIT_STOPPED = 0, 1, 2, 75, 130
 # After a stop is asked for, the process exits as soon as the ServerApp has marked its arm
@@ -222,14 +222,14 @@ def _simulate(spec: Spec, configs: list[Config], stopper: _Stopper) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m fedadamw.simulate SPEC.json`."""
+    """Entry point: `python -m fedadamw.run.simulate SPEC.json`."""
     args = sys.argv[1:] if argv is None else argv
     spec = Spec.read(Path(args[0]))
     stopper = _Stopper(spec)
     code = EXIT_FAILED
     try:
         configs = [Config.from_mapping(c) for c in spec.configs]
-        from fedadamw.data import prepare
+        from fedadamw.data.split import prepare
 
         # Generate the data and check every split here, once, before Ray starts: workers then
         # read the disk cache, and a split that cannot be made is a one-line error.
@@ -274,7 +274,7 @@ def _log_traceback(out_dir: Path, exc: BaseException) -> None:
 
 def _orphan_cleanup(spec: Spec) -> None:
     """The CLI is gone: mark what ran as interrupted, remove Ray's files, end the group."""
-    from fedadamw.store import ResultStore
+    from fedadamw.results.writer import ResultStore
 
     try:
         with ResultStore(Path(spec.out_dir) / "results.db") as store:

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
-from fedadamw.data import ArrayDataset
-from fedadamw.optim import decay_param_groups, make_optimizer
-from fedadamw.sampling import local_steps
-from fedadamw.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
+from fedadamw.core.optim import decay_param_groups, make_optimizer
+from fedadamw.core.sampling import local_steps
+from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
+from fedadamw.data.split import ArrayDataset
 
 
 def pick_device() -> torch.device:
@@ -37,8 +37,8 @@ class TrainSpec:
     seed: int
     partition_id: int
     server_round: int
-    work_fraction: float = 1.0  # < 1 for a straggler (fedadamw.sampling.work_fraction)
-    track_decay: bool = False  # split the update into data and decay parts (fedadamw.tracked)
+    work_fraction: float = 1.0  # < 1 for a straggler (fedadamw.core.sampling.work_fraction)
+    track_decay: bool = False  # split the update into data and decay parts (fedadamw.core.tracked)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """One writer per output folder, and whether that writer is still alive.
 
-The process that writes `DIR/results.db` holds an exclusive `flock` on `DIR/.fedadamw.lock`
+The process that writes `DIR/results.db` holds an exclusive `flock` on `DIR/.fedadamw.results.lock`
 for as long as it lives. The kernel drops the lock when the holder dies, however it dies
 (SIGKILL, power loss of a local machine), so a reader can tell a live run from a dead one
 without heartbeats or timeouts: if it can take a shared lock, nobody is writing, and a run
@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-LOCK_FILE = ".fedadamw.lock"
+LOCK_FILE = ".fedadamw.results.lock"
 
 
 class FolderInUseError(RuntimeError):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedadamw.config import Config, ConfigError
-from fedadamw.data import DataSpec
-from fedadamw.sampling import client_batch_size, work_fraction
-from fedadamw.training import TrainSpec
+from fedadamw.core.sampling import client_batch_size, work_fraction
+from fedadamw.core.training import TrainSpec
+from fedadamw.data.split import DataSpec
 
 # MetricRecord keys of a train reply. Strings never go here: FedAvg needs numbers.
 NUM_EXAMPLES = "num-examples"

@@ -1,7 +1,7 @@
 """Models, written in torch (there is no CPU torchvision on these machines).
 
 Every model's state dict holds floating tensors only: client updates Δ = w_client − w_global,
-FedAvg and the reply check (`fedadamw.updates`) are defined on floating arrays.
+FedAvg and the reply check (`fedadamw.core.updates`) are defined on floating arrays.
 """
 
 from __future__ import annotations

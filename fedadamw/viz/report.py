@@ -1,12 +1,12 @@
 """Shareable outputs of a results store: the HTML report, paper figures, and the dashboard server.
 
 - `write_report` writes one self-contained HTML file (plotly.js inlined once, no network needed
-  to read it) with the figures of `fedadamw.figures` for every experiment in the store.
+  to read it) with the figures of `fedadamw.viz.figures` for every experiment in the store.
 - `write_figures` writes the same figure objects as PNG and PDF through Plotly's own static
   export (kaleido), which drives a headless Chromium: Debian's `chromium` (found on PATH, or
   wherever `BROWSER_PATH` points), so nothing is downloaded and no second plotting library has
   to redraw the figures.
-- `start_dashboard` runs `streamlit run fedadamw/dashboard.py` on a loopback port.
+- `start_dashboard` runs `streamlit run fedadamw/viz/dashboard_app.py` on a loopback port.
 
 The `*_command` functions are what `fedadamw report|figures|dashboard` call: they return an exit
 status and print one line on stderr for bad input, never a traceback.
@@ -31,8 +31,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from fedadamw import figures
-from fedadamw.storeread import (
+from fedadamw.results.reader import (
     ROUND_MEAN,
     ClientLabels,
     Store,
@@ -44,9 +43,10 @@ from fedadamw.storeread import (
     shared_config,
     varying_keys,
 )
+from fedadamw.viz import figures
 
 EXIT_BAD_INPUT = 2
-DASHBOARD_SCRIPT = Path(__file__).resolve().parent / "dashboard.py"
+DASHBOARD_SCRIPT = Path(__file__).resolve().parent / "dashboard_app.py"
 STORE_ENV = "FEDADAMW_STORE"
 # Statistics of the report's main divergence figure: agreement between clients, agreement with
 # the aggregate, and spread in the aggregate's own units.

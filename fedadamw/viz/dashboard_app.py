@@ -1,7 +1,7 @@
 """The update-divergence dashboard (a Streamlit app over one results store).
 
 Started by `fedadamw dashboard OUT`, which runs `streamlit run` on this file with the store in
-the ``FEDADAMW_STORE`` environment variable. Every figure comes from `fedadamw.figures`, so the
+the ``FEDADAMW_STORE`` environment variable. Every figure comes from `fedadamw.viz.figures`, so the
 page shows exactly what the HTML report and the paper figures show. The data-driven part of the
 page is one fragment that re-reads the store every few seconds while auto-refresh is on, so a
 running experiment fills the page round by round. A store that is missing, empty, half-written
@@ -20,8 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from fedadamw import figures
-from fedadamw.storeread import (
+from fedadamw.results.reader import (
     ROUND_MEAN,
     ClientLabels,
     EmptyStoreError,
@@ -33,6 +32,7 @@ from fedadamw.storeread import (
     shared_config,
     varying_keys,
 )
+from fedadamw.viz import figures
 
 STORE_ENV = "FEDADAMW_STORE"
 ALL_SETTINGS = "__all__"
@@ -61,7 +61,7 @@ def _chart(fig: go.Figure | None, key: str, empty: str) -> None:
     if fig is None:
         st.info(empty)
     else:
-        # theme=None: the house style of fedadamw.figures, identical to report and paper figures.
+        # theme=None: the house style of fedadamw.viz.figures, as in the report and paper figures.
         st.plotly_chart(fig, theme=None, config=PLOT_CONFIG, key=key)
 
 

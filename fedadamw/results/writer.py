@@ -18,7 +18,7 @@ written as NULL.
 
 A run's status is ``pending`` (registered, not started), ``running``, ``finished``,
 ``interrupted`` or ``failed: <reason>``. ``running`` is only true while a live process holds the
-output folder's writer lock (`fedadamw.lock`); readers show a ``running`` run without a live
+output folder's writer lock (`fedadamw.results.lock`); readers show a ``running`` run without a live
 writer as ``interrupted`` (`effective_status`).
 """
 
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from fedadamw.divergence import STAT_NAMES
-from fedadamw.lock import writer_alive
-from fedadamw.messages import SHRINK_QUANTILES
+from fedadamw.core.divergence import STAT_NAMES
+from fedadamw.core.wire import SHRINK_QUANTILES
+from fedadamw.results.lock import writer_alive
 
 SCHEMA_VERSION = 3  # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints
 # Stores this version can upgrade in place: the change since then only adds a table.
