@@ -19,11 +19,12 @@ from unittest import mock
 
 import torch
 
-from fedadamw.config import DECAY_MODES, Config, default_config
+from fedadamw.config import Config, default_config
 from fedadamw.core import training
 from fedadamw.core.models import build_model
 from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
 from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_partition
+from fedadamw.schema import DECAY_MODES
 
 
 def _config() -> Config:

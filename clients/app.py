@@ -7,6 +7,7 @@ import time
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedadamw import schema
 from fedadamw.core import wire as messages
 from fedadamw.core.models import build_model
 from fedadamw.core.training import train_local
@@ -23,7 +24,7 @@ def _partition_id(context: Context) -> int:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (it samples clients by partition id)."""
-    reply = MetricRecord({messages.PARTITION_ID: _partition_id(context)})
+    reply = MetricRecord({schema.PARTITION_ID: _partition_id(context)})
     return Message(content=RecordDict({"metrics": reply}), reply_to=msg)
 
 
@@ -45,18 +46,18 @@ def train(msg: Message, context: Context) -> Message:
     seconds = time.perf_counter() - started
     metrics = MetricRecord(
         {
-            messages.NUM_EXAMPLES: result.num_examples,
-            messages.TRAIN_LOSS: result.train_loss,
-            messages.LOCAL_STEPS: result.local_steps,
-            messages.PARTITION_ID: task.train.partition_id,
-            messages.BATCH_SIZE: task.train.batch_size,
-            messages.WORK_FRACTION: task.train.work_fraction,
-            messages.TRAIN_SECONDS: seconds,
-            **{messages.shrink_key(q): v for q, v in result.shrink_quantiles.items()},
+            schema.NUM_EXAMPLES: result.num_examples,
+            schema.TRAIN_LOSS: result.train_loss,
+            schema.LOCAL_STEPS: result.local_steps,
+            schema.PARTITION_ID: task.train.partition_id,
+            schema.BATCH_SIZE: task.train.batch_size,
+            schema.WORK_FRACTION: task.train.work_fraction,
+            schema.TRAIN_SECONDS: seconds,
+            **{schema.shrink_key(q): v for q, v in result.shrink_quantiles.items()},
         }
     )
     content = RecordDict({"arrays": ArrayRecord(result.state), "metrics": metrics})
     if result.decay_part is not None:
         # Only Δ_decay travels: the server gets Δ_data = Δ − Δ_decay exactly from the weights.
-        content[messages.DECAY_PART] = ArrayRecord(result.decay_part)
+        content[schema.DECAY_PART] = ArrayRecord(result.decay_part)
     return Message(content=content, reply_to=msg)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from fedadamw.config import Config, ConfigError
+from fedadamw.config import Config
+from fedadamw.errors import ConfigError
 from fedadamw.results.writer import ResultStore, StoreError
 from fedadamw.run.experiment import Experiment, describe, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment

@@ -19,7 +19,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-DECAY_MODES = ("decoupled", "coupled", "none", "sgd-coupled", "sgd-decoupled")
+from fedadamw.errors import ConfigError
+from fedadamw.schema import DECAY_MODES
+
 PARTITIONERS = (
     "iid",
     "dirichlet",
@@ -50,10 +52,6 @@ PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 FLOAT32_MAX = 3.4028234663852886e38
 # An experiment name becomes a folder name (runs/<experiment>) and part of every run id.
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is not allowed; the message is one line for the user."""
 
 
 Scalar = bool | int | float | str

@@ -28,7 +28,7 @@ from typing import Any
 import tomli_w
 import yaml
 
-from fedadamw.config import ConfigError
+from fedadamw.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

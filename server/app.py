@@ -25,15 +25,18 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid, ServerApp
 
-from fedadamw.config import Config, ConfigError
+from fedadamw import schema
+from fedadamw.config import Config
 from fedadamw.core import wire as messages
+from fedadamw.errors import ConfigError
 from fedadamw.fileio import atomic_write_text
 from fedadamw.results.lock import WriterLock
-from fedadamw.results.writer import FINISHED, INTERRUPTED, ResultStore, RunInfo
+from fedadamw.results.writer import ResultStore, RunInfo
 from fedadamw.run.experiment import describe, describe_configs, run_id_for, swept_keys
 from fedadamw.run.failures import RunInterruptedError, WorkerLostError, summary
 from fedadamw.run.outdir import resolve_under_root
 from fedadamw.run.recorder import Progress, RunRecorder
+from fedadamw.schema import FINISHED, INTERRUPTED
 from server.grid import GuardedGrid
 from server.strategy import NODE_WAIT_S, DivergenceFedAvg, scalar
 
@@ -54,7 +57,7 @@ def discover_partitions(grid: Grid, expected: int, wait_s: float = NODE_WAIT_S) 
                 f"'partition-id=N num-partitions={expected}') or lower num-clients"
             )
         time.sleep(0.2)
-    ask = RecordDict({"config": ConfigRecord({"ask": messages.PARTITION_ID})})
+    ask = RecordDict({"config": ConfigRecord({"ask": schema.PARTITION_ID})})
     replies = list(
         grid.send_and_receive(
             [Message(content=ask, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes],
@@ -66,7 +69,7 @@ def discover_partitions(grid: Grid, expected: int, wait_s: float = NODE_WAIT_S) 
         if reply.has_error():
             continue
         metrics = next(iter(reply.content.metric_records.values()))
-        mapping[int(reply.metadata.src_node_id)] = int(scalar(metrics, messages.PARTITION_ID))
+        mapping[int(reply.metadata.src_node_id)] = int(scalar(metrics, schema.PARTITION_ID))
     pids = sorted(mapping.values())
     if len(set(pids)) != len(pids):
         raise ConfigError(f"SuperNodes report duplicate partition ids: {pids}")

@@ -12,7 +12,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedadamw.core import wire as messages
+from fedadamw import schema
 from fedadamw.core.sampling import dropped_partitions, sample_partitions
 from fedadamw.core.updates import ClientReply, measure_round
 from fedadamw.run.failures import NonFiniteRunError
@@ -33,12 +33,12 @@ def aggregate_client_metrics(replies: list[RecordDict], weighted_by_key: str) ->
     """Loss is example-weighted; counts are summed; ids are not averaged (FedAvg would)."""
     records = [next(iter(r.metric_records.values())) for r in replies]
     n = np.asarray([scalar(m, weighted_by_key) for m in records])
-    loss = np.asarray([scalar(m, messages.TRAIN_LOSS) for m in records])
+    loss = np.asarray([scalar(m, schema.TRAIN_LOSS) for m in records])
     return MetricRecord(
         {
-            messages.TRAIN_LOSS: float((n * loss).sum() / n.sum()),
-            messages.NUM_EXAMPLES: int(n.sum()),
-            messages.LOCAL_STEPS: int(sum(scalar(m, messages.LOCAL_STEPS) for m in records)),
+            schema.TRAIN_LOSS: float((n * loss).sum() / n.sum()),
+            schema.NUM_EXAMPLES: int(n.sum()),
+            schema.LOCAL_STEPS: int(sum(scalar(m, schema.LOCAL_STEPS) for m in records)),
         }
     )
 
@@ -60,7 +60,7 @@ def to_client_reply(
     try:
         content = msg.content
         records = dict(content.array_records)
-        decay_record = records.pop(messages.DECAY_PART, None)
+        decay_record = records.pop(schema.DECAY_PART, None)
         if len(records) != 1 or len(content.metric_records) != 1:
             raise ValueError("expected one ArrayRecord of weights and one MetricRecord")
         arrays = {k: v.numpy() for k, v in next(iter(records.values())).items()}
@@ -177,8 +177,8 @@ class DivergenceFedAvg(FedAvg):
         accepted = [message_of[id(r)] for r in measured.accepted]
         for m in accepted:
             # FedAvg expects exactly one ArrayRecord per reply; the decay part is measured above.
-            if messages.DECAY_PART in m.content.array_records:
-                del m.content[messages.DECAY_PART]
+            if schema.DECAY_PART in m.content.array_records:
+                del m.content[schema.DECAY_PART]
         failed = [r for r in measured.rejections if r[0] not in self._dropped]
         if not accepted and failed and all("non-finite" in reason for *_, reason in failed):
             cfg = self.recorder.cfg

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedadamw.config import PYPROJECT, Config, ConfigError, default_config
+from fedadamw.config import PYPROJECT, Config, default_config
+from fedadamw.errors import ConfigError
 from fedadamw.run.experiment import load as load_experiment
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedadamw.config import Config, ConfigError
+from fedadamw.config import Config
 from fedadamw.core import wire as messages
 from fedadamw.data.split import (
     DataSpec,
@@ -15,6 +15,7 @@ from fedadamw.data.split import (
     partition_indices,
     prepare,
 )
+from fedadamw.errors import ConfigError
 
 
 def _spec(**overrides: object) -> DataSpec:

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedadamw.config import Config, ConfigError
+from fedadamw.config import Config
 from fedadamw.data.sources import hub, synthetic
 from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_splits, partition_indices
+from fedadamw.errors import ConfigError
 
 
 def test_digits_is_sklearns_set_split_80_20_and_scaled_to_unit_range() -> None:

@@ -33,8 +33,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Met
 from flwr.serverapp import Grid
 
 from fedadamw import deploy
-from fedadamw.config import Config, ConfigError
+from fedadamw.config import Config
 from fedadamw.data.split import DataSpec, partition_indices
+from fedadamw.errors import ConfigError
 from fedadamw.results.writer import ResultStore, connect_readonly
 from fedadamw.run.recorder import RunRecorder
 from server import strategy as strategy_module

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedadamw.core.divergence import STAT_NAMES, analyze, divergence_stats
+from fedadamw.core.divergence import analyze, divergence_stats
+from fedadamw.schema import STAT_NAMES
 
 
 def reference(updates: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:

@@ -48,7 +48,7 @@ def test_sweep_expands_to_the_grid(tmp_path: Path) -> None:
 def test_bad_sweeps_are_one_line_errors(
     tmp_path: Path, text: str, sets: list[str], message: str
 ) -> None:
-    from fedadamw.config import ConfigError
+    from fedadamw.errors import ConfigError
     from fedadamw.run.experiment import expand, load
 
     f = tmp_path / "bad.toml"

@@ -24,7 +24,7 @@ import pytest
 
 from fedadamw import cli
 from fedadamw.config import default_config
-from fedadamw.core.divergence import STAT_NAMES, analyze
+from fedadamw.core.divergence import analyze
 from fedadamw.results.lock import WriterLock
 from fedadamw.results.reader import (
     ROUND_MEAN,
@@ -37,6 +37,7 @@ from fedadamw.results.reader import (
     resolve_store_path,
 )
 from fedadamw.results.writer import ResultStore, RoundRecord
+from fedadamw.schema import STAT_NAMES
 from fedadamw.viz import figures
 from fedadamw.viz.report import figures_command, render_html, report_command, standard_sections
 from tests import needs

@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedadamw.config import DATASETS, IMAGE_DATASETS, MODEL_INPUTS, MODELS, Config, ConfigError
-from fedadamw.core import wire as messages
+from fedadamw import schema
+from fedadamw.config import DATASETS, IMAGE_DATASETS, MODEL_INPUTS, MODELS, Config
 from fedadamw.core.models import FloatBatchNorm2d, build_model
 from fedadamw.core.training import TrainSpec, evaluate, train_local
 from fedadamw.core.updates import ClientReply, check_reply, flatten_updates
 from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, ArrayDataset
+from fedadamw.errors import ConfigError
 
 
 def _params(model: nn.Module) -> int:
@@ -149,10 +150,10 @@ def test_batchnorm_replies_pass_the_reply_check_and_their_deltas_cover_running_s
     )
     result = train_local(model, data, spec, torch.device("cpu"))
     metrics = {
-        messages.NUM_EXAMPLES: result.num_examples,
-        messages.TRAIN_LOSS: result.train_loss,
-        messages.LOCAL_STEPS: result.local_steps,
-        messages.PARTITION_ID: 0,
+        schema.NUM_EXAMPLES: result.num_examples,
+        schema.TRAIN_LOSS: result.train_loss,
+        schema.LOCAL_STEPS: result.local_steps,
+        schema.PARTITION_ID: 0,
     }
     arrays = {k: v.numpy() for k, v in result.state.items()}
     reply = ClientReply(node_id=1, partition_id=0, arrays=arrays, metrics=metrics)

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedadamw.config import DECAY_MODES, ConfigError
 from fedadamw.core.models import MLP
 from fedadamw.core.optim import SGDW, decay_param_groups, make_optimizer
+from fedadamw.errors import ConfigError
+from fedadamw.schema import DECAY_MODES
 
 
 def _zero_grad_step(w: torch.Tensor, mode: str, lr: float, wd: float) -> torch.Tensor:

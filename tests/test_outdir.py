@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Context, RecordDict
 from flwr.serverapp import Grid
 
-from fedadamw.config import ConfigError
+from fedadamw.errors import ConfigError
 from fedadamw.run import outdir
 from server import app as server_app
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedadamw.config import Config, ConfigError
+from fedadamw.config import Config
 from fedadamw.data.labels import default_plot_path, describe, partitions_command
 from fedadamw.data.split import DataSpec, load_splits, partition_indices
+from fedadamw.errors import ConfigError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -82,7 +82,7 @@ def test_a_straggler_stops_after_its_share_of_steps() -> None:
 
 @pytest.mark.parametrize("bad", ["8,x", "0,16", "-4"])
 def test_bad_batch_size_list_is_a_config_error(bad: str) -> None:
-    from fedadamw.config import ConfigError
+    from fedadamw.errors import ConfigError
 
     with pytest.raises(ConfigError, match="client-batch-sizes"):
         Config.from_mapping({"client-batch-sizes": bad})

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedadamw.core.divergence import STAT_NAMES
 from fedadamw.results.writer import (
     ResultStore,
     RoundRecord,
@@ -17,6 +16,7 @@ from fedadamw.results.writer import (
     connect_readonly,
     table_counts,
 )
+from fedadamw.schema import STAT_NAMES
 
 
 def _record(run_id: str, rnd: int, acc: float, cos: float) -> RoundRecord:

@@ -24,8 +24,8 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedadamw import schema
 from fedadamw.config import Config
-from fedadamw.core import wire as messages
 from fedadamw.core.sampling import sample_partitions
 from fedadamw.results.writer import ResultStore, connect_readonly
 from fedadamw.run.recorder import RunRecorder
@@ -89,10 +89,10 @@ def _reply(
 
 def _metrics(n: int, pid: int, loss: float = 1.0) -> dict[str, float]:
     return {
-        messages.NUM_EXAMPLES: n,
-        messages.TRAIN_LOSS: loss,
-        messages.LOCAL_STEPS: 7,
-        messages.PARTITION_ID: pid,
+        schema.NUM_EXAMPLES: n,
+        schema.TRAIN_LOSS: loss,
+        schema.LOCAL_STEPS: 7,
+        schema.PARTITION_ID: pid,
     }
 
 
@@ -149,9 +149,9 @@ def test_aggregate_rejects_bad_replies_and_averages_the_rest(tmp_path: Path) -> 
     for name in SHAPES:
         want = sum(counts[p] * good[p][name].astype(np.float64) for p in good) / total
         np.testing.assert_allclose(arrays[name].numpy(), want, rtol=1e-5, atol=1e-6)
-    assert metrics[messages.NUM_EXAMPLES] == total  # summed, not averaged
-    assert metrics[messages.LOCAL_STEPS] == 21
-    assert messages.PARTITION_ID not in metrics  # ids are never averaged
+    assert metrics[schema.NUM_EXAMPLES] == total  # summed, not averaged
+    assert metrics[schema.LOCAL_STEPS] == 21
+    assert schema.PARTITION_ID not in metrics  # ids are never averaged
 
     measured = strategy.recorder.pending
     assert measured is not None

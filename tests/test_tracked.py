@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedadamw.config import DECAY_MODES, ConfigError
 from fedadamw.core.optim import SGDW
 from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
+from fedadamw.errors import ConfigError
+from fedadamw.schema import DECAY_MODES
 
 EPS32 = float(np.finfo(np.float32).eps)
 ADAM_MODES = ("decoupled", "coupled", "none")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedadamw.core import wire as messages
+from fedadamw import schema
 from fedadamw.core.divergence import divergence_stats
 from fedadamw.core.updates import ClientReply, check_reply, flatten_updates, measure_round
 
@@ -14,10 +14,10 @@ GLOBAL = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.
 
 def _metrics(n: int = 5, pid: int = 0) -> dict[str, float]:
     return {
-        messages.NUM_EXAMPLES: n,
-        messages.TRAIN_LOSS: 0.5,
-        messages.LOCAL_STEPS: 3,
-        messages.PARTITION_ID: pid,
+        schema.NUM_EXAMPLES: n,
+        schema.TRAIN_LOSS: 0.5,
+        schema.LOCAL_STEPS: 3,
+        schema.PARTITION_ID: pid,
     }
 
 
@@ -49,8 +49,8 @@ def test_updates_are_client_minus_global_in_tensor_order() -> None:
         ({**GLOBAL, "b": np.ones(3, np.float32)}, {}, "shape (3,)"),
         ({**GLOBAL, "b": np.ones(2, np.int64)}, {}, "dtype int64"),
         ({**GLOBAL, "b": np.array([1.0, np.inf], np.float32)}, {}, "non-finite"),
-        (GLOBAL, {messages.TRAIN_LOSS: float("nan")}, "'train-loss' is not finite"),
-        (GLOBAL, {messages.NUM_EXAMPLES: 0}, "must be > 0"),
+        (GLOBAL, {schema.TRAIN_LOSS: float("nan")}, "'train-loss' is not finite"),
+        (GLOBAL, {schema.NUM_EXAMPLES: 0}, "must be > 0"),
     ],
 )
 def test_bad_replies_get_a_one_line_reason(
@@ -61,7 +61,7 @@ def test_bad_replies_get_a_one_line_reason(
 
 
 def test_missing_metric_and_error_replies() -> None:
-    reply = ClientReply(1, 0, GLOBAL, {messages.NUM_EXAMPLES: 3})
+    reply = ClientReply(1, 0, GLOBAL, {schema.NUM_EXAMPLES: 3})
     assert "'train-loss' is missing" in (check_reply(reply, GLOBAL) or "")
     dead = ClientReply(1, 0, None, {}, error="node 1 lost")
     assert check_reply(dead, GLOBAL) == "error reply: node 1 lost"

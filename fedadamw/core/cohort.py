@@ -49,11 +49,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
-from fedadamw.config import DECAY_MODES, ConfigError
 from fedadamw.core.optim import decay_param_groups
 from fedadamw.core.sampling import local_steps
 from fedadamw.core.training import TrainResult, TrainSpec, batch_seed, pick_device
 from fedadamw.data.split import ArrayDataset
+from fedadamw.errors import ConfigError
+from fedadamw.schema import check_mode
 
 # torch's Adam/AdamW defaults, which `fedadamw.core.optim.make_optimizer` uses: read from torch.
 _ADAM_DEFAULTS = inspect.signature(torch.optim.Adam.__init__).parameters
@@ -187,10 +188,7 @@ def _check_cohort(
     if len(modes) != 1:
         raise ValueError(f"clients: one cohort trains one decay mode, got {', '.join(modes)}")
     mode = modes[0]
-    if mode not in DECAY_MODES:
-        raise ConfigError(
-            f"mode: {mode!r} is not allowed; expected one of {', '.join(DECAY_MODES)}"
-        )
+    check_mode(mode)
     for c in clients:
         if c.spec.weight_decay < 0.0:
             raise ConfigError(

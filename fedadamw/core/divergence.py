@@ -36,17 +36,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-STAT_NAMES: tuple[str, ...] = (
-    "mean_pairwise_cosine",
-    "min_pairwise_cosine",
-    "resultant_length",
-    "dispersion",
-    "mean_cosine_to_aggregate",
-    "relative_drift",
-    "gradient_diversity",
-    "mean_update_norm",
-)
-
 DEFAULT_CHUNK = 1 << 18  # columns per Gram chunk: K×2¹⁸ float64 is 20 MiB for K = 10
 
 

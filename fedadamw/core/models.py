@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
-from fedadamw.config import MODELS, NORMS, ConfigError
+from fedadamw.config import MODELS, NORMS
+from fedadamw.errors import ConfigError
 
 GROUPS = 2  # GroupNorm groups: two per layer, the usual choice in federated ResNets
 

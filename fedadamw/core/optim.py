@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedadamw.config import DECAY_MODES, ConfigError
+from fedadamw.errors import ConfigError
+from fedadamw.schema import check_mode
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -63,10 +64,7 @@ def make_optimizer(
     for biases, see `decay_param_groups`) wins over `weight_decay`. `options` go to the torch
     optimizer (``betas``, ``eps`` for the Adam modes).
     """
-    if mode not in DECAY_MODES:
-        raise ConfigError(
-            f"mode: {mode!r} is not allowed; expected one of {', '.join(DECAY_MODES)}"
-        )
+    check_mode(mode)
     if weight_decay < 0.0:
         raise ConfigError(f"weight-decay: {weight_decay!r} is not allowed; expected >= 0")
     if mode == "decoupled":

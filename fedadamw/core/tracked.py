@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedadamw.config import DECAY_MODES, ConfigError
 from fedadamw.core.optim import SGDW, ParamsT
+from fedadamw.errors import ConfigError
+from fedadamw.schema import check_mode
 
 ADAM_OPTIONS = ("betas", "eps")
 # Group settings that change the update rule beyond what the split handles.
@@ -224,10 +225,7 @@ def make_tracked_optimizer(
     Same modes, groups (a group's own ``weight_decay`` wins) and trajectory; `options` are
     ``betas`` and ``eps`` for the Adam modes and nothing for the SGD modes.
     """
-    if mode not in DECAY_MODES:
-        raise ConfigError(
-            f"mode: {mode!r} is not allowed; expected one of {', '.join(DECAY_MODES)}"
-        )
+    check_mode(mode)
     if weight_decay < 0.0:
         raise ConfigError(f"weight-decay: {weight_decay!r} is not allowed; expected >= 0")
     if mode.startswith("sgd"):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedadamw.core import wire as messages
+from fedadamw import schema
 from fedadamw.core.divergence import Divergence, analyze
 
 
@@ -60,14 +60,14 @@ class RoundMeasurement:
     @property
     def num_examples(self) -> list[int]:
         """Example counts of the accepted clients (their aggregation weights)."""
-        return [int(r.metrics[messages.NUM_EXAMPLES]) for r in self.accepted]
+        return [int(r.metrics[schema.NUM_EXAMPLES]) for r in self.accepted]
 
     def train_loss(self) -> float | None:
         """Example-weighted mean training loss of the accepted clients."""
         if not self.accepted:
             return None
         n = np.asarray(self.num_examples, dtype=np.float64)
-        losses = np.asarray([float(r.metrics[messages.TRAIN_LOSS]) for r in self.accepted])
+        losses = np.asarray([float(r.metrics[schema.TRAIN_LOSS]) for r in self.accepted])
         return float((n * losses).sum() / n.sum())
 
 
@@ -103,14 +103,14 @@ def check_reply(reply: ClientReply, reference: Mapping[str, np.ndarray]) -> str 
             return f"decay part {name!r} does not match a floating tensor of the global model"
         if not np.all(np.isfinite(part)):
             return f"decay part {name!r} has non-finite values"
-    for key in messages.REPLY_METRICS:
+    for key in schema.REPLY_METRICS:
         value = reply.metrics.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"metric {key!r} is missing or not a number ({value!r})"
         if not math.isfinite(float(value)):
             return f"metric {key!r} is not finite ({value!r})"
-    if reply.metrics[messages.NUM_EXAMPLES] <= 0:
-        return f"metric 'num-examples' must be > 0, got {reply.metrics[messages.NUM_EXAMPLES]!r}"
+    if reply.metrics[schema.NUM_EXAMPLES] <= 0:
+        return f"metric 'num-examples' must be > 0, got {reply.metrics[schema.NUM_EXAMPLES]!r}"
     return None
 
 

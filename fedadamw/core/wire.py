@@ -12,31 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedadamw.config import Config, ConfigError
+from fedadamw.config import Config
 from fedadamw.core.sampling import client_batch_size, work_fraction
 from fedadamw.core.training import TrainSpec
 from fedadamw.data.split import DataSpec
-
-# MetricRecord keys of a train reply. Strings never go here: FedAvg needs numbers.
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
-LOCAL_STEPS = "local-steps"
-PARTITION_ID = "partition-id"
-REPLY_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, LOCAL_STEPS, PARTITION_ID)  # required
-BATCH_SIZE = "batch-size"  # the batch size this client used (client-batch-sizes)
-WORK_FRACTION = "work-fraction"  # share of its local steps it did (stragglers < 1)
-TRAIN_SECONDS = "train-seconds"  # wall time of local training on the client
-SHRINK_QUANTILES = ("p5", "p50", "p95")  # sent as "shrink-p5", … with track-decay
-DECAY_PART = "decay-part"  # the reply's second ArrayRecord with track-decay: Δ_decay
-
-
-def shrink_key(quantile: str) -> str:
-    """The MetricRecord key of one shrink-ratio quantile ("p5" → "shrink-p5")."""
-    return f"shrink-{quantile}"
-
-
-# Reply keys of the discovery query.
-NUM_PARTITIONS = "num-partitions"
+from fedadamw.errors import ConfigError
 
 
 def train_config(cfg: Config, mode: str) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedadamw.config import NATURAL_ID_DATASETS, Config, ConfigError
+from fedadamw.config import NATURAL_ID_DATASETS, Config
+from fedadamw.errors import ConfigError
 
 NUM_CLASSES = {"mnist1d": 10, "digits": 10, "synthetic": 10, "cifar10": 10, "femnist": 62}
 # One example's shape: vectors for mnist1d / synthetic, (channels, height, width) for images.

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats as scipy_stats
 
+from fedadamw.results.stats import CI_LEVEL, Interval, t_interval
 from fedadamw.results.writer import connect_readonly
 
 _LAST = "SELECT {col} FROM rounds WHERE run_id=? ORDER BY round DESC LIMIT 1"
@@ -40,23 +40,6 @@ _SETTING_EXCLUDES = ("arms", "seed", "out-dir", "weight-decay")
 
 
 @dataclass(frozen=True)
-class Interval:
-    """Mean of paired differences with its 95% t-interval (NaN bounds for one pair)."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    def __str__(self) -> str:
-        if math.isnan(self.mean):
-            return "—"
-        if self.n < 2:
-            return f"{self.mean:+.4f} (n=1)"
-        return f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
-
-
-@dataclass(frozen=True)
 class Comparison:
     """One row: A − B in one setting, at one pair of λ values."""
 
@@ -68,19 +51,9 @@ class Comparison:
     differences: dict[str, Interval]
 
 
-def paired_interval(differences: Sequence[float], confidence: float = 0.95) -> Interval:
+def paired_interval(differences: Sequence[float], confidence: float = CI_LEVEL) -> Interval:
     """Mean and Student-t interval of paired differences (NaN entries dropped)."""
-    d = np.asarray([x for x in differences if x is not None and not math.isnan(x)], dtype=float)
-    n = len(d)
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    mean = float(d.mean())
-    if n < 2:
-        return Interval(mean, math.nan, math.nan, 1)
-    half = (
-        float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
-    )
-    return Interval(mean, mean - half, mean + half, n)
+    return t_interval(differences, confidence)
 
 
 def _load_runs(path: Path) -> list[dict[str, Any]]:

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedadamw.core.divergence import STAT_NAMES
 from fedadamw.results.lock import writer_alive
 from fedadamw.results.writer import SCHEMA_VERSION, connect_readonly, effective_status
 from fedadamw.results.writer import (
     StoreError as StoreError,  # one error class for write and read side
 )
+from fedadamw.schema import STAT_NAMES
 
 STORE_FILE = "results.db"
 

@@ -36,18 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from fedadamw.core.divergence import STAT_NAMES
-from fedadamw.core.wire import SHRINK_QUANTILES
 from fedadamw.results.lock import writer_alive
+from fedadamw.schema import FINISHED, INTERRUPTED, RUNNING, SHRINK_COLUMNS, STAT_COLUMNS
 
 SCHEMA_VERSION = 3  # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints
 # Stores this version can upgrade in place: the change since then only adds a table.
 _UPGRADABLE = (2,)
 
-# Every statistic for the whole update, and (with track-decay) for its decay and data parts.
-PART_PREFIXES = ("", "decay_", "data_")
-STAT_COLUMNS = tuple(f"{prefix}{name}" for prefix in PART_PREFIXES for name in STAT_NAMES)
-SHRINK_COLUMNS = tuple(f"shrink_{q}" for q in SHRINK_QUANTILES)
 _STAT_COLUMNS = ", ".join(f"{name} REAL" for name in STAT_COLUMNS)
 _SHRINK_COLUMNS = ", ".join(f"{name} REAL" for name in SHRINK_COLUMNS)
 
@@ -92,7 +87,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 ROUND_TABLES = ("rounds", "clients", "layers", "pairs", "rejections")
-FINISHED, RUNNING, PENDING, INTERRUPTED = "finished", "running", "pending", "interrupted"
 
 
 class StoreError(RuntimeError):

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedadamw.config import Config, ConfigError, parse_assignment
+from fedadamw.config import Config, parse_assignment
+from fedadamw.errors import ConfigError
 
 
 @dataclass(frozen=True)

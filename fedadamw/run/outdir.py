@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fedadamw.config import ConfigError
+from fedadamw.errors import ConfigError
 
 RESULTS_ROOT_ENV = "FEDADAMW_RESULTS_ROOT"
 CONTAINER_ROOT = Path("/app/fedadamw-runs")

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedadamw import schema
 from fedadamw.config import Config
-from fedadamw.core import wire as messages
 from fedadamw.core.models import build_model
 from fedadamw.core.training import evaluate, pick_device
 from fedadamw.core.updates import RoundMeasurement
 from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_splits
-from fedadamw.results.writer import SHRINK_COLUMNS, ResultStore, Resume, RoundRecord
+from fedadamw.results.writer import ResultStore, Resume, RoundRecord
 from fedadamw.run.failures import FailureLog
+from fedadamw.schema import SHRINK_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,12 @@ class RunRecorder:
                 rec.clients = [
                     {
                         "partition_id": r.partition_id,
-                        "num_examples": int(r.metrics[messages.NUM_EXAMPLES]),
-                        "train_loss": float(r.metrics[messages.TRAIN_LOSS]),
-                        "local_steps": int(r.metrics[messages.LOCAL_STEPS]),
-                        "batch_size": _opt_int(r.metrics.get(messages.BATCH_SIZE)),
-                        "work_fraction": _opt_float(r.metrics.get(messages.WORK_FRACTION)),
-                        "train_seconds": _opt_float(r.metrics.get(messages.TRAIN_SECONDS)),
+                        "num_examples": int(r.metrics[schema.NUM_EXAMPLES]),
+                        "train_loss": float(r.metrics[schema.TRAIN_LOSS]),
+                        "local_steps": int(r.metrics[schema.LOCAL_STEPS]),
+                        "batch_size": _opt_int(r.metrics.get(schema.BATCH_SIZE)),
+                        "work_fraction": _opt_float(r.metrics.get(schema.WORK_FRACTION)),
+                        "train_seconds": _opt_float(r.metrics.get(schema.TRAIN_SECONDS)),
                         "update_norm": float(m.whole.norms[i]),
                         "cosine_to_aggregate": float(m.whole.cosine_to_aggregate[i]),
                     }
@@ -186,8 +187,8 @@ def _add_parts(
     for i, row in enumerate(rec.clients):
         row["decay_norm"] = float(parts.decay.norms[i])
         row["decay_cosine_to_neg_weights"] = float(parts.decay_cosine_to_neg_weights[i])
-        for q, column in zip(messages.SHRINK_QUANTILES, SHRINK_COLUMNS, strict=True):
-            row[column] = _opt_float(m.accepted[i].metrics.get(messages.shrink_key(q)))
+        for q, column in zip(schema.SHRINK_QUANTILES, SHRINK_COLUMNS, strict=True):
+            row[column] = _opt_float(m.accepted[i].metrics.get(schema.shrink_key(q)))
     # The round's shrink quantiles: the median over clients of each client's quantile.
     for column in SHRINK_COLUMNS:
         per_client = [r[column] for r in rec.clients if r[column] is not None]

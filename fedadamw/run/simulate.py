@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fedadamw.config import Config, ConfigError
+from fedadamw.config import Config
+from fedadamw.errors import ConfigError
 from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
 from fedadamw.run.recorder import Progress, RoundReport
 

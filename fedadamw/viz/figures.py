@@ -19,7 +19,6 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
-from scipy import stats as sps
 
 from fedadamw.results.reader import (
     FINAL,
@@ -31,7 +30,8 @@ from fedadamw.results.reader import (
     cosine_matrix,
     run_summary,
 )
-from fedadamw.results.writer import SHRINK_COLUMNS
+from fedadamw.results.stats import CI_LEVEL, t_half_width
+from fedadamw.schema import SHRINK_COLUMNS
 
 MODE_COLORS = {
     "coupled": "#D55E00",
@@ -57,7 +57,6 @@ LABEL_COLORS = (
     "#BAB0AC",
 )
 FONT = "Helvetica, Arial, sans-serif"
-CI_LEVEL = 0.95
 
 STAT_LABELS = {
     "mean_pairwise_cosine": "mean pairwise cosine",
@@ -152,11 +151,7 @@ def mean_ci(
     """Mean of `value` per group with a Student-t confidence interval (NaN bounds when n < 2)."""
     clean = df.dropna(subset=[value])
     agg = clean.groupby(list(by), sort=True)[value].agg(["mean", "std", "count"]).reset_index()
-    n = agg["count"].to_numpy(dtype=float)
-    tq = np.full(len(agg), np.nan)
-    several = n >= 2
-    tq[several] = sps.t.ppf(0.5 + level / 2, n[several] - 1)
-    half = tq * agg["std"].to_numpy(dtype=float) / np.sqrt(np.maximum(n, 1))
+    half = t_half_width(agg["std"].to_numpy(dtype=float), agg["count"].to_numpy(dtype=float), level)
     agg["lo"] = agg["mean"] - half
     agg["hi"] = agg["mean"] + half
     return agg.rename(columns={"count": "n"})

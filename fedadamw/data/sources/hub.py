@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fedadamw.config import ConfigError
+from fedadamw.errors import ConfigError
 
 SHUFFLE_SEED = 42  # FederatedDataset's default: the same row order on every machine
 BATCH = 2048  # images decoded per step while converting

@@ -1,0 +1,83 @@
+"""Every name the layers share: decay modes, statistics, store columns, reply keys, statuses.
+
+One place for each: the trainer, the server, the store and the views import these names
+instead of spelling them, and this module imports nothing heavier than the standard library,
+so the read side (`fedadamw compare`, `report`, the dashboard) starts without torch or Flower.
+See docs/design.md for what each statistic and column means.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fedadamw.errors import ConfigError
+
+# -- decay modes (the optimizer axis; fedadamw.core.optim builds them) -----------------------
+DECAY_MODES = ("decoupled", "coupled", "none", "sgd-coupled", "sgd-decoupled")
+
+
+def check_mode(mode: str) -> str:
+    """`mode` if it is a decay mode, else ConfigError naming what is allowed."""
+    if mode not in DECAY_MODES:
+        raise ConfigError(
+            f"mode: {mode!r} is not allowed; expected one of {', '.join(DECAY_MODES)}"
+        )
+    return mode
+
+
+# -- divergence statistics (fedadamw.core.divergence computes them) --------------------------
+STAT_NAMES: tuple[str, ...] = (
+    "mean_pairwise_cosine",
+    "min_pairwise_cosine",
+    "resultant_length",
+    "dispersion",
+    "mean_cosine_to_aggregate",
+    "relative_drift",
+    "gradient_diversity",
+    "mean_update_norm",
+)
+# The whole update and, with track-decay, its decay and data parts (prefixes of columns).
+PARTS = {"": "whole update", "data_": "data part", "decay_": "decay part"}
+STAT_COLUMNS = tuple(f"{prefix}{name}" for prefix in ("", "decay_", "data_") for name in STAT_NAMES)
+SHRINK_QUANTILES = ("p5", "p50", "p95")
+SHRINK_COLUMNS = tuple(f"shrink_{q}" for q in SHRINK_QUANTILES)
+
+# -- a train reply's MetricRecord (numbers only: FedAvg averages every key) ------------------
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+LOCAL_STEPS = "local-steps"
+PARTITION_ID = "partition-id"
+REPLY_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, LOCAL_STEPS, PARTITION_ID)  # required in every reply
+BATCH_SIZE = "batch-size"  # the batch size this client used (client-batch-sizes)
+WORK_FRACTION = "work-fraction"  # share of its local steps it did (stragglers < 1)
+TRAIN_SECONDS = "train-seconds"  # wall time of local training on the client
+DECAY_PART = "decay-part"  # the reply's second ArrayRecord with track-decay: Δ_decay
+
+
+def shrink_key(quantile: str) -> str:
+    """The MetricRecord key of one shrink-ratio quantile ("p5" → "shrink-p5")."""
+    return f"shrink-{quantile}"
+
+
+# -- run statuses in the store ---------------------------------------------------------------
+PENDING, RUNNING, FINISHED, INTERRUPTED = "pending", "running", "finished", "interrupted"
+FAILED_PREFIX = "failed: "
+
+# -- what makes a setting ---------------------------------------------------------------------
+# Config keys that never define an experimental condition: where and what ran (`arms`,
+# `out-dir`, `experiment`) and the replicate (`seed`). A *setting* is the rest of a run's
+# config; a *condition* is a setting run in one mode.
+BOOKKEEPING_KEYS = frozenset({"arms", "out-dir", "experiment"})
+REPLICATE_KEYS = frozenset({"seed"})
+NON_SETTING_KEYS = BOOKKEEPING_KEYS | REPLICATE_KEYS
+
+
+def setting_of(config: Mapping[str, Any], also_without: Iterable[str] = ()) -> str:
+    """A run's setting as a stable string: its config without the non-setting keys.
+
+    `also_without` leaves further keys out, e.g. the optimizer keys that `compare` tunes over.
+    """
+    drop = NON_SETTING_KEYS | set(also_without)
+    return json.dumps({k: v for k, v in sorted(config.items()) if k not in drop})
