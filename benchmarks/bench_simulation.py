@@ -24,7 +24,7 @@ from fedadamw.core.models import build_model
 from fedadamw.core.sampling import sample_partitions
 from fedadamw.core.training import TrainSpec, evaluate, train_local
 from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_partition, load_splits
-from fedadamw.results.writer import arm_summary, connect_readonly
+from fedadamw.results.reader import arm_summary, connect_readonly
 
 
 def plain_loop(cfg: Config, mode: str) -> tuple[float, float]:

@@ -291,7 +291,7 @@ def _print_summary(configs: list[Config], out_dir: Path, wall: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fedadamw.results.writer import arm_summary
+    from fedadamw.results.reader import arm_summary
 
     swept = swept_keys(configs)
     labels = {run_id_for(c, arm): describe(c, arm, swept) for c in configs for arm in c.arm_list}

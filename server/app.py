@@ -6,7 +6,6 @@ and both arms see the same nodes, partitions, sampled clients and initial weight
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -29,14 +28,9 @@ from fedadamw import schema
 from fedadamw.config import Config
 from fedadamw.core import wire as messages
 from fedadamw.errors import ConfigError
-from fedadamw.fileio import atomic_write_text
-from fedadamw.results.lock import WriterLock
-from fedadamw.results.writer import ResultStore, RunInfo
-from fedadamw.run.experiment import describe, describe_configs, run_id_for, swept_keys
-from fedadamw.run.failures import RunInterruptedError, WorkerLostError, summary
+from fedadamw.run.orchestrate import ArmTask, Session
 from fedadamw.run.outdir import resolve_under_root
-from fedadamw.run.recorder import Progress, RunRecorder
-from fedadamw.schema import FINISHED, INTERRUPTED
+from fedadamw.run.recorder import Progress
 from server.grid import GuardedGrid
 from server.strategy import NODE_WAIT_S, DivergenceFedAvg, scalar
 
@@ -96,76 +90,22 @@ def run_experiment(
 
     All configs share the grid's SuperNodes (the same `num-clients`); each client reads its
     data spec from the train message, so seeds and partitioners may differ between them.
-    Arms already finished in the store are skipped and interrupted ones resume after their
-    last stored round (`restart` starts them over). `take_lock=False` is for a process whose
-    parent already holds the folder's writer lock (`fedadamw run`).
+    What to run, resume or skip is `fedadamw.run.orchestrate.Session`'s business.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = WriterLock(out_dir) if take_lock else None
-    try:
-        atomic_write_text(out_dir / "config.json", json.dumps(describe_configs(configs), indent=1))
-        partitions = discover_partitions(grid, configs[0].num_clients)
-        swept = swept_keys(configs)
+    with Session(configs, out_dir, progress, restart=restart, take_lock=take_lock) as session:
+        partitions = discover_partitions(grid, session.num_clients)
         guarded = GuardedGrid(grid, stop, lost_worker_fatal)
-        run_ids = []
-        with ResultStore(out_dir / "results.db") as store:
-            if lock is not None:
-                store.mark_interrupted()  # we hold the lock: nothing else is running here
-            store.register(run_info(cfg, arm) for cfg in configs for arm in cfg.arm_list)
-            for cfg in configs:
-                for arm in cfg.arm_list:
-                    label = describe(cfg, arm, swept)
-                    run_ids.append(
-                        _run_arm(guarded, store, cfg, arm, partitions, label, progress, restart)
-                    )
-        return run_ids
-    finally:
-        if lock is not None:
-            lock.release()
+        for task in session.arms():
+            with task.running():
+                _train(guarded, task, partitions)
+        return session.run_ids
 
 
-def run_info(cfg: Config, arm: str) -> RunInfo:
-    """The `runs` row of one arm of one config."""
-    return RunInfo(
-        run_id_for(cfg, arm),
-        cfg.experiment,
-        arm,
-        arm,
-        cfg.weight_decay,
-        cfg.replace(arms=arm).to_json(),
-    )
-
-
-def _run_arm(
-    grid: Grid,
-    store: ResultStore,
-    cfg: Config,
-    arm: str,
-    partitions: dict[int, int],
-    label: str,
-    progress: Progress | None,
-    restart: bool,
-) -> str:
-    run_id = run_id_for(cfg, arm)
-    if not restart and store.status(run_id) == FINISHED:
-        if progress is not None:
-            progress.note(f"{label}: finished in an earlier run; skipped (--restart reruns it)")
-            progress.skip(cfg.num_server_rounds)
-        return run_id
-    recorder = RunRecorder(store, run_id, cfg, arm, progress, label=label)
-    resume = recorder.start(restart)
-    done = resume.round
-    if resume.state is not None and progress is not None:
-        progress.note(f"{label}: resuming after round {done} of {cfg.num_server_rounds}")
-        progress.skip(done)
-    initial = (
-        ArrayRecord({k: torch.from_numpy(v) for k, v in resume.state.items()})
-        if resume.state is not None
-        # The recorder's model is freshly built from the seed: every arm starts from it.
-        else ArrayRecord(recorder.model.state_dict())
-    )
+def _train(grid: Grid, task: ArmTask, partitions: dict[int, int]) -> None:
+    """Flower's FedAvg loop over the rounds the arm still needs."""
+    cfg, done = task.cfg, task.done
     strategy = DivergenceFedAvg(
-        recorder,
+        task.recorder,
         partitions,
         cfg.seed,
         min(cfg.clients_per_round, len(partitions)),
@@ -176,26 +116,18 @@ def _run_arm(
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 and done > 0:
             return None  # the resumed-from model is already stored as round `done`
-        loss, acc = recorder.record(done + server_round, arrays.to_torch_state_dict())
+        loss, acc = task.recorder.record(done + server_round, arrays.to_torch_state_dict())
         return MetricRecord({"test-loss": loss, "test-accuracy": acc})
 
-    try:
-        if done < cfg.num_server_rounds:
-            strategy.start(
-                grid=grid,
-                initial_arrays=initial,
-                num_rounds=cfg.num_server_rounds - done,
-                train_config=ConfigRecord(messages.train_config(cfg, arm)),
-                evaluate_fn=evaluate,
-            )
-    except (RunInterruptedError, WorkerLostError, KeyboardInterrupt):
-        recorder.finish(INTERRUPTED)  # resumable: the next run continues after the last round
-        raise
-    except BaseException as exc:
-        recorder.finish(f"failed: {summary(f'{type(exc).__name__}: {exc}', 180)}")
-        raise
-    recorder.finish()
-    return run_id
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(
+            {k: torch.from_numpy(v) for k, v in task.initial_state().items()}
+        ),
+        num_rounds=cfg.num_server_rounds - done,
+        train_config=ConfigRecord(messages.train_config(cfg, task.arm)),
+        evaluate_fn=evaluate,
+    )
 
 
 def make_app(

@@ -36,7 +36,8 @@ from fedadamw import deploy
 from fedadamw.config import Config
 from fedadamw.data.split import DataSpec, partition_indices
 from fedadamw.errors import ConfigError
-from fedadamw.results.writer import ResultStore, connect_readonly
+from fedadamw.results.reader import connect_readonly
+from fedadamw.results.writer import ResultStore
 from fedadamw.run.recorder import RunRecorder
 from server import strategy as strategy_module
 from server.app import discover_partitions

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fedadamw.results.writer import arm_summary
+from fedadamw.results.reader import arm_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 6

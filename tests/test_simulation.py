@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedadamw.core.sampling import sample_partitions
-from fedadamw.results.writer import connect_readonly
+from fedadamw.results.reader import connect_readonly
 
 CLIENTS, ROUNDS, PER_ROUND = 4, 2, 3
 TENSORS = 8  # cnn1d: three conv weights + biases, one linear weight + bias

@@ -9,13 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedadamw.results.writer import (
-    ResultStore,
-    RoundRecord,
-    arm_summary,
-    connect_readonly,
-    table_counts,
-)
+from fedadamw.results.reader import arm_summary, connect_readonly
+from fedadamw.results.writer import ResultStore, RoundRecord
 from fedadamw.schema import STAT_NAMES
 
 
@@ -40,6 +35,16 @@ def _record(run_id: str, rnd: int, acc: float, cos: float) -> RoundRecord:
         pairs=[(0, 1, 0.1), (0, 2, 0.2), (1, 2, 0.3)],
         rejections=[(3, 7, "error reply: lost")],
     )
+
+
+def table_counts(path: Path) -> dict[str, int]:
+    """Rows per table of a store."""
+    conn = connect_readonly(path)
+    try:
+        tables = ("runs", "rounds", "clients", "layers", "pairs", "rejections", "checkpoints")
+        return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in tables}
+    finally:
+        conn.close()
 
 
 def test_rewriting_a_round_replaces_it(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedadamw import schema
 from fedadamw.config import Config
 from fedadamw.core.sampling import sample_partitions
-from fedadamw.results.writer import ResultStore, connect_readonly
+from fedadamw.results.reader import connect_readonly
+from fedadamw.results.writer import ResultStore
 from fedadamw.run.recorder import RunRecorder
 from server.strategy import DivergenceFedAvg
 

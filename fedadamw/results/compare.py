@@ -1,9 +1,10 @@
 """Paired comparison of two decay modes across seeds, from a results store.
 
-Runs are grouped into *settings* (every config key except `arms`, `seed`, `out-dir` and
-`weight-decay`). Within a setting, mode A and mode B are paired by seed — the same seed means the
-same partitions, sampled clients, batches and initial weights — and the per-seed differences
-A − B get a mean and a 95% Student-t confidence interval. Two comparisons per setting:
+Runs are grouped into *settings* (`fedadamw.schema.setting_of`: every config key except the
+bookkeeping ones, the seed and `weight-decay`). Within a setting, mode A and mode B are paired
+by seed — the same seed means the same partitions, sampled clients, batches and initial
+weights — and the per-seed differences A − B get a mean and a 95% Student-t interval.
+Two comparisons per setting:
 
 - **matched λ**: both modes at the same weight decay, for every λ where both ran;
 - **best λ per mode**: each mode at the λ with its highest mean final accuracy over seeds.
@@ -24,19 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from fedadamw.results.reader import ROUND_MEAN, Store, run_summary
 from fedadamw.results.stats import CI_LEVEL, Interval, t_interval
-from fedadamw.results.writer import connect_readonly
+from fedadamw.schema import setting_of
 
-_LAST = "SELECT {col} FROM rounds WHERE run_id=? ORDER BY round DESC LIMIT 1"
-_MEAN = "SELECT AVG({col}) FROM rounds WHERE run_id=? AND round>=1"
-# name -> (rounds column it needs, SQL giving one number per run)
-MEASURES: dict[str, tuple[str, str]] = {
-    "final_accuracy": ("test_accuracy", _LAST.format(col="test_accuracy")),
-    "dispersion": ("dispersion", _MEAN.format(col="dispersion")),
-    "decay_dispersion": ("decay_dispersion", _MEAN.format(col="decay_dispersion")),
-    "data_dispersion": ("data_dispersion", _MEAN.format(col="data_dispersion")),
-}
-_SETTING_EXCLUDES = ("arms", "seed", "out-dir", "weight-decay")
+# The numbers compared per run: its final test accuracy, and the mean over its trained rounds
+# of whole-update, decay-part and data-part dispersion (the parts exist with track-decay).
+MEASURES = ("final_accuracy", "dispersion", "decay_dispersion", "data_dispersion")
+# Runs are paired within a setting; λ is not part of it: rows compare modes across λ.
+TUNED_KEYS = ("weight-decay",)
 
 
 @dataclass(frozen=True)
@@ -57,28 +54,25 @@ def paired_interval(differences: Sequence[float], confidence: float = CI_LEVEL) 
 
 
 def _load_runs(path: Path) -> list[dict[str, Any]]:
-    conn = connect_readonly(path)
-    try:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(rounds)")}
-        runs = []
-        for row in conn.execute("SELECT run_id, mode, config_json, status FROM runs"):
-            cfg = json.loads(row["config_json"])
-            values: dict[str, float] = {}
-            for name, (column, sql) in MEASURES.items():
-                if column not in columns:
-                    continue  # e.g. decay parts are only stored with track-decay on
-                got = conn.execute(sql, (row["run_id"],)).fetchone()
-                values[name] = math.nan if got is None or got[0] is None else float(got[0])
-            runs.append(
-                {"mode": row["mode"], "cfg": cfg, "values": values, "status": row["status"]}
-            )
-        return runs
-    finally:
-        conn.close()
+    """Every run of the store with its config, status and `MEASURES` (through the one reader)."""
+    store = Store(path)
+    runs = store.runs()
+    stats = [m for m in MEASURES if m != "final_accuracy"]
+    summary = run_summary(runs, store.rounds(), stats).set_index("run_id")
+    loaded = []
+    for _, run in runs.iterrows():
+        values = {"final_accuracy": float(summary.at[run["run_id"], "final_accuracy"])}
+        for stat in stats:
+            if ROUND_MEAN + stat in summary:
+                values[stat] = float(summary.at[run["run_id"], ROUND_MEAN + stat])
+        loaded.append(
+            {"mode": run["mode"], "cfg": run["config"], "values": values, "status": run["status"]}
+        )
+    return loaded
 
 
 def _setting(cfg: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in sorted(cfg.items()) if k not in _SETTING_EXCLUDES})
+    return setting_of(cfg, also_without=TUNED_KEYS)
 
 
 def _label(setting: str, all_settings: list[str]) -> str:
@@ -86,7 +80,7 @@ def _label(setting: str, all_settings: list[str]) -> str:
     mine = json.loads(setting)
     others = [json.loads(s) for s in all_settings if s != setting]
     differing = sorted({k for o in others for k in mine if o.get(k) != mine[k]})
-    return " ".join(f"{k}={mine[k]}" for k in differing) or str(mine.get("experiment", ""))
+    return " ".join(f"{k}={mine[k]}" for k in differing) or "all runs"
 
 
 def compare(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,9 @@ import numpy as np
 import pandas as pd
 
 from fedadamw.results.lock import writer_alive
-from fedadamw.results.writer import SCHEMA_VERSION, connect_readonly, effective_status
-from fedadamw.results.writer import (
-    StoreError as StoreError,  # one error class for write and read side
-)
-from fedadamw.schema import STAT_NAMES
+from fedadamw.results.writer import SCHEMA_VERSION, describe_open_error
+from fedadamw.results.writer import StoreError as StoreError  # one class for write and read
+from fedadamw.schema import INTERRUPTED, NON_SETTING_KEYS, PARTS, RUNNING, STAT_NAMES, setting_of
 
 STORE_FILE = "results.db"
 
@@ -51,12 +50,7 @@ NON_STAT_COLUMNS = frozenset(
         "seconds",
     }
 )
-# Prefixed statistics of the two parts of an update (issue 3): name of the part per prefix.
-PARTS = {"": "whole update", "data_": "data part", "decay_": "decay part"}
 
-# Keys that never define an experimental condition: the seed is the replicate, `arms` and
-# `out-dir` say where and what ran, not how.
-NON_CONDITION_KEYS = frozenset({"seed", "arms", "out-dir", "experiment"})
 
 # Column prefixes of `run_summary`: a statistic averaged over a run's trained rounds, or its last.
 ROUND_MEAN = "mean over rounds:"
@@ -266,10 +260,7 @@ class Store:
         df["config"] = configs
         df["seed"] = [c.get("seed", 0) for c in configs]
         # A setting is everything but mode and seed; a condition is a setting run in one mode.
-        df["setting"] = [
-            json.dumps({k: v for k, v in sorted(c.items()) if k not in NON_CONDITION_KEYS})
-            for c in configs
-        ]
+        df["setting"] = [setting_of(c) for c in configs]
         df["condition"] = [
             json.dumps([e, m, setting])
             for e, m, setting in zip(df["experiment"], df["mode"], df["setting"], strict=True)
@@ -363,7 +354,7 @@ def varying_keys(runs: pd.DataFrame) -> list[str]:
     for config in runs["config"]:
         keys |= set(config)
     varying = []
-    for key in sorted(keys - NON_CONDITION_KEYS):
+    for key in sorted(keys - NON_SETTING_KEYS):
         values = {json.dumps(c.get(key)) for c in runs["config"]}
         if len(values) > 1:
             varying.append(key)
@@ -409,7 +400,7 @@ def config_diff(runs: pd.DataFrame) -> pd.DataFrame:
 
 def shared_config(runs: pd.DataFrame) -> dict[str, Any]:
     """The config values every run of `runs` shares (the fixed part of an experiment)."""
-    varying = set(varying_keys(runs)) | NON_CONDITION_KEYS
+    varying = set(varying_keys(runs)) | NON_SETTING_KEYS
     first = runs["config"].iloc[0] if len(runs) else {}
     return {k: v for k, v in sorted(first.items()) if k not in varying}
 
@@ -500,3 +491,70 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return "—" if value is None else str(value)
+
+
+# -- connections, liveness and the closing table ----------------------------------------------
+def connect_readonly(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection (works while a writer holds the WAL, and in read-only folders).
+
+    The URI comes from `Path.as_uri()`, so `#`, `?`, `%` and spaces in the path are escaped
+    and `mode=ro` is never lost. A store in a folder this process cannot write, and that has
+    no WAL file (its writer closed it cleanly), is opened as immutable: SQLite cannot create
+    the shared-memory file beside it, and no writer can be changing it.
+    """
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise FileNotFoundError(f"no results store at {p}")
+    uri = f"{p.as_uri()}?mode=ro"
+    try:
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            wal = p.with_name(p.name + "-wal")
+            if os.access(p.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
+                raise
+            conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=30.0)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(describe_open_error(p, exc, reading=True)) from None
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def effective_status(status: str, writer_alive: bool) -> str:
+    """A run's status as a reader should show it: ``running`` needs a live writer."""
+    return INTERRUPTED if status == RUNNING and not writer_alive else status
+
+
+SUMMARY_STATS = ("mean_pairwise_cosine", "dispersion", "relative_drift")
+
+
+def arm_summary(path: str | Path, run_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Per run (in `run_ids` order): status, final test accuracy, trained rounds and the mean
+    over trained rounds of `SUMMARY_STATS` — the closing table of `fedadamw run`."""
+    store = Store(path)
+    runs = store.runs()
+    rounds = store.rounds(None if run_ids is None else list(run_ids))
+    summary = run_summary(runs, rounds, SUMMARY_STATS).set_index("run_id")
+    trained = rounds[rounds["round"] >= 1].groupby("run_id")["round"].count()
+    rows = []
+    for _, run in runs.iterrows():
+        rid = run["run_id"]
+        if run_ids is not None and rid not in run_ids:
+            continue
+        row = {k: run[k] for k in ("run_id", "arm", "mode", "weight_decay", "status")}
+        row["final_accuracy"] = _float_or_none(summary.at[rid, "final_accuracy"])
+        row["rounds"] = int(trained.get(rid, 0))
+        for stat in SUMMARY_STATS:
+            column = ROUND_MEAN + stat
+            row[stat] = _float_or_none(summary.at[rid, column]) if column in summary else None
+        rows.append(row)
+    if run_ids is not None:
+        order = {rid: n for n, rid in enumerate(run_ids)}
+        rows.sort(key=lambda r: order[r["run_id"]])
+    return rows
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)

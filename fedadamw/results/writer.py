@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedadamw.results.lock import writer_alive
 from fedadamw.schema import FINISHED, INTERRUPTED, RUNNING, SHRINK_COLUMNS, STAT_COLUMNS
 
 SCHEMA_VERSION = 3  # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints
@@ -164,7 +162,7 @@ class ResultStore:
             self._open()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise StoreError(_describe_open_error(self.path, exc)) from None
+            raise StoreError(describe_open_error(self.path, exc)) from None
         except StoreError:
             self._conn.close()
             raise
@@ -331,7 +329,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _describe_open_error(path: Path, exc: sqlite3.DatabaseError, reading: bool = False) -> str:
+def describe_open_error(path: Path, exc: sqlite3.DatabaseError, reading: bool = False) -> str:
     """One line for a store that cannot be written (or read): not SQLite, read-only, locked."""
     text = _first_line(exc)
     if reading:
@@ -347,75 +345,3 @@ def _describe_open_error(path: Path, exc: sqlite3.DatabaseError, reading: bool =
     if "readonly" in text or "read-only" in text:
         return f"{path} is read-only ({text}); choose another --out to write results"
     return f"{path}: cannot be written ({text})"
-
-
-SUMMARY_STATS = ("mean_pairwise_cosine", "dispersion", "relative_drift")
-
-
-def connect_readonly(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection (works while a writer holds the WAL, and in read-only folders).
-
-    The URI comes from `Path.as_uri()`, so `#`, `?`, `%` and spaces in the path are escaped
-    and `mode=ro` is never lost. A store in a folder this process cannot write, and that has
-    no WAL file (its writer closed it cleanly), is opened as immutable: SQLite cannot create
-    the shared-memory file beside it, and no writer can be changing it.
-    """
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise FileNotFoundError(f"no results store at {p}")
-    uri = f"{p.as_uri()}?mode=ro"
-    try:
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=30.0)
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError:
-            wal = p.with_name(p.name + "-wal")
-            if os.access(p.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
-                raise
-            conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=30.0)
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(_describe_open_error(p, exc, reading=True)) from None
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
-def effective_status(status: str, writer_alive: bool) -> str:
-    """A run's status as a reader should show it: ``running`` needs a live writer."""
-    return INTERRUPTED if status == RUNNING and not writer_alive else status
-
-
-def arm_summary(path: str | Path, run_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Per run: final test accuracy and the mean over trained rounds of the summary statistics."""
-    means = ", ".join(f"AVG(r.{s}) AS {s}" for s in SUMMARY_STATS)
-    sql = f"""
-        SELECT u.run_id, u.arm, u.mode, u.weight_decay, u.status,
-               (SELECT test_accuracy FROM rounds f WHERE f.run_id = u.run_id
-                ORDER BY f.round DESC LIMIT 1) AS final_accuracy,
-               COUNT(r.round) AS rounds, {means}
-        FROM runs u LEFT JOIN rounds r ON r.run_id = u.run_id AND r.round >= 1
-        GROUP BY u.run_id ORDER BY u.started_at"""
-    conn = connect_readonly(path)
-    try:
-        rows = [dict(row) for row in conn.execute(sql)]
-    finally:
-        conn.close()
-    alive = writer_alive(Path(path).parent)
-    for row in rows:
-        row["status"] = effective_status(row["status"], alive)
-    if run_ids is not None:
-        order = {rid: n for n, rid in enumerate(run_ids)}
-        rows = sorted((r for r in rows if r["run_id"] in order), key=lambda r: order[r["run_id"]])
-    return rows
-
-
-TABLES = ("runs", "rounds", "clients", "layers", "pairs", "rejections", "checkpoints")
-
-
-def table_counts(path: str | Path, tables: Iterable[str] = TABLES) -> dict[str, int]:
-    """Row counts per table (for checks and the CLI's closing lines)."""
-    conn = connect_readonly(path)
-    try:
-        return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in tables}
-    finally:
-        conn.close()
