@@ -12,19 +12,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from fedadamw.config import Config
-from fedadamw.errors import ConfigError
+from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error
 from fedadamw.results.writer import ResultStore, StoreError
 from fedadamw.run.experiment import Experiment, describe, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
-
-EXIT_BAD_INPUT = 2
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad usage in one line (no usage dump) and exits with status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"fedadamw: error: {message}\n")
+        print_error(message)
+        self.exit(EXIT_BAD_INPUT)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     cmp = sub.add_parser(
-        "compare", help="paired differences between two modes across seeds, with 95% CIs"
+        "compare", help="paired differences between two modes across seeds, with 95%% CIs"
     )
     cmp.add_argument("out", metavar="OUT", help="a run's output folder (holds results.db)")
     cmp.add_argument("--a", default="coupled", metavar="MODE", help="first mode (default coupled)")
@@ -146,12 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return compare_command(_existing_store(args.out), args.a, args.b)
     except (ConfigError, StoreError) as exc:
-        print(f"fedadamw: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return print_error(exc)
     except KeyboardInterrupt:
         print("fedadamw: interrupted; rounds already written stay in the store", file=sys.stderr)
         return 130
-    return EXIT_BAD_INPUT
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse allows no other
 
 
 def _existing_store(out: str) -> Path:

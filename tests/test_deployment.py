@@ -42,7 +42,7 @@ from fedadamw.run.recorder import RunRecorder
 from server import strategy as strategy_module
 from server.app import discover_partitions
 from server.strategy import to_client_reply
-from tests import needs
+from tests import compose, needs
 
 ROOT = deploy.ROOT
 BIN = Path(sys.executable).parent  # flower-superlink & co. of the environment running the tests
@@ -168,9 +168,9 @@ class Deployment:
     README has users run (docker/certs/generate.sh, docker/keys/generate.sh), into `root`.
     """
 
-    def __init__(self, root: Path, files: Sequence[Path] = (deploy.COMPOSE_FILE,)) -> None:
+    def __init__(self, root: Path, files: Sequence[Path] = (compose.COMPOSE_FILE,)) -> None:
         self.root = root
-        self.services = deploy.load_services(files, env={})  # the compose defaults
+        self.services = compose.load_services(files, env={})  # the compose defaults
         self.ports = {
             (name, port): _free_port()
             for name, svc in self.services.items()
@@ -207,13 +207,13 @@ class Deployment:
 
     def argv(self, name: str) -> list[str]:
         """The loopback command of compose service `name`."""
-        return deploy.loopback_argv(
+        return compose.loopback_argv(
             self.services[name], self.ports, services=list(self.services), **self._mounts()
         )
 
     def start(self, name: str, argv: Sequence[str] | None = None, service: str = "") -> None:
         """Start compose service `service` (default: `name`) as process `name`."""
-        env = deploy.loopback_environment(self.services[service or name], **self._mounts())
+        env = compose.loopback_environment(self.services[service or name], **self._mounts())
         self.procs.start(name, argv or self.argv(service or name), env)
 
     def register(self, *names: str) -> list[str]:
@@ -280,7 +280,9 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def _deployment(root: Path, files: Sequence[Path] = (deploy.COMPOSE_FILE,)) -> Iterator[Deployment]:
+def _deployment(
+    root: Path, files: Sequence[Path] = (compose.COMPOSE_FILE,)
+) -> Iterator[Deployment]:
     dep = Deployment(root, files)
     try:
         yield dep
@@ -695,11 +697,11 @@ def _compose_config(files: Sequence[Path], env: Mapping[str, str]) -> dict[str, 
 def test_compose_files_pass_the_schema_and_match_what_the_test_runs(
     overrides: tuple[Path, ...], env: dict[str, str]
 ) -> None:
-    files = (deploy.COMPOSE_FILE, *overrides)
+    files = (compose.COMPOSE_FILE, *overrides)
     # docker-compose validates against the Compose schema and merges the files itself: the
     # reference for fedadamw.deploy's reading of them.
     reference = _compose_config(files, env)
-    ours = deploy.load_services(files, env=env)
+    ours = compose.load_services(files, env=env)
     assert set(ours) == set(reference) == {"superlink", "serverapp", *SUPERNODES}
     for name, svc in ours.items():
         ref = reference[name]
@@ -725,7 +727,7 @@ def _value(argv: Sequence[str], flag: str) -> str:
 
 
 def test_the_default_compose_file_lets_no_one_in_without_credentials() -> None:
-    services = deploy.load_services(env={})
+    services = compose.load_services(env={})
     link, server = services["superlink"], services["serverapp"]
     # Published on this machine's loopback only; nothing else is published at all.
     assert link.published == ("127.0.0.1:8000:8000",)
@@ -759,7 +761,7 @@ def test_the_default_compose_file_lets_no_one_in_without_credentials() -> None:
 
 
 def test_compose_services_become_loopback_processes() -> None:
-    services = deploy.load_services(env={})
+    services = compose.load_services(env={})
     assert services["superlink"].environment["FLWR_TELEMETRY_ENABLED"] == "0"
     for name in ("serverapp", *SUPERNODES):
         assert services[name].environment["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
@@ -775,7 +777,7 @@ def test_compose_services_become_loopback_processes() -> None:
     volumes = {"superlink-state": state, "results": results}
     relocate = {ROOT / "docker/certs": certs, ROOT / "docker/keys": keys}
     argvs = {
-        name: deploy.loopback_argv(svc, ports, list(services), volumes, relocate)
+        name: compose.loopback_argv(svc, ports, list(services), volumes, relocate)
         for name, svc in services.items()
     }
     assert argvs["superlink"][:3] == ["flower-superlink", "--host=127.0.0.1", "--port=30000"]
@@ -798,24 +800,24 @@ def test_compose_services_become_loopback_processes() -> None:
             f"--node-config=partition-id={i} num-partitions=3",
         ]
     # Environment paths are mapped too: the results root is the `results` volume's folder.
-    env = deploy.loopback_environment(services["serverapp"], volumes, relocate)
+    env = compose.loopback_environment(services["serverapp"], volumes, relocate)
     assert env["FEDADAMW_RESULTS_ROOT"] == str(results)
     assert env["FLWR_TELEMETRY_ENABLED"] == "0"
     # Pointing SuperNodes at a remote SuperLink is the compose file's SUPERLINK_ADDRESS.
-    remote = deploy.load_services(env={"SUPERLINK_ADDRESS": "203.0.113.7:8000"})
+    remote = compose.load_services(env={"SUPERLINK_ADDRESS": "203.0.113.7:8000"})
     assert "--superlink=203.0.113.7:8000" in remote["supernode-1"].argv
     with pytest.raises(ConfigError, match="superlink-state"):
-        deploy.loopback_argv(services["superlink"], ports, list(services))
+        compose.loopback_argv(services["superlink"], ports, list(services))
     with pytest.raises(ConfigError, match="no loopback port for supernode-1:9094"):
-        deploy.loopback_argv(services["supernode-1"], {("superlink", 8000): 1}, list(services))
+        compose.loopback_argv(services["supernode-1"], {("superlink", 8000): 1}, list(services))
 
 
 def test_interpolation_follows_compose() -> None:
     env = {"SET": "x", "EMPTY": ""}
-    assert deploy.interpolate("${SET:-d} ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} $$", env) == (
+    assert compose.interpolate("${SET:-d} ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} $$", env) == (
         "x d d  $"
     )
-    assert deploy.interpolate("${UNSET-d}${UNSET}", env) == "d"
+    assert compose.interpolate("${UNSET-d}${UNSET}", env) == "d"
 
 
 # A user's Flower config with three connections, a default, options tables and comments.

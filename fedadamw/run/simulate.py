@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedadamw.config import Config
-from fedadamw.errors import ConfigError
+from fedadamw.errors import ConfigError, print_error
 from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
 from fedadamw.run.recorder import Progress, RoundReport
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = EXIT_STOPPED
     except (ConfigError, NonFiniteRunError) as exc:
-        _say(str(exc))
+        print_error(str(exc))
         code = EXIT_BAD_INPUT
     except WorkerLostError as exc:
         print(f"fedadamw: {exc}", file=sys.stderr, flush=True)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_STOPPED if stopper.event.is_set() else EXIT_FAILED
         if code == EXIT_FAILED:
             _log_traceback(Path(spec.out_dir), exc)
-            _say(f"{summary(f'{type(exc).__name__}: {exc}', 160)} (traceback: {LOG_FILE})")
+            print_error(f"{summary(f'{type(exc).__name__}: {exc}', 160)} (traceback: {LOG_FILE})")
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -258,10 +258,6 @@ def main(argv: list[str] | None = None) -> int:
             _orphan_cleanup(spec)
     # Threads Flower or Ray may have left behind must not keep this process alive.
     os._exit(code)
-
-
-def _say(message: str) -> None:
-    print(f"fedadamw: error: {message}", file=sys.stderr, flush=True)
 
 
 def _log_traceback(out_dir: Path, exc: BaseException) -> None:

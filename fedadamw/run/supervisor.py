@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from fedadamw.errors import print_error
 from fedadamw.run.simulate import EXIT_STOPPED, EXIT_WORKER_LOST, Spec
 
 GRACE_S = 6.0  # orderly stop (arms marked, Ray shut down) before the group is killed
@@ -142,11 +143,9 @@ class Supervisor:
                 if code != EXIT_WORKER_LOST:
                     return code
                 if restarts >= self.max_restarts:
-                    print(
-                        f"fedadamw: error: Ray workers died {restarts + 1} times; the run stopped "
-                        "(finished rounds are stored: run the same command to resume)",
-                        file=sys.stderr,
-                        flush=True,
+                    print_error(
+                        f"Ray workers died {restarts + 1} times; the run stopped "
+                        "(finished rounds are stored: run the same command to resume)"
                     )
                     return code
                 restarts += 1
