@@ -1,6 +1,6 @@
 """Wall time of one federated arm: a plain one-process torch loop vs `fedadamw run` (Flower+Ray).
 
-DESIGN.md's reference job is MNIST-1D, 20 clients, the 1-D CNN, 2 local epochs, 30 rounds;
+docs/design.md's reference job is MNIST-1D, 20 clients, the 1-D CNN, 2 local epochs, 30 rounds;
 the target is for the Flower path to beat the plain loop. Both paths use the same data split,
 models, `train_local` and evaluation; the plain loop trains the clients one after the other
 in this process, FedAvg by hand, no divergence bookkeeping. Prints one table with the ratio.

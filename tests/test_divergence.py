@@ -1,4 +1,4 @@
-"""divergence_stats against a plain numpy float64 implementation of DESIGN.md's definitions."""
+"""divergence_stats against a plain numpy float64 implementation of docs/design.md's definitions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fedadamw.schema import STAT_NAMES
 
 
 def reference(updates: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
-    """The table of DESIGN.md, term by term, in float64 (no Gram matrix, no shortcuts)."""
+    """The table of docs/design.md, term by term, in float64 (no Gram matrix, no shortcuts)."""
     d = updates.astype(np.float64)
     k = d.shape[0]
     n = np.ones(k) if weights is None else np.asarray(weights, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""The decay modes against DESIGN.md's seed facts and against torch's own optimizers."""
+"""The decay modes against docs/design.md's seed facts and against torch's own optimizers."""
 
 from __future__ import annotations
 

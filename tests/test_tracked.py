@@ -160,7 +160,7 @@ def test_decoupled_step_with_zero_gradient_is_all_decay() -> None:
 def _numpy_split_adam(
     w0: list[np.ndarray], grads: list[list[np.ndarray]], groups: list[dict[str, Any]], lr: float
 ) -> dict[str, list[np.ndarray]]:
-    """Adam + L2 in float64 with m_data and m_decay kept apart (DESIGN.md's formulas)."""
+    """Adam + L2 in float64 with m_data and m_decay kept apart (docs/design.md's formulas)."""
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("w", "data", "decay", "num", "den")}
     for i, group in enumerate(groups):
         b1, b2 = group["betas"]

@@ -1,6 +1,6 @@
 """How far client updates spread apart: every statistic from one K×K Gram matrix.
 
-K clients, Δᵢ their flattened updates, pᵢ = nᵢ/Σn, uᵢ = Δᵢ/‖Δᵢ‖, Δ̄ = Σ pᵢΔᵢ (DESIGN.md):
+K clients, Δᵢ their flattened updates, pᵢ = nᵢ/Σn, uᵢ = Δᵢ/‖Δᵢ‖, Δ̄ = Σ pᵢΔᵢ (docs/design.md):
 
 ====================== ==========================================
 mean_pairwise_cosine   mean over i<j of uᵢ·uⱼ
@@ -152,7 +152,7 @@ def from_gram(gram: np.ndarray, weights: Sequence[float] | np.ndarray | None = N
 def divergence_stats(
     updates: torch.Tensor | np.ndarray, weights: Sequence[float] | np.ndarray | None = None
 ) -> dict[str, float]:
-    """Every statistic of DESIGN.md for a (K, d) matrix of flattened updates, by name."""
+    """Every statistic of docs/design.md for a (K, d) matrix of flattened updates, by name."""
     gram, _ = segment_grams(updates)
     return from_gram(gram, weights).stats
 

@@ -1,6 +1,6 @@
 """One factory for every decay mode: the optimizer is an explicit experimental axis.
 
-For step size η, decay λ and data gradient g (see DESIGN.md):
+For step size η, decay λ and data gradient g (see docs/design.md):
 
 - ``decoupled`` — ``torch.optim.AdamW``: w ← w − ηλw − η·m̂/(√v̂+ε); moments see g only.
 - ``coupled`` — ``torch.optim.Adam(weight_decay=λ)``: g' = g + λw; moments see g'.

@@ -200,7 +200,7 @@ class Store:
     def statistics(self, table: str = "rounds") -> StatGroups:
         """The statistic columns of `table`, grouped by part of the update.
 
-        The whole-update statistics of DESIGN.md are always listed; the other columns only when
+        The whole-update statistics of docs/design.md are always listed; the other columns only when
         they hold a value (a schema-2 store has decay_/data_ columns, NULL without track-decay).
         """
         if table not in self._stats:

@@ -1,6 +1,6 @@
 """The results store: SQLite in WAL mode, one transaction per round, idempotent writes.
 
-Tables (DESIGN.md; columns named here are a contract other tools rely on):
+Tables (docs/design.md; columns named here are a contract other tools rely on):
 
 - ``runs``: one row per arm of an experiment, with its resolved config.
 - ``rounds``: per round, losses, test accuracy and every divergence statistic.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import _thread
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 from fedadamw.config import Config
 from fedadamw.errors import ConfigError, print_error
 from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
-from fedadamw.run.recorder import Progress, RoundReport
+from fedadamw.run.progress import ConsoleProgress
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORKER_LOST, EXIT_STOPPED = 0, 1, 2, 75, 130
 # After a stop is asked for, the process exits as soon as the ServerApp has marked its arm
@@ -109,56 +108,6 @@ class _Stopper:
         if self.parent_gone:
             _orphan_cleanup(self.spec)
         os._exit(EXIT_STOPPED)
-
-
-class ConsoleProgress(Progress):
-    """One line per round and a progress bar, on the terminal the parent shares."""
-
-    def __init__(self, configs: list[Config]) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-        from rich.progress import Progress as Bar
-
-        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-        self.bar = Bar(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        )
-        total = sum(c.num_server_rounds * len(c.arm_list) for c in configs)
-        self.task = self.bar.add_task("starting Ray…", total=total)
-
-    def round(self, report: RoundReport) -> None:
-        if report.round == 0:
-            return
-        c = report.mean_pairwise_cosine
-        cos = "  n/a" if c is None or math.isnan(c) else f"{c:+.3f}"  # n/a: one client
-        loss = "  n/a" if report.train_loss is None else f"{report.train_loss:.3f}"
-        rejected = f"  rejected {report.num_rejected}" if report.num_rejected else ""
-        self.bar.console.print(
-            f"{report.label:>13}  round {report.round:>3}/{report.num_rounds}  train-loss {loss}  "
-            f"test-acc {100 * report.test_accuracy:5.1f}%  mean-pair-cos {cos}  "
-            f"clients {report.num_clients}{rejected}"
-        )
-        self.bar.update(
-            self.task,
-            advance=1,
-            description=f"{report.label} round {report.round}/{report.num_rounds}",
-        )
-
-    def note(self, text: str) -> None:
-        self.bar.console.print(text)
-
-    def skip(self, rounds: int) -> None:
-        self.bar.update(self.task, advance=rounds)
 
 
 def _simulate(spec: Spec, configs: list[Config], stopper: _Stopper) -> None:
