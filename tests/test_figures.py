@@ -28,7 +28,6 @@ from fedadamw.core.divergence import analyze
 from fedadamw.results.lock import WriterLock
 from fedadamw.results.reader import (
     ROUND_MEAN,
-    ClientLabels,
     EmptyStoreError,
     Store,
     StoreError,
@@ -39,6 +38,7 @@ from fedadamw.results.reader import (
 from fedadamw.results.writer import ResultStore, RoundRecord
 from fedadamw.schema import STAT_NAMES
 from fedadamw.viz import figures
+from fedadamw.viz.labels import ClientLabels
 from fedadamw.viz.report import figures_command, render_html, report_command, standard_sections
 from tests import needs
 

@@ -22,17 +22,16 @@ import streamlit as st
 
 from fedadamw.results.reader import (
     ROUND_MEAN,
-    ClientLabels,
     EmptyStoreError,
     Store,
     StoreError,
-    client_labels,
     config_diff,
     setting_labels,
     shared_config,
     varying_keys,
 )
 from fedadamw.viz import figures
+from fedadamw.viz.labels import ClientLabels, client_labels
 
 STORE_ENV = "FEDADAMW_STORE"
 ALL_SETTINGS = "__all__"

@@ -23,7 +23,6 @@ from plotly.subplots import make_subplots
 from fedadamw.results.reader import (
     FINAL,
     ROUND_MEAN,
-    ClientLabels,
     Store,
     base_stat,
     condition_labels,
@@ -32,6 +31,7 @@ from fedadamw.results.reader import (
 )
 from fedadamw.results.stats import CI_LEVEL, t_half_width
 from fedadamw.schema import SHRINK_COLUMNS
+from fedadamw.viz.labels import ClientLabels
 
 MODE_COLORS = {
     "coupled": "#D55E00",
@@ -672,11 +672,6 @@ def label_distribution(labels: ClientLabels, partition_ids: Sequence[int]) -> go
     fig.update_yaxes(autorange="reversed", title_text="client (dominant label)", type="category")
     fig.update_xaxes(title_text="training examples")
     return fig
-
-
-def dominant_share(labels: ClientLabels, partition_ids: Sequence[int]) -> list[float | None]:
-    """The label-skew measure the client scatter can colour by, per partition id."""
-    return [labels.dominant_share(int(pid)) for pid in partition_ids]
 
 
 # -- from a store: the data each view needs, then the figure --------------------------------

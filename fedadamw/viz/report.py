@@ -33,10 +33,8 @@ import plotly.graph_objects as go
 
 from fedadamw.results.reader import (
     ROUND_MEAN,
-    ClientLabels,
     Store,
     StoreError,
-    client_labels,
     config_diff,
     resolve_store_path,
     setting_labels,
@@ -44,6 +42,7 @@ from fedadamw.results.reader import (
     varying_keys,
 )
 from fedadamw.viz import figures
+from fedadamw.viz.labels import ClientLabels, client_labels
 
 EXIT_BAD_INPUT = 2
 DASHBOARD_SCRIPT = Path(__file__).resolve().parent / "dashboard_app.py"
