@@ -129,15 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = resolve_config(args.config, args.overrides)
             return partitions_command(cfg, Path(args.plot) if args.plot else None)
         if args.command == "dashboard":
-            from fedadamw.viz.report import dashboard_command
+            from fedadamw.viz.commands import dashboard_command
 
             return dashboard_command(Path(args.out), args.port)
         if args.command == "report":
-            from fedadamw.viz.report import report_command
+            from fedadamw.viz.commands import report_command
 
             return report_command(Path(args.out), Path(args.html))
         if args.command == "figures":
-            from fedadamw.viz.report import figures_command
+            from fedadamw.viz.commands import figures_command
 
             return figures_command(Path(args.out), Path(args.directory), args.force)
         if args.command == "compare":

@@ -21,7 +21,8 @@ from fedadamw.config import Config
 from fedadamw.data.split import DataSpec, label_histogram
 from fedadamw.results.lock import WriterLock
 from fedadamw.results.writer import ResultStore
-from fedadamw.viz.report import DASHBOARD_SCRIPT, STORE_ENV, dashboard_command, free_port
+from fedadamw.viz.commands import dashboard_command
+from fedadamw.viz.serve import DASHBOARD_SCRIPT, STORE_ENV, free_port
 from tests.test_figures import Synthetic, decode, numpy_cosines, write_synthetic_store
 
 TIMEOUT = 60  # seconds for one script run; the first one imports torch and plotly
@@ -244,7 +245,7 @@ def test_dashboard_command_serves_until_interrupted(tmp_path: Path) -> None:
         sys.executable,
         "-c",
         "import sys; from pathlib import Path; "
-        "from fedadamw.viz.report import dashboard_command; "
+        "from fedadamw.viz.commands import dashboard_command; "
         f"sys.exit(dashboard_command(Path({str(tmp_path)!r}), {port}))",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)

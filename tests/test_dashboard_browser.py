@@ -21,7 +21,7 @@ import pytest
 from fedadamw.config import default_config
 from fedadamw.results.lock import WriterLock
 from fedadamw.results.writer import ResultStore
-from fedadamw.viz.report import free_port, start_dashboard, stop_process
+from fedadamw.viz.serve import free_port, start_dashboard, stop_process
 from tests import needs
 from tests.test_figures import write_synthetic_store
 

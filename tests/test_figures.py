@@ -28,7 +28,6 @@ from fedadamw.core.divergence import analyze
 from fedadamw.results.lock import WriterLock
 from fedadamw.results.reader import (
     ROUND_MEAN,
-    ClientLabels,
     EmptyStoreError,
     Store,
     StoreError,
@@ -38,8 +37,11 @@ from fedadamw.results.reader import (
 )
 from fedadamw.results.writer import ResultStore, RoundRecord
 from fedadamw.schema import STAT_NAMES
-from fedadamw.viz import figures
-from fedadamw.viz.report import figures_command, render_html, report_command, standard_sections
+from fedadamw.viz import figures, style, views
+from fedadamw.viz.commands import figures_command, report_command
+from fedadamw.viz.html_report import render_html
+from fedadamw.viz.labels import ClientLabels
+from fedadamw.viz.views import standard_sections
 from tests import needs
 
 # The parameter tensors of a small model: (name, size), in model order.
@@ -392,11 +394,11 @@ def test_half_written_run_gives_no_figure_and_no_error(tmp_path: Path) -> None:
         store = Store(tmp_path)
         runs = store.runs()  # read while the writer lives: its run is running
     assert runs["rounds_done"].tolist() == [0] and runs["status"].tolist() == ["running"]
-    assert figures.divergence_figure(store, runs, "mean_pairwise_cosine") is None
-    assert figures.accuracy_figure(store, runs) is None
-    assert figures.layers_figure(store, runs, "mean_pairwise_cosine") is None
-    assert figures.heatmap_figure(store, runs, 0, 1, no_labels)[0] is None
-    assert figures.scatter_figure(store, runs, 0, 1, "local_steps", no_labels) is None
+    assert views.divergence_figure(store, runs, "mean_pairwise_cosine") is None
+    assert views.accuracy_figure(store, runs) is None
+    assert views.layers_figure(store, runs, "mean_pairwise_cosine") is None
+    assert views.heatmap_figure(store, runs, 0, 1, no_labels)[0] is None
+    assert views.scatter_figure(store, runs, 0, 1, "local_steps", no_labels) is None
 
 
 def test_new_columns_are_found_and_grouped_by_part(tmp_path: Path) -> None:
@@ -416,7 +418,7 @@ def test_empty_part_columns_stay_hidden(store: Store) -> None:
     groups = store.statistics("rounds")
     assert groups.all() == STAT_NAMES
     assert groups.parts_of("relative_drift") == ("relative_drift",)
-    assert figures.color_choices(store) == [
+    assert views.color_choices(store) == [
         "dominant_share",
         "local_steps",
         "work_fraction",
@@ -424,7 +426,7 @@ def test_empty_part_columns_stay_hidden(store: Store) -> None:
         "batch_size",
         "train_loss",
     ]
-    assert figures.shrink_figure(store, store.runs()) is None
+    assert views.shrink_figure(store, store.runs()) is None
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -432,7 +434,7 @@ def test_divergence_lines_and_bands_are_seed_means_and_t_intervals(
     store: Store, synthetic: Synthetic
 ) -> None:
     runs = store.runs()
-    fig = figures.divergence_figure(store, runs, "relative_drift")
+    fig = views.divergence_figure(store, runs, "relative_drift")
     assert fig is not None
     for mode in MODES:
         ids = [synthetic.run_ids[(mode, s, "0")] for s in (0, 1, 2)]
@@ -440,7 +442,7 @@ def test_divergence_lines_and_bands_are_seed_means_and_t_intervals(
             [[synthetic.rounds[r][k]["relative_drift"] for k in range(1, 7)] for r in ids]
         )
         (line,) = traces(fig, name=f"{mode} (3 seeds)")
-        assert line["line"]["color"] == figures.MODE_COLORS[mode]
+        assert line["line"]["color"] == style.MODE_COLORS[mode]
         np.testing.assert_allclose(decode(line["y"]), ref.mean(axis=0), rtol=1e-12)
         (band,) = [t for t in traces(fig, fill="toself") if t["legendgroup"] == line["legendgroup"]]
         t2 = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)  # t quantile, 2 degrees of freedom
@@ -451,7 +453,7 @@ def test_divergence_lines_and_bands_are_seed_means_and_t_intervals(
 def test_divergence_of_a_layer_reads_the_layer_rows(store: Store, synthetic: Synthetic) -> None:
     runs = store.runs()
     run = synthetic.run_ids[("decoupled", 0, "0")]
-    fig = figures.divergence_figure(store, runs[runs["run_id"] == run], "dispersion", "conv2.bias")
+    fig = views.divergence_figure(store, runs[runs["run_id"] == run], "dispersion", "conv2.bias")
     assert fig is not None
     (line,) = traces(fig, name="decoupled")
     ref = [synthetic.layers[run][k]["conv2.bias"]["dispersion"] for k in range(1, 7)]
@@ -461,7 +463,7 @@ def test_divergence_of_a_layer_reads_the_layer_rows(store: Store, synthetic: Syn
 def test_parts_get_one_panel_each(tmp_path: Path) -> None:
     syn = write_synthetic_store(tmp_path, seeds=(0,), num_rounds=3, parts=True)
     store = Store(tmp_path)
-    fig = figures.divergence_figure(store, store.runs(), "dispersion")
+    fig = views.divergence_figure(store, store.runs(), "dispersion")
     assert fig is not None
     titles = [a["text"] for a in spec(fig)["layout"]["annotations"]]
     assert titles == [
@@ -480,7 +482,7 @@ def test_parts_get_one_panel_each(tmp_path: Path) -> None:
 def test_shrink_ratios_are_seed_means_of_the_quantiles(tmp_path: Path) -> None:
     syn = write_synthetic_store(tmp_path, seeds=(0, 1), num_rounds=3, parts=True)
     store = Store(tmp_path)
-    fig = figures.shrink_figure(store, store.runs())
+    fig = views.shrink_figure(store, store.runs())
     assert fig is not None
     for mode in MODES:
         ids = [syn.run_ids[(mode, s, "0")] for s in (0, 1)]
@@ -499,7 +501,7 @@ def test_shrink_ratios_are_seed_means_of_the_quantiles(tmp_path: Path) -> None:
 
 def test_heatmap_orders_clients_by_dominant_label(store: Store, synthetic: Synthetic) -> None:
     runs = store.runs()
-    fig, notes = figures.heatmap_figure(store, runs, 1, 4, labels_of(synthetic))
+    fig, notes = views.heatmap_figure(store, runs, 1, 4, labels_of(synthetic))
     assert fig is not None and notes == []
     for col, mode in enumerate(MODES, start=1):
         run = synthetic.run_ids[(mode, 1, "0")]
@@ -519,7 +521,7 @@ def test_heatmap_orders_clients_by_dominant_label(store: Store, synthetic: Synth
 def test_heatmap_without_labels_says_so_and_keeps_partition_order(
     store: Store, synthetic: Synthetic
 ) -> None:
-    fig, notes = figures.heatmap_figure(store, store.runs(), 0, 2, no_labels)
+    fig, notes = views.heatmap_figure(store, store.runs(), 0, 2, no_labels)
     assert fig is not None and any("partition order" in n for n in notes)
     (first, _) = traces(fig, type="heatmap")
     assert list(first["x"]) == [str(p) for p in range(8)]
@@ -527,7 +529,7 @@ def test_heatmap_without_labels_says_so_and_keeps_partition_order(
 
 def test_scatter_shows_each_clients_norm_and_cosine(store: Store, synthetic: Synthetic) -> None:
     runs = store.runs()
-    fig = figures.scatter_figure(store, runs, 2, 5, "dominant_share", labels_of(synthetic))
+    fig = views.scatter_figure(store, runs, 2, 5, "dominant_share", labels_of(synthetic))
     assert fig is not None
     run = synthetic.run_ids[("coupled", 2, "0")]
     upd = synthetic.updates[(run, 5)]
@@ -542,7 +544,7 @@ def test_scatter_shows_each_clients_norm_and_cosine(store: Store, synthetic: Syn
 
 
 def test_layer_bars_are_round_means_across_seeds(store: Store, synthetic: Synthetic) -> None:
-    fig = figures.layers_figure(store, store.runs(), "mean_pairwise_cosine")
+    fig = views.layers_figure(store, store.runs(), "mean_pairwise_cosine")
     assert fig is not None
     (bars,) = traces(fig, name="decoupled (3 seeds)")
     assert list(bars["y"]) == [name for name, _ in LAYERS]  # model order
@@ -569,9 +571,7 @@ def test_sweep_cells_are_seed_means_per_mode(tmp_path: Path) -> None:
     grid = [{"learning-rate": lr, "weight-decay": wd} for lr in (0.001, 0.01) for wd in (0.0, 0.1)]
     syn = write_synthetic_store(tmp_path, seeds=(0, 1), num_rounds=3, experiment="sweep", grid=grid)
     store = Store(tmp_path)
-    fig = figures.sweep_figure(
-        store, store.runs(), "learning-rate", "weight-decay", "final_accuracy"
-    )
+    fig = views.sweep_figure(store, store.runs(), "learning-rate", "weight-decay", "final_accuracy")
     assert fig is not None
     heat = traces(fig, type="heatmap")
     assert [spec(fig)["layout"]["annotations"][i]["text"] for i in (0, 1)] == list(MODES)
@@ -584,9 +584,7 @@ def test_sweep_cells_are_seed_means_per_mode(tmp_path: Path) -> None:
             row = (0.0, 0.1).index(cell["weight-decay"])
             column = (0.001, 0.01).index(cell["learning-rate"])
             assert z[row, column] == pytest.approx(100 * ref, rel=1e-12)
-    disp = figures.sweep_figure(
-        store, store.runs(), "weight-decay", None, ROUND_MEAN + "dispersion"
-    )
+    disp = views.sweep_figure(store, store.runs(), "weight-decay", None, ROUND_MEAN + "dispersion")
     assert disp is not None
     (first, _) = traces(disp, type="heatmap")
     ref = np.mean(
@@ -612,11 +610,11 @@ def test_label_distribution_draws_the_counts(synthetic: Synthetic) -> None:
 def test_modes_keep_their_colour_in_every_figure(store: Store, synthetic: Synthetic) -> None:
     runs, labels = store.runs(), labels_of(synthetic)
     figs = [
-        figures.divergence_figure(store, runs, "dispersion"),
-        figures.accuracy_figure(store, runs),
-        figures.layers_figure(store, runs, "dispersion"),
-        figures.heatmap_figure(store, runs, 0, 2, labels)[0],
-        figures.scatter_figure(store, runs, 0, 2, "local_steps", labels),
+        views.divergence_figure(store, runs, "dispersion"),
+        views.accuracy_figure(store, runs),
+        views.layers_figure(store, runs, "dispersion"),
+        views.heatmap_figure(store, runs, 0, 2, labels)[0],
+        views.scatter_figure(store, runs, 0, 2, "local_steps", labels),
     ]
     for fig in figs:
         assert fig is not None
@@ -629,10 +627,10 @@ def test_modes_keep_their_colour_in_every_figure(store: Store, synthetic: Synthe
                 or (trace.get("marker") or {}).get("color")
             )
             if mode and isinstance(color, str):
-                assert color == figures.MODE_COLORS[mode], (name, color)
+                assert color == style.MODE_COLORS[mode], (name, color)
         for ann in spec(fig)["layout"].get("annotations", []):
             if ann["text"].split(" ")[0] in MODES:
-                assert ann["font"]["color"] == figures.MODE_COLORS[ann["text"].split(" ")[0]]
+                assert ann["font"]["color"] == style.MODE_COLORS[ann["text"].split(" ")[0]]
 
 
 # -- report and paper figures ---------------------------------------------------------------

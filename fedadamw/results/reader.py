@@ -95,14 +95,6 @@ def base_stat(column: str) -> str:
     return column
 
 
-def part_of(column: str) -> str:
-    """Which part of the update a statistic column describes."""
-    for prefix, name in PARTS.items():
-        if prefix and column.startswith(prefix):
-            return name
-    return PARTS[""]
-
-
 class Store:
     """A results store opened for reading; raises `StoreError` if it cannot be shown."""
 
@@ -430,61 +422,6 @@ def cosine_matrix(pairs: pd.DataFrame) -> tuple[list[int], np.ndarray]:
         value = math.nan if c is None or pd.isna(c) else float(c)
         mat[index[int(i)], index[int(j)]] = mat[index[int(j)], index[int(i)]] = value
     return ids, mat
-
-
-@dataclass(frozen=True)
-class ClientLabels:
-    """Each client's label counts, or why they are unknown (then clients keep partition order)."""
-
-    histogram: np.ndarray | None  # (num_partitions, num_classes)
-    note: str | None = None
-
-    def dominant(self, partition_id: int) -> int | None:
-        """The most frequent label of a client (None when unknown)."""
-        if self.histogram is None or not 0 <= partition_id < len(self.histogram):
-            return None
-        return int(np.argmax(self.histogram[partition_id]))
-
-    def dominant_share(self, partition_id: int) -> float | None:
-        """The fraction of a client's examples that carry its dominant label (label skew)."""
-        if self.histogram is None or not 0 <= partition_id < len(self.histogram):
-            return None
-        row = self.histogram[partition_id]
-        total = row.sum()
-        return float(row.max() / total) if total > 0 else None
-
-    def order(self, partition_ids: Iterable[int]) -> list[int]:
-        """Clients sorted by dominant label, then by how dominant it is, then by id."""
-        ids = list(partition_ids)
-        if self.histogram is None:
-            return sorted(ids)
-
-        def key(pid: int) -> tuple[int, float, int]:
-            label = self.dominant(pid)
-            share = self.dominant_share(pid)
-            return (-1 if label is None else label, -(share or 0.0), pid)
-
-        return sorted(ids, key=key)
-
-
-def client_labels(config_json: str) -> ClientLabels:
-    """Regenerate a run's split from its config (deterministic) and count labels per client."""
-    try:
-        # Imported here: torch and the data stack are needed only for this view.
-        from fedadamw.config import Config
-        from fedadamw.data.split import DataSpec, label_histogram
-
-        values = {k: v for k, v in _parse_config(config_json).items()}
-        if not values:
-            raise ValueError("the run has no stored config")
-        cfg = Config.from_mapping(values)
-        hist = label_histogram(DataSpec.from_config(cfg))
-    except Exception as exc:  # any failure only costs the ordering; say why, keep the page
-        return ClientLabels(
-            None,
-            f"label histograms unavailable ({_first_line(exc)}); clients shown in partition order",
-        )
-    return ClientLabels(np.asarray(hist))
 
 
 def _fmt(value: Any) -> str:

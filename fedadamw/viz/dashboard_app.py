@@ -1,11 +1,12 @@
 """The update-divergence dashboard (a Streamlit app over one results store).
 
-Started by `fedadamw dashboard OUT`, which runs `streamlit run` on this file with the store in
-the ``FEDADAMW_STORE`` environment variable. Every figure comes from `fedadamw.viz.figures`, so the
-page shows exactly what the HTML report and the paper figures show. The data-driven part of the
-page is one fragment that re-reads the store every few seconds while auto-refresh is on, so a
-running experiment fills the page round by round. A store that is missing, empty, half-written
-or from an older schema gives a one-line message in the page, never a traceback.
+Started by `fedadamw dashboard OUT` (`fedadamw.viz.serve`), which runs `streamlit run` on this
+file with the store in the ``FEDADAMW_STORE`` environment variable. Every figure comes from
+`fedadamw.viz.views`, so the page shows exactly what the HTML report and the paper figures show.
+The data-driven part of the page is one fragment that re-reads the store every few seconds while
+auto-refresh is on, so a running experiment fills the page round by round. A store that is
+missing, empty, half-written or from an older schema gives a one-line message in the page, never
+a traceback.
 """
 
 from __future__ import annotations
@@ -22,19 +23,20 @@ import streamlit as st
 
 from fedadamw.results.reader import (
     ROUND_MEAN,
-    ClientLabels,
     EmptyStoreError,
     Store,
     StoreError,
-    client_labels,
     config_diff,
     setting_labels,
     shared_config,
     varying_keys,
 )
-from fedadamw.viz import figures
+from fedadamw.schema import RUNNING
+from fedadamw.viz import views
+from fedadamw.viz.labels import ClientLabels, client_labels
+from fedadamw.viz.serve import STORE_ENV
+from fedadamw.viz.style import stat_label
 
-STORE_ENV = "FEDADAMW_STORE"
 ALL_SETTINGS = "__all__"
 REFRESH_CHOICES = (2, 5, 10, 30, 60)
 PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -61,7 +63,7 @@ def _chart(fig: go.Figure | None, key: str, empty: str) -> None:
     if fig is None:
         st.info(empty)
     else:
-        # theme=None: the house style of fedadamw.viz.figures, as in the report and paper figures.
+        # theme=None: the house style of fedadamw.viz.style, as in the report and paper figures.
         st.plotly_chart(fig, theme=None, config=PLOT_CONFIG, key=key)
 
 
@@ -104,7 +106,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def _header(store: Store, runs: pd.DataFrame) -> None:
-    running = int((runs["status"] == "running").sum())
+    running = int((runs["status"] == RUNNING).sum())
     experiments = runs["experiment"].nunique()
     # The store's path is in the sidebar; the caption says what is in it and how fresh it is.
     st.caption(
@@ -152,9 +154,9 @@ def _controls(store: Store, runs: pd.DataFrame) -> dict[str, Any]:
     stat = c3.selectbox(
         "Statistic",
         stats,
-        format_func=figures.stat_label,
+        format_func=stat_label,
         key="stat",
-        help="every statistic of DESIGN.md the store holds, with its data / "
+        help="every statistic of docs/design.md the store holds, with its data / "
         "decay parts where stored",
     )
     seeds = sorted(int(s) for s in chosen["seed"].unique())
@@ -194,13 +196,13 @@ def _layers(store: Store, sel: dict[str, Any]) -> None:
     st.subheader("Layers")
     stat = sel["stat"]
     st.caption(
-        f"Which layers diverge most: {figures.stat_label(stat)} per parameter tensor, "
+        f"Which layers diverge most: {stat_label(stat)} per parameter tensor, "
         "mean over rounds ± 95% CI across seeds"
     )
     _chart(
-        figures.layers_figure(store, sel["runs"], stat),
+        views.layers_figure(store, sel["runs"], stat),
         "layers",
-        f"The store holds no per-layer {figures.stat_label(stat)}.",
+        f"The store holds no per-layer {stat_label(stat)}.",
     )
 
 
@@ -211,18 +213,18 @@ def _divergence(store: Store, sel: dict[str, Any]) -> None:
     parts = store.statistics("layers" if layer else "rounds").parts_of(stat)
     st.subheader("Divergence over rounds")
     st.caption(
-        f"{figures.stat_label(stat)} · {where} · lines: mean across seeds, bands: 95% CI"
+        f"{stat_label(stat)} · {where} · lines: mean across seeds, bands: 95% CI"
         + (" · panels: whole update, data part, decay part" if len(parts) > 1 else "")
     )
     _chart(
-        figures.divergence_figure(store, runs, stat, layer),
+        views.divergence_figure(store, runs, stat, layer),
         "divergence",
-        f"No trained round with {figures.stat_label(stat)} yet.",
+        f"No trained round with {stat_label(stat)} yet.",
     )
 
 
 def _shrink(store: Store, sel: dict[str, Any]) -> None:
-    fig = figures.shrink_figure(store, sel["runs"])
+    fig = views.shrink_figure(store, sel["runs"])
     if fig is None:
         return  # track-decay was off: nothing to show, and nothing missing
     st.subheader("Decay shrink ratio")
@@ -238,7 +240,7 @@ def _training(store: Store, sel: dict[str, Any]) -> None:
     st.caption(
         "Global model on the test split after each round; train loss as the clients report it"
     )
-    _chart(figures.accuracy_figure(store, sel["runs"]), "accuracy", "No evaluated round yet.")
+    _chart(views.accuracy_figure(store, sel["runs"]), "accuracy", "No evaluated round yet.")
 
 
 def _clients(store: Store, sel: dict[str, Any]) -> None:
@@ -263,11 +265,11 @@ def _clients(store: Store, sel: dict[str, Any]) -> None:
         rnd = int(c2.slider("Round", 1, last, last, key="round"))
     color_by = c3.selectbox(
         "Colour clients by",
-        figures.color_choices(store),
-        format_func=lambda k: figures.COLOR_CHOICES[k],
+        views.color_choices(store),
+        format_func=stat_label,
         key="color_by",
     )
-    fig, notes = figures.heatmap_figure(store, runs, seed, rnd, _labels)
+    fig, notes = views.heatmap_figure(store, runs, seed, rnd, _labels)
     st.caption(
         f"Pairwise cosine of client updates, round {rnd}, seed {seed}; clients ordered "
         "by dominant label, shown as client (label); where several clients share a label, "
@@ -278,13 +280,13 @@ def _clients(store: Store, sel: dict[str, Any]) -> None:
     with left:
         st.markdown("**Update norm vs cosine to the aggregate**")
         _chart(
-            figures.scatter_figure(store, runs, seed, rnd, color_by, _labels),
+            views.scatter_figure(store, runs, seed, rnd, color_by, _labels),
             "scatter",
             "No per-client rows for this round.",
         )
     with right:
         st.markdown("**Label distribution per client**")
-        lfig, note = figures.labels_figure(runs, seed, _labels)
+        lfig, note = views.labels_figure(runs, seed, _labels)
         _chart(lfig, "labels", note or "No label histogram.")
 
 
@@ -304,10 +306,10 @@ def _sweep(store: Store, sel: dict[str, Any]) -> None:
     y_options = ["(none)", *[k for k in keys if k != x_key]]
     y_key = c2.selectbox("y", y_options, index=min(1, len(y_options) - 1), key="sweep_y")
     metrics = ["final_accuracy", *[ROUND_MEAN + s for s in store.statistics("rounds").all()]]
-    metric = c3.selectbox("Value", metrics, format_func=figures.stat_label, key="sweep_metric")
+    metric = c3.selectbox("Value", metrics, format_func=stat_label, key="sweep_metric")
     st.caption("Mean over seeds (and over keys not on an axis); one panel per mode, one scale.")
     _chart(
-        figures.sweep_figure(store, runs, x_key, None if y_key == "(none)" else y_key, metric),
+        views.sweep_figure(store, runs, x_key, None if y_key == "(none)" else y_key, metric),
         "sweep",
         "No finished round to summarise yet.",
     )
@@ -354,8 +356,10 @@ def _page(path: str) -> None:
 
 
 def _any_running(path: str) -> bool:
+    # Store.runs() says "running" only while a writer holds the folder's lock: a crashed run
+    # reads as interrupted, and the page stops refreshing for it.
     try:
-        return bool((Store(path).runs()["status"] == "running").any())
+        return bool((Store(path).runs()["status"] == RUNNING).any())
     except EmptyStoreError:
         return True  # waiting for a run to start writing
     except StoreError:

@@ -1,16 +1,14 @@
-"""Every figure of the dashboard, the HTML report and the paper figures (Plotly).
+"""Pure figure builders: DataFrames in, a styled `plotly.graph_objects.Figure` out.
 
-One module so the three outputs can never drift apart: each function takes DataFrames from
-`fedadamw.results.reader` and returns a `plotly.graph_objects.Figure` with the house style. A mode
-has one colour everywhere (Okabe–Ito, safe for colour-blind readers and in greyscale print):
-coupled is vermillion, decoupled blue. Figures carry no title; the page or the paper's caption
-says what they show, panels carry short subplot titles.
+The dashboard, the HTML report and the paper figures all draw with these functions, so the three
+outputs cannot drift apart. None of them reads a store: `fedadamw.viz.views` queries the store
+and picks what to draw; colours, fonts and labels come from `fedadamw.viz.style`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,129 +18,20 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from fedadamw.results.reader import (
-    FINAL,
-    ROUND_MEAN,
-    ClientLabels,
-    Store,
-    base_stat,
-    condition_labels,
-    cosine_matrix,
-    run_summary,
-)
+from fedadamw.results.reader import condition_labels
 from fedadamw.results.stats import CI_LEVEL, t_half_width
 from fedadamw.schema import SHRINK_COLUMNS
-
-MODE_COLORS = {
-    "coupled": "#D55E00",
-    "decoupled": "#0072B2",
-    "none": "#6E6E6E",
-    "sgd-coupled": "#E69F00",
-    "sgd-decoupled": "#56B4E9",
-}
-MODE_ORDER = tuple(MODE_COLORS)
-_SPARE_COLORS = ("#009E73", "#CC79A7", "#000000")
-DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-# Ten clearly distinct label colours (Tableau 10); labels and modes never share a figure.
-LABEL_COLORS = (
-    "#4E79A7",
-    "#F28E2B",
-    "#E15759",
-    "#76B7B2",
-    "#59A14F",
-    "#EDC948",
-    "#B07AA1",
-    "#FF9DA7",
-    "#9C755F",
-    "#BAB0AC",
+from fedadamw.viz.labels import ClientLabels
+from fedadamw.viz.style import (
+    DASHES,
+    LABEL_COLORS,
+    mode_color,
+    mode_rank,
+    rgba,
+    round_axis,
+    stat_label,
+    style,
 )
-FONT = "Helvetica, Arial, sans-serif"
-
-STAT_LABELS = {
-    "mean_pairwise_cosine": "mean pairwise cosine",
-    "min_pairwise_cosine": "min pairwise cosine",
-    "resultant_length": "resultant length R",
-    "dispersion": "dispersion 1 − R",
-    "mean_cosine_to_aggregate": "mean cosine to aggregate",
-    "relative_drift": "relative drift",
-    "gradient_diversity": "gradient diversity",
-    "mean_update_norm": "mean update norm ‖Δ‖",
-    "test_accuracy": "test accuracy",
-    "final_accuracy": "final test accuracy",
-    "update_norm": "update norm ‖Δᵢ‖",
-    "cosine_to_aggregate": "cosine to aggregate",
-    "num_examples": "examples",
-    "local_steps": "local steps",
-    "train_loss": "train loss",
-    "dominant_share": "dominant-label share",
-    "cosine_to_neg_weights": "cosine to −w",
-    "shrink_p5": "shrink ratio p5",
-    "shrink_p50": "shrink ratio p50",
-    "shrink_p95": "shrink ratio p95",
-    "work_fraction": "local work (fraction of epochs)",
-    "batch_size": "batch size",
-    "decay_norm": "decay-part norm",
-}
-
-
-def mode_color(mode: str) -> str:
-    """The colour of a decay mode, the same in every figure."""
-    if mode in MODE_COLORS:
-        return MODE_COLORS[mode]
-    return _SPARE_COLORS[sum(map(ord, mode)) % len(_SPARE_COLORS)]
-
-
-def stat_label(column: str) -> str:
-    """A readable axis label for a statistic column, naming its part (`decay part: …`)."""
-    if column.startswith(ROUND_MEAN):
-        return f"{stat_label(column[len(ROUND_MEAN) :])} (mean over rounds)"
-    if column.startswith(FINAL):
-        return f"{stat_label(column[len(FINAL) :])} (final round)"
-    base = base_stat(column)
-    label = STAT_LABELS.get(base, base.replace("_", " "))
-    if column.startswith("decay_"):
-        return f"decay part: {label}"
-    if column.startswith("data_"):
-        return f"data part: {label}"
-    return label
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
-def round_axis(fig: go.Figure, last_round: int) -> None:
-    """Integer round ticks: every round while few, then an even spacing."""
-    fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(last_round / 10)), title_text="round")
-
-
-def style(fig: go.Figure, height: int = 380, legend: bool = True) -> go.Figure:
-    """The house style: white background, light grid, readable fonts, legend on top."""
-    fig.update_layout(
-        template="simple_white",
-        height=height,
-        font={"family": FONT, "size": 13, "color": "#222"},
-        margin={"l": 64, "r": 24, "t": 64 if legend else 36, "b": 52},
-        showlegend=legend,
-        legend={
-            "orientation": "h",
-            "yanchor": "bottom",
-            "y": 1.08,
-            "xanchor": "left",
-            "x": 0,
-            "font": {"size": 12},
-            "traceorder": "normal",
-        },
-        hoverlabel={"font": {"family": FONT}},
-        paper_bgcolor="white",
-        plot_bgcolor="white",
-    )
-    fig.update_xaxes(showgrid=True, gridcolor="#EBEBEB", ticks="outside", zeroline=False)
-    fig.update_yaxes(showgrid=True, gridcolor="#EBEBEB", ticks="outside", zeroline=False)
-    fig.update_annotations(font={"size": 13})
-    return fig
 
 
 def mean_ci(
@@ -173,7 +62,7 @@ def series_of(runs: pd.DataFrame) -> list[Series]:
     """The conditions of `runs` in a stable order (by mode), each with its style."""
     labels = condition_labels(runs)
     firsts = runs.drop_duplicates("condition").copy()
-    firsts["_m"] = [MODE_ORDER.index(m) if m in MODE_ORDER else 99 for m in firsts["mode"]]
+    firsts["_m"] = [mode_rank(m) for m in firsts["mode"]]
     firsts = firsts.sort_values(["_m", "mode", "condition"], kind="stable")
     seeds = runs.groupby("condition")["seed"].nunique()
     out: list[Series] = []
@@ -204,7 +93,7 @@ def _band(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, s: Series, **kw: Any) -
         y=np.concatenate([hi, lo[::-1]]),
         fill="toself",
         mode="lines",
-        fillcolor=_rgba(s.color, 0.18),
+        fillcolor=rgba(s.color, 0.18),
         line={"width": 0},
         hoverinfo="skip",
         showlegend=False,
@@ -470,7 +359,7 @@ def client_scatter(
         if has_color:
             marker |= {"color": sub[color_by], "coloraxis": "coloraxis"}
         else:
-            marker |= {"color": _rgba(s.color, 0.5)}
+            marker |= {"color": rgba(s.color, 0.5)}
         fig.add_trace(
             go.Scatter(
                 x=sub["cosine_to_aggregate"],
@@ -574,9 +463,7 @@ def sweep_heatmaps(summary: pd.DataFrame, x_key: str, y_key: str | None, metric:
     data = summary.dropna(subset=[metric]).copy()
     data["_x"] = [c.get(x_key) for c in data["config"]]
     data["_y"] = [c.get(y_key) if y_key else "" for c in data["config"]]
-    modes = sorted(
-        data["mode"].unique(), key=lambda m: MODE_ORDER.index(m) if m in MODE_ORDER else 99
-    )
+    modes = sorted(data["mode"].unique(), key=mode_rank)
     xs = sorted(data["_x"].unique(), key=_sort_key)
     ys = sorted(data["_y"].unique(), key=_sort_key)
     percent = metric == "final_accuracy"
@@ -672,165 +559,3 @@ def label_distribution(labels: ClientLabels, partition_ids: Sequence[int]) -> go
     fig.update_yaxes(autorange="reversed", title_text="client (dominant label)", type="category")
     fig.update_xaxes(title_text="training examples")
     return fig
-
-
-def dominant_share(labels: ClientLabels, partition_ids: Sequence[int]) -> list[float | None]:
-    """The label-skew measure the client scatter can colour by, per partition id."""
-    return [labels.dominant_share(int(pid)) for pid in partition_ids]
-
-
-# -- from a store: the data each view needs, then the figure --------------------------------
-LabelSource = Callable[[str], ClientLabels]  # a run's config_json → its clients' labels
-
-
-def seed_runs(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """The runs of one seed, one per condition (per-client views show a single replicate)."""
-    return runs[runs["seed"] == seed].drop_duplicates("condition")
-
-
-def divergence_figure(
-    store: Store, runs: pd.DataFrame, stat: str, layer: str | None = None, parts: bool = True
-) -> go.Figure | None:
-    """The statistic over rounds (with its data / decay parts when stored), or None if no data."""
-    table = "layers" if layer else "rounds"
-    stats = store.statistics(table).parts_of(stat) if parts else (stat,)
-    ids = list(runs["run_id"])
-    rows = store.layers(ids, layer) if layer else store.rounds(ids)
-    rows = rows[rows["round"] >= 1] if "round" in rows else rows
-    if stat not in rows or rows[stat].notna().sum() == 0:
-        return None
-    return over_rounds(rows, runs, stats)
-
-
-def shrink_figure(store: Store, runs: pd.DataFrame) -> go.Figure | None:
-    """Shrink ratios over rounds, or None when the store holds none (track-decay off)."""
-    if len(store.filled("rounds", SHRINK_COLUMNS)) < len(SHRINK_COLUMNS):
-        return None
-    rows = store.rounds(list(runs["run_id"]))
-    if rows[list(SHRINK_COLUMNS)].notna().all(axis=1).sum() == 0:
-        return None
-    return shrink_ratios(rows, runs)
-
-
-def accuracy_figure(store: Store, runs: pd.DataFrame) -> go.Figure | None:
-    """Accuracy and loss curves of `runs`, or None before the first evaluation."""
-    rows = store.rounds(list(runs["run_id"]))
-    if "test_accuracy" not in rows or rows["test_accuracy"].notna().sum() == 0:
-        return None
-    return training_curves(rows, runs)
-
-
-def heatmap_figure(
-    store: Store,
-    runs: pd.DataFrame,
-    seed: int,
-    round: int,
-    labels_for: LabelSource,
-    max_panels: int = 4,
-) -> tuple[go.Figure | None, list[str]]:
-    """Cosine matrices of one round and seed, one panel per condition; (figure, notes)."""
-    panels: list[HeatPanel] = []
-    notes: list[str] = []
-    chosen = seed_runs(runs, seed)
-    by_condition = {c: row for c, row in zip(chosen["condition"], chosen.itertuples(), strict=True)}
-    series = [s for s in series_of(runs) if s.condition in by_condition]
-    if len(series) > max_panels:
-        notes.append(f"showing the first {max_panels} of {len(series)} conditions")
-        series = series[:max_panels]
-    for s in series:
-        run = by_condition[s.condition]
-        pairs = store.pairs(str(run.run_id), round)
-        if pairs.empty:
-            notes.append(f"{s.label}: no pairwise cosines for round {round} yet")
-            continue
-        ids, mat = cosine_matrix(pairs)
-        labels = labels_for(str(run.config_json))
-        if labels.note and labels.note not in notes:
-            notes.append(labels.note)
-        order = labels.order(ids)
-        pos = [ids.index(pid) for pid in order]
-        upper = mat[np.triu_indices(len(ids), k=1)]
-        mean = float(np.nanmean(upper)) if np.isfinite(upper).any() else math.nan
-        panels.append(
-            HeatPanel(
-                title=f"{s.label} · mean cos {mean:.3f}",
-                mode=s.mode,
-                partition_ids=order,
-                matrix=mat[np.ix_(pos, pos)],
-                dominant=[labels.dominant(pid) for pid in order],
-            )
-        )
-    return (cosine_heatmaps(panels) if panels else None), notes
-
-
-# What the client scatter can colour by: label skew, local work, and (where stored) decay.
-COLOR_CHOICES = {
-    "dominant_share": "dominant-label share",
-    "local_steps": "local steps",
-    "work_fraction": "local work (fraction of epochs)",
-    "num_examples": "examples",
-    "batch_size": "batch size",
-    "train_loss": "train loss",
-    "decay_cosine_to_neg_weights": "decay part: cosine to −w",
-    "shrink_p50": "shrink ratio p50",
-}
-
-
-def color_choices(store: Store) -> list[str]:
-    """The scatter colourings this store can fill (label skew is derived, always offered)."""
-    stored = [c for c in COLOR_CHOICES if c != "dominant_share"]
-    return ["dominant_share", *store.filled("clients", stored)]
-
-
-def scatter_figure(
-    store: Store,
-    runs: pd.DataFrame,
-    seed: int,
-    round: int,
-    color_by: str,
-    labels_for: LabelSource,
-) -> go.Figure | None:
-    """Per-client norm vs cosine-to-aggregate of one round and seed, or None without clients."""
-    chosen = seed_runs(runs, seed)
-    clients = store.clients(list(chosen["run_id"]), round)
-    if clients.empty or "update_norm" not in clients or "cosine_to_aggregate" not in clients:
-        return None
-    if color_by == "dominant_share":
-        configs = dict(zip(chosen["run_id"], chosen["config_json"], strict=True))
-        clients["dominant_share"] = [
-            labels_for(configs[rid]).dominant_share(int(pid))
-            for rid, pid in zip(clients["run_id"], clients["partition_id"], strict=True)
-        ]
-    return client_scatter(clients, chosen, color_by, COLOR_CHOICES.get(color_by))
-
-
-def layers_figure(store: Store, runs: pd.DataFrame, stat: str) -> go.Figure | None:
-    """Which layers diverge most, or None when the store has no per-layer rows."""
-    rows = store.layers(list(runs["run_id"]))
-    if rows.empty or stat not in rows or rows[stat].notna().sum() == 0:
-        return None
-    return layer_bars(rows, runs, stat, store.layer_names())
-
-
-def sweep_figure(
-    store: Store, runs: pd.DataFrame, x_key: str, y_key: str | None, metric: str
-) -> go.Figure | None:
-    """Sweep heatmaps of `metric` (from `run_summary`), or None when nothing is finished yet."""
-    rounds = store.rounds(list(runs["run_id"]))
-    summary = run_summary(runs, rounds, store.statistics("rounds").all())
-    if metric not in summary or summary[metric].notna().sum() == 0:
-        return None
-    return sweep_heatmaps(summary, x_key, y_key, metric)
-
-
-def labels_figure(
-    runs: pd.DataFrame, seed: int, labels_for: LabelSource
-) -> tuple[go.Figure | None, str | None]:
-    """The label distribution of the split a seed's runs trained on; (figure, note)."""
-    chosen = seed_runs(runs, seed)
-    if chosen.empty:
-        return None, None
-    labels = labels_for(str(chosen["config_json"].iloc[0]))
-    if labels.histogram is None:
-        return None, labels.note
-    return label_distribution(labels, range(len(labels.histogram))), None

@@ -1,0 +1,78 @@
+"""Starting and stopping the dashboard server: `streamlit run` on a loopback port.
+
+The server gets the store through the ``FEDADAMW_STORE`` environment variable; it listens on
+127.0.0.1 only, sends no telemetry and watches no files.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from fedadamw.results.reader import resolve_store_path
+
+DASHBOARD_SCRIPT = Path(__file__).resolve().parent / "dashboard_app.py"
+STORE_ENV = "FEDADAMW_STORE"
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on `host:port`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for tests and `--port 0`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def dashboard_argv(port: int, host: str = "127.0.0.1") -> list[str]:
+    """The `streamlit run` command line: loopback only, headless, no telemetry, no file watcher."""
+    options = {
+        "server.address": host,
+        "server.port": str(port),
+        "server.headless": "true",
+        "browser.gatherUsageStats": "false",
+        "server.fileWatcherType": "none",
+        "client.toolbarMode": "viewer",
+        # Belt and braces: the page catches its own errors, and a stray one shows no traceback.
+        "client.showErrorDetails": "none",
+        # Only errors on the terminal. Streamlit warns that uvicorn < 0.52 may drop websocket
+        # handshakes behind a reverse proxy; flwr 1.41 pins uvicorn < 0.50, and we serve
+        # loopback only.
+        "logger.level": "error",
+    }
+    argv = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD_SCRIPT)]
+    for key, value in options.items():
+        argv += [f"--{key}", value]
+    return argv
+
+
+def start_dashboard(out: str | Path, port: int, quiet: bool = False) -> subprocess.Popen[bytes]:
+    """Start the dashboard server on 127.0.0.1:`port` for the store in `out`; stop it by pid."""
+    env = dict(os.environ)
+    env[STORE_ENV] = str(resolve_store_path(out).resolve())
+    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+    # quiet: Streamlit's own "you can now view…" banner goes; its errors still reach stderr.
+    sink = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(dashboard_argv(port), env=env, stdout=sink)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Terminate a started process by its pid, killing it if it does not exit in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)

@@ -1,0 +1,385 @@
+"""What to draw from a store: the queries behind each view, and the standard figure set.
+
+The `*_figure` functions read what one view needs from a `Store` and hand it to a builder of
+`fedadamw.viz.figures`, or return None when the store holds nothing to draw yet; the dashboard
+calls them per selection. `standard_sections` picks the figures the HTML report and the paper
+figures publish for every experiment, with the file stem and caption of each.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from fedadamw.results.reader import (
+    ROUND_MEAN,
+    Store,
+    cosine_matrix,
+    run_summary,
+    setting_labels,
+    varying_keys,
+)
+from fedadamw.schema import SHRINK_COLUMNS
+from fedadamw.viz import figures
+from fedadamw.viz.labels import ClientLabels, client_labels
+from fedadamw.viz.style import stat_label
+
+LabelSource = Callable[[str], ClientLabels]  # a run's config_json → its clients' labels
+
+
+def seed_runs(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The runs of one seed, one per condition (per-client views show a single replicate)."""
+    return runs[runs["seed"] == seed].drop_duplicates("condition")
+
+
+def divergence_figure(
+    store: Store, runs: pd.DataFrame, stat: str, layer: str | None = None, parts: bool = True
+) -> go.Figure | None:
+    """The statistic over rounds (with its data / decay parts when stored), or None if no data."""
+    table = "layers" if layer else "rounds"
+    stats = store.statistics(table).parts_of(stat) if parts else (stat,)
+    ids = list(runs["run_id"])
+    rows = store.layers(ids, layer) if layer else store.rounds(ids)
+    rows = rows[rows["round"] >= 1] if "round" in rows else rows
+    if stat not in rows or rows[stat].notna().sum() == 0:
+        return None
+    return figures.over_rounds(rows, runs, stats)
+
+
+def shrink_figure(store: Store, runs: pd.DataFrame) -> go.Figure | None:
+    """Shrink ratios over rounds, or None when the store holds none (track-decay off)."""
+    if len(store.filled("rounds", SHRINK_COLUMNS)) < len(SHRINK_COLUMNS):
+        return None
+    rows = store.rounds(list(runs["run_id"]))
+    if rows[list(SHRINK_COLUMNS)].notna().all(axis=1).sum() == 0:
+        return None
+    return figures.shrink_ratios(rows, runs)
+
+
+def accuracy_figure(store: Store, runs: pd.DataFrame) -> go.Figure | None:
+    """Accuracy and loss curves of `runs`, or None before the first evaluation."""
+    rows = store.rounds(list(runs["run_id"]))
+    if "test_accuracy" not in rows or rows["test_accuracy"].notna().sum() == 0:
+        return None
+    return figures.training_curves(rows, runs)
+
+
+def heatmap_figure(
+    store: Store,
+    runs: pd.DataFrame,
+    seed: int,
+    round: int,
+    labels_for: LabelSource,
+    max_panels: int = 4,
+) -> tuple[go.Figure | None, list[str]]:
+    """Cosine matrices of one round and seed, one panel per condition; (figure, notes)."""
+    panels: list[figures.HeatPanel] = []
+    notes: list[str] = []
+    chosen = seed_runs(runs, seed)
+    by_condition = {c: row for c, row in zip(chosen["condition"], chosen.itertuples(), strict=True)}
+    series = [s for s in figures.series_of(runs) if s.condition in by_condition]
+    if len(series) > max_panels:
+        notes.append(f"showing the first {max_panels} of {len(series)} conditions")
+        series = series[:max_panels]
+    for s in series:
+        run = by_condition[s.condition]
+        pairs = store.pairs(str(run.run_id), round)
+        if pairs.empty:
+            notes.append(f"{s.label}: no pairwise cosines for round {round} yet")
+            continue
+        ids, mat = cosine_matrix(pairs)
+        labels = labels_for(str(run.config_json))
+        if labels.note and labels.note not in notes:
+            notes.append(labels.note)
+        order = labels.order(ids)
+        pos = [ids.index(pid) for pid in order]
+        upper = mat[np.triu_indices(len(ids), k=1)]
+        mean = float(np.nanmean(upper)) if np.isfinite(upper).any() else math.nan
+        panels.append(
+            figures.HeatPanel(
+                title=f"{s.label} · mean cos {mean:.3f}",
+                mode=s.mode,
+                partition_ids=order,
+                matrix=mat[np.ix_(pos, pos)],
+                dominant=[labels.dominant(pid) for pid in order],
+            )
+        )
+    return (figures.cosine_heatmaps(panels) if panels else None), notes
+
+
+# What the client scatter can colour by: label skew, local work, and (where stored) decay;
+# `stat_label` names each.
+COLOR_CHOICES = (
+    "dominant_share",
+    "local_steps",
+    "work_fraction",
+    "num_examples",
+    "batch_size",
+    "train_loss",
+    "decay_cosine_to_neg_weights",
+    "shrink_p50",
+)
+
+
+def color_choices(store: Store) -> list[str]:
+    """The scatter colourings this store can fill (label skew is derived, always offered)."""
+    stored = [c for c in COLOR_CHOICES if c != "dominant_share"]
+    return ["dominant_share", *store.filled("clients", stored)]
+
+
+def scatter_figure(
+    store: Store,
+    runs: pd.DataFrame,
+    seed: int,
+    round: int,
+    color_by: str,
+    labels_for: LabelSource,
+) -> go.Figure | None:
+    """Per-client norm vs cosine-to-aggregate of one round and seed, or None without clients."""
+    chosen = seed_runs(runs, seed)
+    clients = store.clients(list(chosen["run_id"]), round)
+    if clients.empty or "update_norm" not in clients or "cosine_to_aggregate" not in clients:
+        return None
+    if color_by == "dominant_share":
+        configs = dict(zip(chosen["run_id"], chosen["config_json"], strict=True))
+        clients["dominant_share"] = [
+            labels_for(configs[rid]).dominant_share(int(pid))
+            for rid, pid in zip(clients["run_id"], clients["partition_id"], strict=True)
+        ]
+    label = stat_label(color_by) if color_by in COLOR_CHOICES else None
+    return figures.client_scatter(clients, chosen, color_by, label)
+
+
+def layers_figure(store: Store, runs: pd.DataFrame, stat: str) -> go.Figure | None:
+    """Which layers diverge most, or None when the store has no per-layer rows."""
+    rows = store.layers(list(runs["run_id"]))
+    if rows.empty or stat not in rows or rows[stat].notna().sum() == 0:
+        return None
+    return figures.layer_bars(rows, runs, stat, store.layer_names())
+
+
+def sweep_figure(
+    store: Store, runs: pd.DataFrame, x_key: str, y_key: str | None, metric: str
+) -> go.Figure | None:
+    """Sweep heatmaps of `metric` (from `run_summary`), or None when nothing is finished yet."""
+    rounds = store.rounds(list(runs["run_id"]))
+    summary = run_summary(runs, rounds, store.statistics("rounds").all())
+    if metric not in summary or summary[metric].notna().sum() == 0:
+        return None
+    return figures.sweep_heatmaps(summary, x_key, y_key, metric)
+
+
+def labels_figure(
+    runs: pd.DataFrame, seed: int, labels_for: LabelSource
+) -> tuple[go.Figure | None, str | None]:
+    """The label distribution of the split a seed's runs trained on; (figure, note)."""
+    chosen = seed_runs(runs, seed)
+    if chosen.empty:
+        return None, None
+    labels = labels_for(str(chosen["config_json"].iloc[0]))
+    if labels.histogram is None:
+        return None, labels.note
+    return figures.label_distribution(labels, range(len(labels.histogram))), None
+
+
+# -- the standard figure set -----------------------------------------------------------------
+# Statistics of the standard divergence figure: agreement between clients, agreement with
+# the aggregate, and spread in the aggregate's own units.
+MAIN_STATS = ("mean_pairwise_cosine", "mean_cosine_to_aggregate", "relative_drift")
+
+
+@dataclass(frozen=True)
+class FigureItem:
+    """One figure of the standard set, with the file stem and caption it is published under."""
+
+    name: str
+    title: str
+    caption: str
+    figure: go.Figure
+    group: str = ""  # the setting (or "Sweep") it belongs to; "" in a one-setting experiment
+
+
+@dataclass(frozen=True)
+class Section:
+    """The standard figures of one experiment plus its tables and notes."""
+
+    experiment: str
+    runs: pd.DataFrame
+    items: list[FigureItem]
+    notes: list[str]
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text).strip("-") or "x"
+
+
+def standard_sections(store: Store, labels_for: LabelSource | None = None) -> list[Section]:
+    """The standard figures of every experiment in the store (what report and figures show)."""
+    labels = labels_for or functools.cache(client_labels)
+    runs_all = store.runs()
+    sections = []
+    for experiment in dict.fromkeys(runs_all["experiment"]):
+        runs = runs_all[runs_all["experiment"] == experiment]
+        sections.append(_experiment_section(store, str(experiment), runs, labels))
+    _distinct_names(sections)
+    return sections
+
+
+def _distinct_names(sections: Sequence[Section]) -> None:
+    """Give every figure its own file stem, in place.
+
+    Slugs are not one-to-one: experiments `a b` and `a-b`, or settings `lr=0.1` and `lr-0.1`,
+    give the same stem, as do stems differing only in case on a case-insensitive disk. Each
+    clashing stem gets a tag hashed from what it stands for (stable from run to run); a numeric
+    suffix settles what is left.
+    """
+
+    counts = Counter(item.name.casefold() for s in sections for item in s.items)
+    for section in sections:
+        for i, item in enumerate(section.items):
+            if counts[item.name.casefold()] > 1:
+                source = f"{section.experiment}\0{item.group}\0{item.name}"
+                tag = hashlib.sha1(source.encode()).hexdigest()[:6]
+                section.items[i] = replace(item, name=f"{item.name}-{tag}")
+    taken: set[str] = set()
+    for section in sections:
+        for i, item in enumerate(section.items):
+            name, n = item.name, 1
+            while name.casefold() in taken:
+                n += 1
+                name = f"{item.name}-{n}"
+            taken.add(name.casefold())
+            if name != item.name:
+                section.items[i] = replace(item, name=name)
+
+
+def _experiment_section(
+    store: Store, experiment: str, runs: pd.DataFrame, labels: LabelSource
+) -> Section:
+    items: list[FigureItem] = []
+    notes: list[str] = []
+    slug = _slug(experiment)
+    keys = [k for k in varying_keys(runs) if k != "mode"]
+    if keys:
+        y_key = keys[1] if len(keys) > 1 else None
+        for metric in ("final_accuracy", ROUND_MEAN + "dispersion"):
+            fig = sweep_figure(store, runs, keys[0], y_key, metric)
+            if fig is not None:
+                items.append(
+                    FigureItem(
+                        f"{slug}-sweep-{_slug(metric.replace(ROUND_MEAN, 'mean-'))}",
+                        f"Sweep: {stat_label(metric)}",
+                        f"Mean over seeds per cell ({keys[0]}"
+                        + (f" × {y_key}" if y_key else "")
+                        + "); one panel per mode on one colour scale.",
+                        fig,
+                        group="Sweep",
+                    )
+                )
+    settings = setting_labels(runs)
+    shown: list[np.ndarray] = []  # label histograms already drawn (settings often share a split)
+    for setting, label in settings.items():
+        sub = runs[runs["setting"] == setting]
+        prefix = slug if len(settings) == 1 else f"{slug}-{_slug(label)}"
+        group = "" if len(settings) == 1 else label
+        new, new_notes = _setting_items(store, sub, prefix, group, labels, shown)
+        items += new
+        notes += new_notes
+    return Section(experiment, runs, items, list(dict.fromkeys(notes)))
+
+
+def _setting_items(
+    store: Store,
+    runs: pd.DataFrame,
+    prefix: str,
+    group: str,
+    labels: LabelSource,
+    shown: list[np.ndarray],
+) -> tuple[list[FigureItem], list[str]]:
+    """Coupled vs decoupled at one setting: the figures of the dashboard's default view."""
+    items: list[FigureItem] = []
+    notes: list[str] = []
+    stats = store.statistics("rounds")
+
+    def add(name: str, title: str, caption: str, fig: go.Figure | None) -> None:
+        if fig is not None:
+            items.append(FigureItem(f"{prefix}-{name}", title, caption, fig, group))
+
+    main = [s for s in MAIN_STATS if s in stats.whole]
+    rows = store.rounds(list(runs["run_id"]))
+    trained = rows[rows["round"] >= 1]
+    if main and trained[main].notna().any().any():
+        add(
+            "divergence",
+            "Update divergence over rounds",
+            "Whole-model update statistics per round; lines are means across seeds, bands 95% "
+            "confidence intervals (Student t).",
+            figures.over_rounds(trained, runs, main),
+        )
+    for stat in ("mean_pairwise_cosine", "dispersion"):
+        parts = stats.parts_of(stat)
+        if len(parts) > 1 and trained[list(parts)].notna().any().any():
+            add(
+                f"parts-{_slug(stat)}",
+                f"{stat_label(stat)}: whole update and its parts",
+                "The same statistic of the whole update, its data part and its decay part.",
+                figures.over_rounds(trained, runs, parts),
+            )
+    add(
+        "shrink",
+        "Decay shrink ratio",
+        "Per weight, |decay step| / (ηλ|w|): lines the median weight, bands p5 to p95 (means "
+        "over seeds); 1 is uniform decay.",
+        shrink_figure(store, runs),
+    )
+    add(
+        "accuracy",
+        "Test accuracy and loss",
+        "Global model on the test split after each round; mean ± 95% CI across seeds.",
+        accuracy_figure(store, runs),
+    )
+    seed = int(min(runs["seed"]))
+    last = int(runs[runs["seed"] == seed]["rounds_done"].max())
+    if last >= 1:
+        fig, heat_notes = heatmap_figure(store, runs, seed, last, labels)
+        notes += heat_notes
+        add(
+            "cosine-heatmap",
+            f"Pairwise cosine of client updates (round {last}, seed {seed})",
+            "Clients ordered by dominant label, shown as client (label); where several clients "
+            "share a label, lines separate the groups.",
+            fig,
+        )
+        add(
+            "clients",
+            f"Per-client update norm vs cosine to aggregate (round {last}, seed {seed})",
+            "Colour: share of the client's examples that carry its dominant label.",
+            scatter_figure(store, runs, seed, last, "dominant_share", labels),
+        )
+    add(
+        "layers",
+        "Which layers diverge most",
+        "Mean pairwise cosine per parameter tensor, mean over rounds ± 95% CI across seeds.",
+        layers_figure(store, runs, "mean_pairwise_cosine"),
+    )
+    fig, note = labels_figure(runs, seed, labels)
+    if note:
+        notes.append(note)
+    hist = labels(str(seed_runs(runs, seed)["config_json"].iloc[0])).histogram
+    if hist is not None and not any(np.array_equal(hist, h) for h in shown):
+        shown.append(hist)
+        add(
+            "labels",
+            f"Label distribution per client (seed {seed})",
+            "Training examples per label; clients ordered by dominant label.",
+            fig,
+        )
+    return items, notes
