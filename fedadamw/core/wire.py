@@ -71,7 +71,7 @@ def parse_train_config(config: Mapping[str, Any], partition_id: int) -> ClientTa
 
     data = DataSpec(
         dataset=get("dataset", str),
-        num_partitions=get("num-partitions", int),
+        num_clients=get("num-partitions", int),  # the key deployed clients read
         partitioner=get("partitioner", str),
         dirichlet_alpha=get("dirichlet-alpha", float),
         classes_per_client=get("classes-per-client", int),

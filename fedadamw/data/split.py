@@ -20,7 +20,7 @@ import hashlib
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,14 @@ class ArrayDataset:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What identifies a federated split: the data set, its generator and the partitioner."""
+    """What identifies a federated split: the data set, its generator and the partitioner.
+
+    Each field is the Config field of the same name, so `from_config` copies them and the wire
+    format (`fedadamw.core.wire`) writes them; a new split input is one field here.
+    """
 
     dataset: str
-    num_partitions: int
+    num_clients: int
     partitioner: str
     dirichlet_alpha: float
     classes_per_client: int
@@ -86,19 +90,7 @@ class DataSpec:
     @classmethod
     def from_config(cls, cfg: Config) -> DataSpec:
         """The data part of a run config."""
-        return cls(
-            dataset=cfg.dataset,
-            num_partitions=cfg.num_clients,
-            partitioner=cfg.partitioner,
-            dirichlet_alpha=cfg.dirichlet_alpha,
-            classes_per_client=cfg.classes_per_client,
-            shards_per_client=cfg.shards_per_client,
-            min_partition_size=cfg.min_partition_size,
-            seed=cfg.seed,
-            synthetic_alpha=cfg.synthetic_alpha,
-            synthetic_beta=cfg.synthetic_beta,
-            synthetic_iid=cfg.synthetic_iid,
-        )
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
 def cache_dir() -> Path:
@@ -119,7 +111,7 @@ def load_splits(spec: DataSpec | str) -> tuple[ArrayDataset, ArrayDataset]:
     params: tuple[Any, ...] = ()
     if spec.dataset == "synthetic":
         params = (
-            spec.num_partitions,
+            spec.num_clients,
             spec.synthetic_alpha,
             spec.synthetic_beta,
             spec.synthetic_iid,
@@ -185,7 +177,7 @@ def make_partitioner(spec: DataSpec) -> Any:
         ShardPartitioner,
     )
 
-    n = spec.num_partitions
+    n = spec.num_clients
     if spec.partitioner == "iid":
         return IidPartitioner(num_partitions=n)
     if spec.partitioner == "dirichlet":
@@ -238,7 +230,7 @@ def _split_partitions(spec: DataSpec) -> tuple[np.ndarray, ...]:
     from datasets import Dataset
 
     train, _ = load_splits(spec)
-    n, least = spec.num_partitions, spec.min_partition_size
+    n, least = spec.num_clients, spec.min_partition_size
     columns: dict[str, Any] = {"idx": np.arange(len(train)), "label": train.y}
     natural = spec.partitioner == "natural-id"
     if natural:
@@ -316,7 +308,7 @@ def partition_indices(spec: DataSpec) -> tuple[np.ndarray, ...]:
     if path.is_file():
         try:
             with np.load(path) as npz:
-                return tuple(npz[f"p{i}"] for i in range(spec.num_partitions))
+                return tuple(npz[f"p{i}"] for i in range(spec.num_clients))
         except (OSError, ValueError, KeyError):
             pass  # torn or foreign: split again
     parts = _split_partitions(spec)
@@ -336,9 +328,9 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 @cache
 def load_partition(spec: DataSpec, partition_id: int) -> ArrayDataset:
     """The training examples of one client."""
-    if not 0 <= partition_id < spec.num_partitions:
+    if not 0 <= partition_id < spec.num_clients:
         raise ConfigError(
-            f"partition-id: {partition_id} is not allowed; expected 0..{spec.num_partitions - 1}"
+            f"partition-id: {partition_id} is not allowed; expected 0..{spec.num_clients - 1}"
         )
     train, _ = load_splits(spec)
     idx = partition_indices(spec)[partition_id]
@@ -347,7 +339,7 @@ def load_partition(spec: DataSpec, partition_id: int) -> ArrayDataset:
 
 
 def label_histogram(spec: DataSpec) -> np.ndarray:
-    """(num_partitions, num_classes) counts of labels per client."""
+    """(num_clients, num_classes) counts of labels per client."""
     train, _ = load_splits(spec)
     classes = NUM_CLASSES[spec.dataset]
     return np.stack(
