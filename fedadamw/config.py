@@ -19,6 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from fedadamw.data.registry import REGISTRY
 from fedadamw.errors import ConfigError
 from fedadamw.schema import DECAY_MODES
 
@@ -31,21 +32,17 @@ PARTITIONERS = (
     "linear",
     "natural-id",
 )
-DATASETS = ("mnist1d", "digits", "synthetic", "cifar10", "femnist")
-MODELS = ("cnn1d", "mlp", "cnn", "resnet20", "logreg")
-NORMS = ("batch", "group")
-# Examples are images (channels × height × width) here; the other data sets hold vectors.
-IMAGE_DATASETS = ("digits", "cifar10", "femnist")
-# Data sets with a client column (FEMNIST's writer, Synthetic's generated client).
-NATURAL_ID_DATASETS = ("femnist", "synthetic")
-# What each model takes: mlp and logreg flatten any example; the convolutions need their shape.
+# What each model takes (the kinds of fedadamw.data.registry.example_kind): mlp and logreg
+# flatten any example; the convolutions need their shape. fedadamw.core.models builds them.
 MODEL_INPUTS = {
     "cnn1d": "vector",
+    "mlp": "any",
     "cnn": "image",
     "resnet20": "image",
-    "mlp": "any",
     "logreg": "any",
 }
+MODELS = tuple(MODEL_INPUTS)
+NORMS = ("batch", "group")
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 # Clients train in float32: a learning rate or decay beyond this overflows on the first step.
@@ -95,7 +92,7 @@ class Config:
             bool(_PLAIN_NAME.match(self.experiment)),
             "a plain name of letters, digits, '.', '_' and '-' (at most 64; it names a folder)",
         )
-        _check_choice(self, "dataset", DATASETS)
+        _check_choice(self, "dataset", tuple(REGISTRY))
         _check_choice(self, "model", MODELS)
         _check(self, "num-clients", self.num_clients >= 1, "an integer >= 1")
         _check(self, "fraction-train", 0.0 < self.fraction_train <= 1.0, "a number in (0, 1]")
@@ -147,13 +144,7 @@ class Config:
     @property
     def client_batch_size_list(self) -> list[int]:
         """Batch sizes clients draw from (by partition id); empty: every client uses batch-size."""
-        try:
-            return [int(b) for b in self.client_batch_sizes.split(",") if b.strip()]
-        except ValueError:
-            raise ConfigError(
-                f"client-batch-sizes: {self.client_batch_sizes!r} is not allowed; "
-                "expected comma-separated integers >= 1, e.g. '16,32,64'"
-            ) from None
+        return batch_size_list(self.client_batch_sizes)
 
     @property
     def clients_per_round(self) -> int:
@@ -195,6 +186,17 @@ class Config:
         if missing:
             raise ConfigError(f"config keys without a value: {', '.join(missing)}")
         return cls(**{k.replace("-", "_"): v for k, v in merged.items() if k in types})
+
+
+def batch_size_list(text: str) -> list[int]:
+    """The integers of a `client-batch-sizes` value ('16,32,64'), or ConfigError."""
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"client-batch-sizes: {text!r} is not allowed; "
+            "expected comma-separated integers >= 1, e.g. '16,32,64'"
+        ) from None
 
 
 def _field_types() -> dict[str, type]:
@@ -250,23 +252,24 @@ def _coerce(key: str, raw: Any, kind: type, strings: bool = False) -> Scalar:
 
 def check_compatible(cfg: Config) -> None:
     """Raise ConfigError when the model, data set and partitioner do not fit together."""
-    takes = MODEL_INPUTS[cfg.model]
-    has = "image" if cfg.dataset in IMAGE_DATASETS else "vector"
+    data = REGISTRY[cfg.dataset]
+    takes, has = MODEL_INPUTS[cfg.model], data.kind
     if takes not in ("any", has):
         fits = [m for m in MODELS if MODEL_INPUTS[m] in ("any", has)]
         raise ConfigError(
             f"model: {cfg.model!r} does not fit dataset {cfg.dataset!r} ({has} examples); "
             f"expected one of {', '.join(fits)}"
         )
-    if cfg.partitioner == "natural-id" and cfg.dataset not in NATURAL_ID_DATASETS:
+    if cfg.partitioner == "natural-id" and not data.natural_clients:
+        natural = [name for name, d in REGISTRY.items() if d.natural_clients]
         raise ConfigError(
             f"partitioner: 'natural-id' is not allowed with dataset {cfg.dataset!r}, which has no "
-            f"client column; natural-id needs one of {', '.join(NATURAL_ID_DATASETS)}"
+            f"client column; natural-id needs one of {', '.join(natural)}"
         )
-    if cfg.dataset == "synthetic" and cfg.partitioner != "natural-id":
+    if data.generated_per_client and cfg.partitioner != "natural-id":
         # Synthetic(α, β) is generated client by client: its split is the generator's clients.
         raise ConfigError(
-            f"partitioner: {cfg.partitioner!r} is not allowed with dataset 'synthetic'; "
+            f"partitioner: {cfg.partitioner!r} is not allowed with dataset {cfg.dataset!r}; "
             "expected natural-id (one partition per generated client)"
         )
 

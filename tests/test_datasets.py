@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 from fedadamw.config import Config
+from fedadamw.data.registry import REGISTRY, DataSet
 from fedadamw.data.sources import hub, synthetic
-from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_splits, partition_indices
+from fedadamw.data.split import DataSpec, load_splits, partition_indices
 from fedadamw.errors import ConfigError
 
 
@@ -19,7 +21,7 @@ def test_digits_is_sklearns_set_split_80_20_and_scaled_to_unit_range() -> None:
 
     train, test = load_splits("digits")
     assert (len(train), len(test)) == (1437, 360)  # 1,797 images
-    assert train.x.shape[1:] == INPUT_SHAPE["digits"] == (1, 8, 8)
+    assert train.x.shape[1:] == REGISTRY["digits"].shape == (1, 8, 8)
     assert train.x.min() >= 0.0 and train.x.max() == 1.0
     raw = load_digits()
     # The two splits hold exactly sklearn's images, each with its label.
@@ -187,8 +189,8 @@ def test_cifar10_loads_through_federated_dataset_from_a_local_copy(
     monkeypatch.setattr(hub, "hub_reachable", lambda: pytest.fail("a local copy needs no network"))
     _write_cifar10(tmp_path)
     train, test = load_splits("cifar10")
-    assert train.x.shape == (40, *INPUT_SHAPE["cifar10"]) and test.x.shape == (12, 3, 32, 32)
-    assert train.x.dtype == np.float32 and NUM_CLASSES["cifar10"] == 10
+    assert train.x.shape == (40, *REGISTRY["cifar10"].shape) and test.x.shape == (12, 3, 32, 32)
+    assert train.x.dtype == np.float32 and REGISTRY["cifar10"].num_classes == 10
     # Standardized per channel with the train split's statistics.
     np.testing.assert_allclose(train.x.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
     np.testing.assert_allclose(train.x.std(axis=(0, 2, 3)), 1.0, atol=1e-3)
@@ -199,7 +201,7 @@ def test_cifar10_loads_through_federated_dataset_from_a_local_copy(
     assert sorted(rows.tolist()) == list(range(40))  # shuffled (seeded), nothing lost
     np.testing.assert_array_equal(train.y, rows % 10)
     # Converted once: a second process reads the memory-mapped arrays.
-    assert isinstance(hub.load("cifar10", tmp_path)["x"], np.memmap)
+    assert isinstance(hub.load(REGISTRY["cifar10"], tmp_path)["x"], np.memmap)
 
 
 def test_femnist_splits_by_writer_with_the_natural_id_partitioner(
@@ -209,7 +211,7 @@ def test_femnist_splits_by_writer_with_the_natural_id_partitioner(
     writers = _write_femnist(tmp_path)
     train, test = load_splits("femnist")
     assert (len(train), len(test)) == (54, 6)  # the hub set has no test split: 90 / 10
-    assert train.x.shape[1:] == INPUT_SHAPE["femnist"] == (1, 28, 28)
+    assert train.x.shape[1:] == REGISTRY["femnist"].shape == (1, 28, 28)
     rows = _row_of(np.concatenate([train.x, test.x]))
     assert sorted(rows.tolist()) == list(range(60))
     np.testing.assert_array_equal(np.concatenate([train.y, test.y]), (7 * rows) % 62)
@@ -244,3 +246,39 @@ def test_hub_data_set_offline_without_a_copy_says_what_to_fetch(
     assert "\n" not in message
     assert "hf download uoft-cs/cifar10 --repo-type dataset" in message
     assert str(tmp_path / "hub" / "cifar10") in message
+
+
+# --- the registry: one record per data set ----------------------------------------------------
+
+
+def test_registry_records_name_config_and_split_inputs() -> None:
+    config_fields = {f.name for f in fields(Config)}
+    spec_fields = {f.name for f in fields(DataSpec)}
+    assert spec_fields <= config_fields  # DataSpec.from_config copies fields by name
+    for name, data in REGISTRY.items():
+        assert data.name == name
+        assert set(data.generator_keys) <= spec_fields  # the split's inputs include them
+    for name, data in REGISTRY.items():  # the config accepts exactly the registered data sets
+        partitioner = "natural-id" if data.generated_per_client else "iid"
+        cfg = Config.from_mapping({"dataset": name, "model": "mlp", "partitioner": partitioner})
+        assert cfg.dataset == name
+        if not data.natural_clients:
+            with pytest.raises(ConfigError, match="which has no client column"):
+                Config.from_mapping({"dataset": name, "model": "mlp", "partitioner": "natural-id"})
+    with pytest.raises(ConfigError, match="dataset: 'mnist2d' is not allowed; expected one of"):
+        Config.from_mapping({"dataset": "mnist2d"})
+
+
+def test_a_new_record_with_its_loader_is_a_data_set_and_must_match_its_arrays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Registering = one record; its loader module builds it, the split checks it against it.
+    monkeypatch.setitem(REGISTRY, "digits-flat", DataSet("digits-flat", 10, (1, 8, 8), "digits"))
+    train, _ = load_splits("digits-flat")
+    assert len(train) == 1437
+    monkeypatch.setitem(REGISTRY, "digits-wrong", DataSet("digits-wrong", 10, (64,), "digits"))
+    with pytest.raises(ConfigError, match=r"shape \(1, 8, 8\); its registry record says \(64,\)"):
+        load_splits("digits-wrong")
+    monkeypatch.setitem(REGISTRY, "digits-few", DataSet("digits-few", 5, (1, 8, 8), "digits"))
+    with pytest.raises(ConfigError, match=r"labels span 0\.\.9; its registry record says 5"):
+        load_splits("digits-few")

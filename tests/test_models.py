@@ -8,11 +8,13 @@ import torch
 from torch import nn
 
 from fedadamw import schema
-from fedadamw.config import DATASETS, IMAGE_DATASETS, MODEL_INPUTS, MODELS, Config
+from fedadamw.config import MODEL_INPUTS, MODELS, Config
+from fedadamw.core import models
 from fedadamw.core.models import FloatBatchNorm2d, build_model
 from fedadamw.core.training import TrainSpec, evaluate, train_local
 from fedadamw.core.updates import ClientReply, check_reply, flatten_updates
-from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, ArrayDataset
+from fedadamw.data.registry import REGISTRY
+from fedadamw.data.split import ArrayDataset
 from fedadamw.errors import ConfigError
 
 
@@ -21,19 +23,23 @@ def _params(model: nn.Module) -> int:
 
 
 def _fits(model: str, dataset: str) -> bool:
-    kind = "image" if dataset in IMAGE_DATASETS else "vector"
-    return MODEL_INPUTS[model] in ("any", kind)
+    return MODEL_INPUTS[model] in ("any", REGISTRY[dataset].kind)
 
 
-PAIRS = [(m, d) for m in MODELS for d in DATASETS if _fits(m, d)]
+PAIRS = [(m, d) for m in MODELS for d in REGISTRY if _fits(m, d)]
+
+
+def test_every_model_has_a_builder() -> None:
+    assert list(models._BUILDERS) == list(MODELS)
 
 
 @pytest.mark.parametrize(("name", "dataset"), PAIRS)
 def test_every_fitting_model_maps_a_batch_to_class_logits(name: str, dataset: str) -> None:
-    model = build_model(name, INPUT_SHAPE[dataset], NUM_CLASSES[dataset], seed=0)
-    x = torch.randn(3, *INPUT_SHAPE[dataset])
+    data = REGISTRY[dataset]
+    model = build_model(name, data.shape, data.num_classes, seed=0)
+    x = torch.randn(3, *data.shape)
     out = model.train()(x)
-    assert out.shape == (3, NUM_CLASSES[dataset])
+    assert out.shape == (3, data.num_classes)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -87,7 +93,7 @@ def _resnet20(cin: int, classes: int) -> int:
     ],
 )
 def test_parameter_counts_match_the_formulas(name: str, dataset: str, expected: int) -> None:
-    model = build_model(name, INPUT_SHAPE[dataset], NUM_CLASSES[dataset], seed=0)
+    model = build_model(name, REGISTRY[dataset].shape, REGISTRY[dataset].num_classes, seed=0)
     assert _params(model) == expected
 
 

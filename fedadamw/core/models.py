@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
-from fedadamw.config import MODELS, NORMS
+from fedadamw.config import MODEL_INPUTS, MODELS, NORMS
+from fedadamw.data.registry import example_kind
 from fedadamw.errors import ConfigError
 
 GROUPS = 2  # GroupNorm groups: two per layer, the usual choice in federated ResNets
@@ -159,6 +160,18 @@ class ResNet20(nn.Module):
         return self.fc(h.mean(dim=(2, 3)))  # type: ignore[no-any-return]
 
 
+# How each model of fedadamw.config.MODELS is built from (example shape, classes, norm); which
+# shapes it takes is MODEL_INPUTS there, checked before building.
+_BUILDERS: dict[str, Callable[[tuple[int, ...], int, str], nn.Module]] = {
+    "cnn1d": lambda shape, classes, norm: CNN1D(shape[0], classes),
+    "mlp": lambda shape, classes, norm: MLP(math.prod(shape), classes),
+    "cnn": lambda shape, classes, norm: CNN((shape[0], shape[1], shape[2]), classes),
+    "resnet20": lambda shape, classes, norm: ResNet20(shape[0], classes, norm),
+    "logreg": lambda shape, classes, norm: LogReg(math.prod(shape), classes),
+}
+_EXPECTS = {"vector": "1-D inputs", "image": "images"}
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, ...],
@@ -173,21 +186,11 @@ def build_model(
         raise ConfigError(
             f"resnet-norm: {norm!r} is not allowed; expected one of {', '.join(NORMS)}"
         )
-    image = len(input_shape) == 3
-    if name == "cnn1d" and len(input_shape) != 1:
-        raise ConfigError(f"model: 'cnn1d' expects 1-D inputs, the data set has {input_shape}")
-    if name in ("cnn", "resnet20") and not image:
-        raise ConfigError(f"model: {name!r} expects images, the data set has {input_shape}")
-    flat = math.prod(input_shape)
+    takes = MODEL_INPUTS[name]
+    if takes not in ("any", example_kind(input_shape)):
+        raise ConfigError(
+            f"model: {name!r} expects {_EXPECTS[takes]}, the data set has {input_shape}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "cnn1d":
-            return CNN1D(input_shape[0], num_classes)
-        if name == "mlp":
-            return MLP(flat, num_classes)
-        if name == "logreg":
-            return LogReg(flat, num_classes)
-        c, h, w = input_shape
-        if name == "cnn":
-            return CNN((c, h, w), num_classes)
-        return ResNet20(c, num_classes, norm)
+        return _BUILDERS[name](input_shape, num_classes, norm)

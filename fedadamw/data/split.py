@@ -1,11 +1,12 @@
 """Data sets and their split across clients.
 
-Each data set (`fedadamw.data.sources.*`) yields a train and a test split as numpy arrays; the train
-split becomes a small `datasets.Dataset` table of (row index, label[, client id]) that a
-flwr-datasets partitioner splits across clients, so every data set, hub or local, is split by the
-same code and the split is kept as row indices. Everything is cached per process
-(`functools.cache`), and what is slow to make also on disk (MNIST-1D's arrays, the converted hub
-data, every split), so that Ray workers load it in milliseconds instead of rebuilding it.
+Each data set (a record in `fedadamw.data.registry`, a loader in `fedadamw.data.sources`) yields
+a train and a test split as numpy arrays; the train split becomes a small `datasets.Dataset` table
+of (row index, label[, client id]) that a flwr-datasets partitioner splits across clients, so every
+data set, hub or local, is split by the same code and the split is kept as row indices. Everything
+is cached per process (`functools.cache`), and what is slow to make also on disk (MNIST-1D's
+arrays, the converted hub data, every split), so that Ray workers load it in milliseconds instead
+of rebuilding it.
 
 - `mnist1d`: the MNIST-1D authors' standard set (4,000 train / 1,000 test, length 40).
 - `digits`: scikit-learn's handwritten digits, 8×8, split 80/20 (1,437 / 360).
@@ -17,29 +18,32 @@ data, every split), so that Ray workers load it in milliseconds instead of rebui
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedadamw.config import NATURAL_ID_DATASETS, Config
+from fedadamw.config import Config
+from fedadamw.data import registry
 from fedadamw.errors import ConfigError
+from fedadamw.fileio import atomic_write_bytes
 
-NUM_CLASSES = {"mnist1d": 10, "digits": 10, "synthetic": 10, "cifar10": 10, "femnist": 62}
-# One example's shape: vectors for mnist1d / synthetic, (channels, height, width) for images.
-INPUT_SHAPE: dict[str, tuple[int, ...]] = {
-    "mnist1d": (40,),
-    "digits": (1, 8, 8),
-    "synthetic": (60,),
-    "cifar10": (3, 32, 32),
-    "femnist": (1, 28, 28),
-}
+# Views of the registry for callers outside the data layer (fedadamw.run.recorder, benchmarks/);
+# new code reads `registry.get(name)`.
+NUM_CLASSES: Mapping[str, int] = MappingProxyType(
+    {name: data.num_classes for name, data in registry.REGISTRY.items()}
+)
+INPUT_SHAPE: Mapping[str, tuple[int, ...]] = MappingProxyType(
+    {name: data.shape for name, data in registry.REGISTRY.items()}
+)
 # Partitioners that hand out contiguous row ranges: the table is shuffled (seeded) before them.
 _CONTIGUOUS = ("iid", "exponential", "linear")
 # Version of the split code (`make_partitioner`, `_split_partitions`): part of the key of the
@@ -101,68 +105,39 @@ def cache_dir() -> Path:
 
 def load_splits(spec: DataSpec | str) -> tuple[ArrayDataset, ArrayDataset]:
     """The (train, test) splits; a bare name serves the data sets that have no generator keys."""
-    if isinstance(spec, str):
-        if spec == "synthetic":
-            raise ConfigError(
-                "dataset: 'synthetic' is generated from num-clients, synthetic-alpha, "
-                "synthetic-beta, synthetic-iid and seed; load it with the run's DataSpec"
-            )
-        return _load(spec, (), str(cache_dir()))
-    params: tuple[Any, ...] = ()
-    if spec.dataset == "synthetic":
-        params = (
-            spec.num_clients,
-            spec.synthetic_alpha,
-            spec.synthetic_beta,
-            spec.synthetic_iid,
-            spec.seed,
+    data = registry.get(spec if isinstance(spec, str) else spec.dataset)
+    if isinstance(spec, str) and data.generator_keys:
+        keys = [k.replace("_", "-") for k in data.generator_keys]
+        raise ConfigError(
+            f"dataset: {data.name!r} is generated from {', '.join(keys[:-1])} and {keys[-1]}; "
+            "load it with the run's DataSpec"
         )
-    return _load(spec.dataset, params, str(cache_dir()))
+    values = tuple((k, getattr(spec, k)) for k in data.generator_keys)
+    return _load(data.name, values, str(cache_dir()))
 
 
 @cache
 def _load(
-    dataset: str, params: tuple[Any, ...], cache_root: str
+    name: str, values: tuple[tuple[str, Any], ...], cache_root: str
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """Build (or read back) one data set; the cache root is part of the key so tests can move it."""
-    root = Path(cache_root)
-    arrays: dict[str, np.ndarray]
-    if dataset == "mnist1d":
-        arrays = _mnist1d(root)
-    elif dataset == "digits":
-        from fedadamw.data.sources import digits
-
-        arrays = digits.load()
-    elif dataset == "synthetic":
-        from fedadamw.data.sources import synthetic
-
-        arrays = synthetic.generate(*params)
-    elif dataset in ("cifar10", "femnist"):
-        from fedadamw.data.sources import hub
-
-        arrays = hub.load(dataset, root)
-    else:
-        raise ConfigError(
-            f"dataset: {dataset!r} is not allowed; expected one of {', '.join(INPUT_SHAPE)}"
-        )
+    data = registry.get(name)
+    arrays = data.load(Path(cache_root), dict(values))
     train = ArrayDataset(arrays["x"], arrays["y"], arrays.get("groups"))
-    return train, ArrayDataset(arrays["x_test"], arrays["y_test"], arrays.get("groups_test"))
-
-
-def _mnist1d(root: Path) -> dict[str, np.ndarray]:
-    """MNIST-1D's arrays from the disk cache, generated (~3.5 s) when absent or torn."""
-    from fedadamw.data.sources import mnist1d
-
-    path = root / f"mnist1d-seed{mnist1d.DATA_SEED}-v1.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as npz:
-                return {k: npz[k] for k in ("x", "y", "x_test", "y_test")}
-        except (OSError, ValueError, KeyError):
-            pass  # a torn or foreign file: regenerate it
-    arrays = mnist1d.generate()
-    _atomic_savez(path, arrays)
-    return arrays
+    test = ArrayDataset(arrays["x_test"], arrays["y_test"], arrays.get("groups_test"))
+    for split, part in (("train", train), ("test", test)):
+        # The record is what the config and the models were built from: the arrays must agree.
+        if part.x.shape[1:] != data.shape:
+            raise ConfigError(
+                f"dataset: {name}'s {split} examples have shape {part.x.shape[1:]}; "
+                f"its registry record says {data.shape}"
+            )
+        if len(part) and not 0 <= int(part.y.min()) <= int(part.y.max()) < data.num_classes:
+            raise ConfigError(
+                f"dataset: {name}'s {split} labels span {int(part.y.min())}..{int(part.y.max())}; "
+                f"its registry record says {data.num_classes} classes"
+            )
+    return train, test
 
 
 def make_partitioner(spec: DataSpec) -> Any:
@@ -190,7 +165,7 @@ def make_partitioner(spec: DataSpec) -> Any:
             seed=spec.seed,
         )
     if spec.partitioner == "pathological":
-        classes = NUM_CLASSES[spec.dataset]
+        classes = registry.get(spec.dataset).num_classes
         if spec.classes_per_client > classes:
             raise ConfigError(
                 f"classes-per-client: {spec.classes_per_client} is not allowed; "
@@ -217,10 +192,11 @@ def make_partitioner(spec: DataSpec) -> Any:
     if spec.partitioner == "linear":
         return LinearPartitioner(num_partitions=n)  # client i gets a share ∝ i+1
     if spec.partitioner == "natural-id":
-        if spec.dataset not in NATURAL_ID_DATASETS:
+        if not registry.get(spec.dataset).natural_clients:
+            natural = [name for name, data in registry.REGISTRY.items() if data.natural_clients]
             raise ConfigError(
                 f"partitioner: 'natural-id' is not allowed with dataset {spec.dataset!r}; "
-                f"expected one of {', '.join(NATURAL_ID_DATASETS)}"
+                f"expected one of {', '.join(natural)}"
             )
         return NaturalIdPartitioner(partition_by="group")
     raise ConfigError(f"partitioner: {spec.partitioner!r} is not allowed")
@@ -312,17 +288,10 @@ def partition_indices(spec: DataSpec) -> tuple[np.ndarray, ...]:
         except (OSError, ValueError, KeyError):
             pass  # torn or foreign: split again
     parts = _split_partitions(spec)
-    _atomic_savez(path, {f"p{i}": p for i, p in enumerate(parts)})
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"p{i}": p for i, p in enumerate(parts)})  # type: ignore[arg-type]
+    atomic_write_bytes(path, buffer.getvalue())  # concurrent Ray workers never see half a file
     return parts
-
-
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write then rename: concurrent Ray workers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
-    os.replace(tmp, path)
 
 
 @cache
@@ -341,7 +310,7 @@ def load_partition(spec: DataSpec, partition_id: int) -> ArrayDataset:
 def label_histogram(spec: DataSpec) -> np.ndarray:
     """(num_clients, num_classes) counts of labels per client."""
     train, _ = load_splits(spec)
-    classes = NUM_CLASSES[spec.dataset]
+    classes = registry.get(spec.dataset).num_classes
     return np.stack(
         [np.bincount(train.y[idx], minlength=classes) for idx in partition_indices(spec)]
     )

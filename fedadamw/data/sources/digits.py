@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from fedadamw.data.registry import DataSet
 
 SPLIT_SEED = 0  # a fixed train/test split, whatever the run's `seed` (like MNIST-1D's data seed)
 TEST_FRACTION = 0.2
 
 
-def load() -> dict[str, np.ndarray]:
+def load(data: DataSet, cache: Path) -> dict[str, np.ndarray]:
     """80/20 stratified split; pixels scaled from 0..16 to [0, 1], shaped (N, 1, 8, 8)."""
     from sklearn.datasets import load_digits  # type: ignore[import-untyped]
     from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]

@@ -5,7 +5,8 @@ folder `hf download <repo> --repo-type dataset --local-dir …` makes) or from t
 Hugging Face cache, then converted to `.npy` files under `<cache>/<name>-v1/`. Train features
 are memory-mapped from there, so Ray workers on one machine share one copy in the page cache
 and each keeps only its own partition's rows in memory. Without network and without a copy,
-loading stops with one line saying what to fetch and where to put it.
+loading stops with one line saying what to fetch and where to put it. Each data set's repository
+and columns are the `hub` of its record in `fedadamw.data.registry`.
 """
 
 from __future__ import annotations
@@ -14,37 +15,17 @@ import os
 import shutil
 import socket
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
+from fedadamw.data.registry import DataSet, HubSource
 from fedadamw.errors import ConfigError
 
 SHUFFLE_SEED = 42  # FederatedDataset's default: the same row order on every machine
 BATCH = 2048  # images decoded per step while converting
-
-
-@dataclass(frozen=True)
-class HubSource:
-    """Where a hub data set lives and how its columns are read."""
-
-    repo: str
-    image: str
-    label: str
-    group: str | None  # natural client column (FEMNIST's writer), if any
-    mode: str  # PIL mode the images are converted to
-    test_fraction: float | None  # carve a test split out of train when the hub has none
-    standardize: bool  # per-channel standardization (train statistics) instead of x / 255
-
-
-SOURCES = {
-    "cifar10": HubSource("uoft-cs/cifar10", "img", "label", None, "RGB", None, True),
-    # flwrlabs/femnist has only a train split: 10% of it (after the seeded shuffle) is the test.
-    "femnist": HubSource("flwrlabs/femnist", "image", "character", "writer_id", "L", 0.1, False),
-}
 
 
 def local_copy(name: str, cache: Path) -> Path:
@@ -71,45 +52,51 @@ def _offline() -> bool:
     return any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
-def load(name: str, cache: Path) -> dict[str, np.ndarray]:
-    """The converted arrays of `name` (train features memory-mapped), converting once."""
-    out = cache / f"{name}-v1"
+def load(data: DataSet, cache: Path) -> dict[str, np.ndarray]:
+    """The converted arrays of `data` (train features memory-mapped), converting once."""
+    out = cache / f"{data.name}-v1"
     if not (out / "complete").is_file():
-        _convert(name, _dataset_path(name, cache), cache, out)
+        _convert(data, _dataset_path(data, cache), cache, out)
     arrays = {p.stem: np.load(p) for p in out.glob("*.npy") if p.stem != "x"}
     arrays["x"] = np.load(out / "x.npy", mmap_mode="r")
     return arrays
 
 
-def _dataset_path(name: str, cache: Path) -> str:
+def _source(data: DataSet) -> HubSource:
+    if data.hub is None:
+        raise ValueError(f"data set {data.name!r} has no hub source in its registry record")
+    return data.hub
+
+
+def _dataset_path(data: DataSet, cache: Path) -> str:
     """A local copy when there is one, else the hub id when the hub (or offline cache) can serve."""
-    copy = local_copy(name, cache)
+    copy = local_copy(data.name, cache)
     if copy.is_dir():
         return str(copy)
-    repo = SOURCES[name].repo
+    repo = _source(data).repo
     if _offline() or hub_reachable():
         return repo
     raise ConfigError(
-        f"dataset: {name!r} needs the Hugging Face data set {repo}, and the hub cannot be "
-        f"reached; {_fetch_hint(name, cache)}"
+        f"dataset: {data.name!r} needs the Hugging Face data set {repo}, and the hub cannot be "
+        f"reached; {_fetch_hint(data, cache)}"
     )
 
 
-def _fetch_hint(name: str, cache: Path) -> str:
-    repo = SOURCES[name].repo
+def _fetch_hint(data: DataSet, cache: Path) -> str:
+    repo, name = _source(data).repo, data.name
     return (
         f"on a machine with internet run `hf download {repo} --repo-type dataset --local-dir "
         f"{name}` and copy that folder to {local_copy(name, cache)}"
     )
 
 
-def _convert(name: str, path: str, cache: Path, out: Path) -> None:
+def _convert(data: DataSet, path: str, cache: Path, out: Path) -> None:
     """Load `path` through FederatedDataset and write its arrays as .npy files into `out`."""
     from datasets import Image
     from flwr_datasets import FederatedDataset
     from flwr_datasets.preprocessor import Divider
 
-    src = SOURCES[name]
+    src = _source(data)
     kwargs: dict[str, Any] = {}
     if Path(path).is_dir():
         kwargs["cache_dir"] = str(cache / "hf-cache")  # keep a local copy's Arrow files beside it
@@ -122,7 +109,7 @@ def _convert(name: str, path: str, cache: Path, out: Path) -> None:
     except (ConnectionError, FileNotFoundError, ValueError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
-            f"dataset: cannot load {src.repo} from {path} ({first}); {_fetch_hint(name, cache)}"
+            f"dataset: cannot load {src.repo} from {path} ({first}); {_fetch_hint(data, cache)}"
         ) from None
     for split, needed in (
         (train, {src.image, src.label, src.group}),

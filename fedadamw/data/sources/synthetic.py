@@ -10,11 +10,33 @@ The IID variant shares one W, b ~ N(0, 1) and sets v_k = 0. As in the authors' g
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:
+    from fedadamw.data.registry import DataSet
+
+# The recipe's sizes; the registry record states them too (for the config, without numpy), and
+# `fedadamw.data.split` checks every loaded data set against its record.
 DIMENSION = 60
 NUM_CLASSES = 10
 TRAIN_FRACTION = 0.9
+
+
+def load(
+    data: DataSet,
+    cache: Path,
+    *,
+    num_clients: int,
+    synthetic_alpha: float,
+    synthetic_beta: float,
+    synthetic_iid: bool,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """The data set of a run: generated from its keys (fast, so not kept on disk)."""
+    return generate(num_clients, synthetic_alpha, synthetic_beta, synthetic_iid, seed)
 
 
 def generate(
