@@ -8,10 +8,11 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedadamw import schema
-from fedadamw.core import wire as messages
+from fedadamw.core import wire
 from fedadamw.core.models import build_model
 from fedadamw.core.training import train_local
-from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, load_partition
+from fedadamw.data import registry
+from fedadamw.data.split import load_partition
 
 app = ClientApp()
 
@@ -31,27 +32,26 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition with the requested decay mode."""
-    task = messages.parse_train_config(msg.content.config_records["config"], _partition_id(context))
-    data = load_partition(task.data, task.train.partition_id)  # cached per process
+    config = msg.content.config_records["config"]
+    request = wire.TrainRequest.from_wire(config)
+    spec = request.train_spec(_partition_id(context), wire.server_round(config))
+    data = load_partition(request.data, spec.partition_id)  # cached per process
+    dataset = registry.get(request.data.dataset)
     model = build_model(
-        task.model,
-        INPUT_SHAPE[task.data.dataset],
-        NUM_CLASSES[task.data.dataset],
-        task.data.seed,
-        task.resnet_norm,
+        request.model, dataset.shape, dataset.num_classes, request.data.seed, request.resnet_norm
     )
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     started = time.perf_counter()
-    result = train_local(model, data, task.train)
+    result = train_local(model, data, spec)
     seconds = time.perf_counter() - started
     metrics = MetricRecord(
         {
             schema.NUM_EXAMPLES: result.num_examples,
             schema.TRAIN_LOSS: result.train_loss,
             schema.LOCAL_STEPS: result.local_steps,
-            schema.PARTITION_ID: task.train.partition_id,
-            schema.BATCH_SIZE: task.train.batch_size,
-            schema.WORK_FRACTION: task.train.work_fraction,
+            schema.PARTITION_ID: spec.partition_id,
+            schema.BATCH_SIZE: spec.batch_size,
+            schema.WORK_FRACTION: spec.work_fraction,
             schema.TRAIN_SECONDS: seconds,
             **{schema.shrink_key(q): v for q, v in result.shrink_quantiles.items()},
         }

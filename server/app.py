@@ -125,7 +125,7 @@ def _train(grid: Grid, task: ArmTask, partitions: dict[int, int]) -> None:
             {k: torch.from_numpy(v) for k, v in task.initial_state().items()}
         ),
         num_rounds=cfg.num_server_rounds - done,
-        train_config=ConfigRecord(messages.train_config(cfg, task.arm)),
+        train_config=ConfigRecord(messages.TrainRequest.from_config(cfg, task.arm).to_wire()),
         evaluate_fn=evaluate,
     )
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedadamw.config import Config
-from fedadamw.core import wire as messages
+from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import (
     DataSpec,
     label_histogram,
@@ -156,7 +156,7 @@ def test_clients_rebuild_the_servers_data_spec_from_the_train_message() -> None:
             "resnet-norm": "group",
         }
     )
-    record = {**messages.train_config(cfg, "decoupled"), "server-round": 1}
-    task = messages.parse_train_config(record, partition_id=2)
-    assert task.data == DataSpec.from_config(cfg) == prepare(cfg)
-    assert task.resnet_norm == "group"
+    record = {**TrainRequest.from_config(cfg, "decoupled").to_wire(), "server-round": 1}
+    request = TrainRequest.from_wire(record)
+    assert request.data == DataSpec.from_config(cfg) == prepare(cfg)
+    assert request.resnet_norm == "group"

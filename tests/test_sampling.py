@@ -17,7 +17,7 @@ from fedadamw.core.sampling import (
     work_fraction,
 )
 from fedadamw.core.training import TrainSpec, train_local
-from fedadamw.core.wire import parse_train_config, train_config
+from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import ArrayDataset
 
 
@@ -65,8 +65,8 @@ def test_client_batch_sizes_are_per_client_and_fixed_across_rounds() -> None:
     assert set(sizes.values()) == {8, 64}
     for rnd in (1, 2):
         for p in (0, 5):
-            wire = dict(train_config(cfg, "coupled"), **{"server-round": rnd})
-            assert parse_train_config(wire, p).train.batch_size == sizes[p]
+            request = TrainRequest.from_wire(TrainRequest.from_config(cfg, "coupled").to_wire())
+            assert request.train_spec(p, rnd).batch_size == sizes[p]
     assert client_batch_size(0, 3, [], 32) == 32
 
 

@@ -4,105 +4,128 @@ The server sends every value a client needs in the message's ConfigRecord, so si
 deployment behave the same: a remote client needs no file from the server's disk. Its partition
 id comes from its own node config (`partition-id`), set by Flower's simulation engine or by
 `flower-supernode --node-config`.
+
+A train message's ConfigRecord is a `TrainRequest` written field by field: the key is the field's
+name in kebab-case (a dataclass field, the DataSpec, is written as its own fields), the value is
+checked against the field's annotation when read. Adding a key is adding a field; `from_config`
+fills it from the Config field of the same name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, TypeVar, get_type_hints
 
-from fedadamw.config import Config
+from fedadamw.config import Config, batch_size_list
 from fedadamw.core.sampling import client_batch_size, work_fraction
 from fedadamw.core.training import TrainSpec
 from fedadamw.data.split import DataSpec
 from fedadamw.errors import ConfigError
 
+SERVER_ROUND = "server-round"  # added to every train config by Flower's strategy
+# Fields whose key is not their kebab-case name: deployed clients read these keys.
+_KEYS = {"num_clients": "num-partitions"}
+_SCALARS = (str, int, float, bool)
 
-def train_config(cfg: Config, mode: str) -> dict[str, Any]:
-    """What every client of one arm receives each round (Flower adds `server-round`)."""
-    return {
-        "mode": mode,
-        "weight-decay": cfg.weight_decay,
-        "learning-rate": cfg.learning_rate,
-        "local-epochs": cfg.local_epochs,
-        "batch-size": cfg.batch_size,
-        "seed": cfg.seed,
-        "dataset": cfg.dataset,
-        "model": cfg.model,
-        "num-partitions": cfg.num_clients,
-        "partitioner": cfg.partitioner,
-        "dirichlet-alpha": cfg.dirichlet_alpha,
-        "classes-per-client": cfg.classes_per_client,
-        "shards-per-client": cfg.shards_per_client,
-        "min-partition-size": cfg.min_partition_size,
-        "synthetic-alpha": cfg.synthetic_alpha,
-        "synthetic-beta": cfg.synthetic_beta,
-        "synthetic-iid": cfg.synthetic_iid,
-        "resnet-norm": cfg.resnet_norm,
-        "straggler-rate": cfg.straggler_rate,
-        "client-batch-sizes": cfg.client_batch_sizes,
-        "track-decay": cfg.track_decay,
-    }
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class ClientTask:
-    """A client's reading of a train message."""
+class TrainRequest:
+    """What every client of one arm is asked to do each round (Flower adds `server-round`)."""
 
     data: DataSpec
     model: str
-    train: TrainSpec
     resnet_norm: str
+    mode: str
+    learning_rate: float
+    weight_decay: float
+    local_epochs: int
+    batch_size: int
+    straggler_rate: float
+    client_batch_sizes: str  # as in the config: each client draws its batch size from these
+    track_decay: bool
+
+    @classmethod
+    def from_config(cls, cfg: Config, mode: str) -> TrainRequest:
+        """The request of one arm (`mode`) of a run config."""
+        rest = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in ("data", "mode")}
+        return cls(data=DataSpec.from_config(cfg), mode=mode, **rest)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The flat kebab-case ConfigRecord content."""
+        return _write(self)
+
+    @classmethod
+    def from_wire(cls, config: Mapping[str, Any]) -> TrainRequest:
+        """Read a received ConfigRecord, or raise ConfigError naming the missing or bad key."""
+        return _read(cls, config)
+
+    def train_spec(self, partition_id: int, server_round: int) -> TrainSpec:
+        """What this client does in this round: its own batch size and share of the work."""
+        seed = self.data.seed
+        sizes = batch_size_list(self.client_batch_sizes)
+        return TrainSpec(
+            mode=self.mode,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            local_epochs=self.local_epochs,
+            batch_size=client_batch_size(seed, partition_id, sizes, self.batch_size),
+            seed=seed,
+            partition_id=partition_id,
+            server_round=server_round,
+            work_fraction=work_fraction(seed, server_round, partition_id, self.straggler_rate),
+            track_decay=self.track_decay,
+        )
 
 
-def parse_train_config(config: Mapping[str, Any], partition_id: int) -> ClientTask:
-    """Turn a received ConfigRecord into typed specs, or raise ConfigError naming the key."""
+def server_round(config: Mapping[str, Any]) -> int:
+    """The round a train message belongs to (the key Flower adds)."""
+    value: int = _value(config, SERVER_ROUND, int)
+    return value
 
-    def get(key: str, kind: type) -> Any:
-        if key not in config:
-            raise ConfigError(f"train message lacks config key {key!r}")
-        value = config[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"train message key {key!r}: {value!r} is not a {kind.__name__}")
-        return value
 
-    data = DataSpec(
-        dataset=get("dataset", str),
-        num_clients=get("num-partitions", int),  # the key deployed clients read
-        partitioner=get("partitioner", str),
-        dirichlet_alpha=get("dirichlet-alpha", float),
-        classes_per_client=get("classes-per-client", int),
-        shards_per_client=get("shards-per-client", int),
-        min_partition_size=get("min-partition-size", int),
-        seed=get("seed", int),
-        synthetic_alpha=get("synthetic-alpha", float),
-        synthetic_beta=get("synthetic-beta", float),
-        synthetic_iid=get("synthetic-iid", bool),
-    )
-    server_round = get("server-round", int)
-    try:
-        choices = [int(b) for b in get("client-batch-sizes", str).split(",") if b.strip()]
-    except ValueError:
-        raise ConfigError(
-            "train message key 'client-batch-sizes' is not a list of integers"
-        ) from None
-    train = TrainSpec(
-        mode=get("mode", str),
-        learning_rate=get("learning-rate", float),
-        weight_decay=get("weight-decay", float),
-        local_epochs=get("local-epochs", int),
-        batch_size=client_batch_size(data.seed, partition_id, choices, get("batch-size", int)),
-        seed=data.seed,
-        partition_id=partition_id,
-        server_round=server_round,
-        work_fraction=work_fraction(
-            data.seed, server_round, partition_id, get("straggler-rate", float)
-        ),
-        track_decay=get("track-decay", bool),
-    )
-    return ClientTask(
-        data=data, model=get("model", str), train=train, resnet_norm=get("resnet-norm", str)
-    )
+def _schema(cls: type) -> list[tuple[str, str | None, type]]:
+    """(field, key, type) per field; key None for a nested dataclass (written flat)."""
+    hints = get_type_hints(cls)
+    schema: list[tuple[str, str | None, type]] = []
+    for f in fields(cls):
+        kind = hints[f.name]
+        if isinstance(kind, type) and is_dataclass(kind):
+            schema.append((f.name, None, kind))
+        elif kind in _SCALARS:
+            schema.append((f.name, _KEYS.get(f.name, f.name.replace("_", "-")), kind))
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: a ConfigRecord holds str/int/float/bool")
+    return schema
+
+
+def _write(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, key, _ in _schema(type(obj)):
+        value = getattr(obj, name)
+        if key is None:
+            out.update(_write(value))
+        else:
+            out[key] = value
+    return out
+
+
+def _read(cls: type[T], config: Mapping[str, Any]) -> T:
+    values = {
+        name: _read(kind, config) if key is None else _value(config, key, kind)
+        for name, key, kind in _schema(cls)
+    }
+    return cls(**values)
+
+
+def _value(config: Mapping[str, Any], key: str, kind: type) -> Any:
+    if key not in config:
+        raise ConfigError(f"train message lacks config key {key!r}")
+    value = config[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"train message key {key!r}: {value!r} is not a {kind.__name__}")
+    return value

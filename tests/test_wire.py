@@ -1,0 +1,137 @@
+"""The train message's wire format: the same keys and values as deployed clients read."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import pytest
+
+from fedadamw.config import Config
+from fedadamw.core import wire
+from fedadamw.core.sampling import client_batch_size, work_fraction
+from fedadamw.core.training import TrainSpec
+from fedadamw.core.wire import TrainRequest
+from fedadamw.data.split import DataSpec
+from fedadamw.errors import ConfigError
+
+
+def _config() -> Config:
+    # Every value differs from its default, so a key read from the wrong field shows.
+    return Config.from_mapping(
+        {
+            "dataset": "synthetic",
+            "model": "logreg",
+            "num-clients": 7,
+            "partitioner": "natural-id",
+            "dirichlet-alpha": 0.7,
+            "classes-per-client": 3,
+            "shards-per-client": 4,
+            "min-partition-size": 5,
+            "synthetic-alpha": 0.5,
+            "synthetic-beta": 0.25,
+            "synthetic-iid": True,
+            "seed": 11,
+            "resnet-norm": "group",
+            "learning-rate": 0.002,
+            "weight-decay": 0.3,
+            "local-epochs": 3,
+            "batch-size": 17,
+            "straggler-rate": 0.4,
+            "client-batch-sizes": "8,64",
+            "track-decay": True,
+        }
+    )
+
+
+def _reference(cfg: Config, mode: str) -> dict[str, Any]:
+    """The train config as the server wrote it key by key before it was derived from fields."""
+    return {
+        "mode": mode,
+        "weight-decay": cfg.weight_decay,
+        "learning-rate": cfg.learning_rate,
+        "local-epochs": cfg.local_epochs,
+        "batch-size": cfg.batch_size,
+        "seed": cfg.seed,
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "num-partitions": cfg.num_clients,
+        "partitioner": cfg.partitioner,
+        "dirichlet-alpha": cfg.dirichlet_alpha,
+        "classes-per-client": cfg.classes_per_client,
+        "shards-per-client": cfg.shards_per_client,
+        "min-partition-size": cfg.min_partition_size,
+        "synthetic-alpha": cfg.synthetic_alpha,
+        "synthetic-beta": cfg.synthetic_beta,
+        "synthetic-iid": cfg.synthetic_iid,
+        "resnet-norm": cfg.resnet_norm,
+        "straggler-rate": cfg.straggler_rate,
+        "client-batch-sizes": cfg.client_batch_sizes,
+        "track-decay": cfg.track_decay,
+    }
+
+
+@pytest.mark.parametrize("cfg", [_config(), Config.from_mapping({})], ids=["set", "defaults"])
+def test_the_wire_keeps_the_keys_and_values_deployed_clients_read(cfg: Config) -> None:
+    sent = TrainRequest.from_config(cfg, "coupled").to_wire()
+    expected = _reference(cfg, "coupled")
+    assert sent == expected
+    assert all(type(sent[k]) is type(expected[k]) for k in expected)  # 3 stays int, 3.0 float
+    # No two fields share a key (one would silently overwrite the other).
+    assert len(sent) == len(fields(TrainRequest)) - 1 + len(fields(DataSpec))
+
+
+def test_a_request_survives_the_wire_and_ignores_keys_it_does_not_know() -> None:
+    request = TrainRequest.from_config(_config(), "sgd-decoupled")
+    received = TrainRequest.from_wire({**request.to_wire(), "server-round": 4, "other": "x"})
+    assert received == request
+    assert received.data == DataSpec.from_config(_config())
+
+
+def test_the_train_spec_is_the_clients_share_of_the_request() -> None:
+    cfg = _config()
+    spec = TrainRequest.from_config(cfg, "decoupled").train_spec(partition_id=5, server_round=2)
+    assert spec == TrainSpec(
+        mode="decoupled",
+        learning_rate=0.002,
+        weight_decay=0.3,
+        local_epochs=3,
+        batch_size=client_batch_size(11, 5, [8, 64], 17),
+        seed=11,
+        partition_id=5,
+        server_round=2,
+        work_fraction=work_fraction(11, 2, 5, 0.4),
+        track_decay=True,
+    )
+
+
+BAD: list[tuple[dict[str, Any], str]] = [
+    ({"num-partitions": None}, "train message lacks config key 'num-partitions'"),
+    ({"learning-rate": "0.1"}, "train message key 'learning-rate': '0.1' is not a float"),
+    ({"local-epochs": True}, "train message key 'local-epochs': True is not a int"),
+    ({"local-epochs": 2.0}, "train message key 'local-epochs': 2.0 is not a int"),
+    ({"synthetic-iid": 1}, "train message key 'synthetic-iid': 1 is not a bool"),
+    ({"model": 3}, "train message key 'model': 3 is not a str"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD)
+def test_a_missing_or_mistyped_key_is_a_one_line_config_error(
+    change: dict[str, Any], message: str
+) -> None:
+    record = {**TrainRequest.from_config(_config(), "coupled").to_wire(), **change}
+    record = {k: v for k, v in record.items() if v is not None}
+    with pytest.raises(ConfigError) as info:
+        TrainRequest.from_wire(record)
+    assert str(info.value) == message
+
+
+def test_an_integer_is_read_as_a_float_and_the_round_is_checked() -> None:
+    record = {**TrainRequest.from_config(_config(), "coupled").to_wire(), "weight-decay": 1}
+    assert TrainRequest.from_wire(record).weight_decay == 1.0
+    assert wire.server_round({"server-round": 3}) == 3
+    with pytest.raises(ConfigError, match="lacks config key 'server-round'"):
+        wire.server_round({})
+    bad = TrainRequest.from_wire({**record, "client-batch-sizes": "8,x"})
+    with pytest.raises(ConfigError, match="client-batch-sizes: '8,x' is not allowed"):
+        bad.train_spec(0, 1)
