@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from fedadamw.config import Config
 from fedadamw.core.cohort import CohortClient, train_cohort
-from fedadamw.core.models import build_model
+from fedadamw.core.models import model_for
 from fedadamw.core.training import TrainResult, TrainSpec, train_local
-from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, ArrayDataset, DataSpec, load_partition
+from fedadamw.data.split import ArrayDataset, DataSpec, load_partition
 
 CPU = torch.device("cpu")
 
@@ -48,7 +48,7 @@ def _clients(num_clients: int) -> tuple[nn.Module, dict[str, Tensor], list[Cohor
         }
     )
     spec = DataSpec.from_config(cfg)
-    model = build_model(cfg.model, INPUT_SHAPE[cfg.dataset], NUM_CLASSES[cfg.dataset], cfg.seed)
+    model = model_for(cfg)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     clients = []
     for pid in range(num_clients):

@@ -23,7 +23,8 @@ from fedadamw.config import Config
 from fedadamw.core.models import build_model
 from fedadamw.core.sampling import sample_partitions
 from fedadamw.core.training import TrainSpec, evaluate, train_local
-from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_partition, load_splits
+from fedadamw.data import registry
+from fedadamw.data.split import DataSpec, load_partition, load_splits
 from fedadamw.results.reader import arm_summary, connect_readonly
 
 
@@ -31,7 +32,7 @@ def plain_loop(cfg: Config, mode: str) -> tuple[float, float]:
     """(seconds, final accuracy) of FedAvg written as a single-process loop."""
     spec = DataSpec.from_config(cfg)
     _, test = load_splits(cfg.dataset)
-    shape, classes = INPUT_SHAPE[cfg.dataset], NUM_CLASSES[cfg.dataset]
+    shape, classes = registry.get(cfg.dataset).shape, registry.get(cfg.dataset).num_classes
     parts = [load_partition(spec, p) for p in range(cfg.num_clients)]  # warm, as Ray's cache is
     start = time.perf_counter()
     model = build_model(cfg.model, shape, classes, cfg.seed)

@@ -21,9 +21,9 @@ import torch
 
 from fedadamw.config import Config, default_config
 from fedadamw.core import training
-from fedadamw.core.models import build_model
+from fedadamw.core.models import model_for
 from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
-from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_partition
+from fedadamw.data.split import DataSpec, load_partition
 from fedadamw.schema import DECAY_MODES
 
 
@@ -36,7 +36,7 @@ def _run(mode: str, tracked: bool, epochs: int, partition: int) -> tuple[float, 
     """Wall and CPU seconds of one `train_local` call; (tracked) the split's check, shrink."""
     cfg = _config()
     data = load_partition(DataSpec.from_config(cfg), partition)
-    model = build_model(cfg.model, INPUT_SHAPE[cfg.dataset], NUM_CLASSES[cfg.dataset], cfg.seed)
+    model = model_for(cfg)
     spec = training.TrainSpec(
         mode=mode,
         learning_rate=cfg.learning_rate,

@@ -30,9 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedadamw.config import Config
-from fedadamw.core.models import build_model
+from fedadamw.core.models import model_for
 from fedadamw.core.training import TrainSpec, evaluate, train_local
-from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, load_partition, load_splits, prepare
+from fedadamw.data.split import load_partition, load_splits, prepare
 
 # Test accuracy the MNIST-1D authors publish for each model (README table, MNIST-1D row).
 PUBLISHED = {"logreg": 0.32, "mlp": 0.68, "cnn1d": 0.94}
@@ -68,7 +68,7 @@ def run(model_name: str, seed: int, rounds: int, epochs: int, args: argparse.Nam
     data = load_partition(spec, 0)
     _, test = load_splits(spec)
     device = torch.device("cpu")
-    model = build_model(cfg.model, INPUT_SHAPE[cfg.dataset], NUM_CLASSES[cfg.dataset], cfg.seed)
+    model = model_for(cfg)
     accs = []
     start = time.perf_counter()
     for server_round in range(1, rounds + 1):

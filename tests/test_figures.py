@@ -118,6 +118,7 @@ def write_synthetic_store(
                     else:
                         hist = dirichlet_histograms(num_clients, seed)
                     syn.histograms[run_id] = hist
+                    store.write_labels(run_id, hist)  # as a run does when it starts
                     _write_run(store, syn, run_id, mode, seed, setting, hist, num_rounds, parts)
                     if finish:
                         store.finish_run(run_id)

@@ -81,9 +81,9 @@ def test_the_wire_keeps_the_keys_and_values_deployed_clients_read(cfg: Config) -
     assert len(sent) == len(fields(TrainRequest)) - 1 + len(fields(DataSpec))
 
 
-def test_a_request_survives_the_wire_and_ignores_keys_it_does_not_know() -> None:
+def test_a_request_survives_the_wire() -> None:
     request = TrainRequest.from_config(_config(), "sgd-decoupled")
-    received = TrainRequest.from_wire({**request.to_wire(), "server-round": 4, "other": "x"})
+    received = TrainRequest.from_wire({**request.to_wire(), "server-round": 4})
     assert received == request
     assert received.data == DataSpec.from_config(_config())
 
@@ -135,3 +135,12 @@ def test_an_integer_is_read_as_a_float_and_the_round_is_checked() -> None:
     bad = TrainRequest.from_wire({**record, "client-batch-sizes": "8,x"})
     with pytest.raises(ConfigError, match="client-batch-sizes: '8,x' is not allowed"):
         bad.train_spec(0, 1)
+
+
+def test_a_key_the_client_does_not_know_is_refused() -> None:
+    wire: dict[str, Any] = TrainRequest.from_config(_config(), "decoupled").to_wire()
+    wire["server-round"] = 3
+    assert TrainRequest.from_wire(wire).mode == "decoupled"
+    wire["lr-schedule"] = "cosine"  # sent by a newer server
+    with pytest.raises(ConfigError, match="does not know: lr-schedule"):
+        TrainRequest.from_wire(wire)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
-from fedadamw.config import MODEL_INPUTS, MODELS, NORMS
+from fedadamw.config import MODEL_INPUTS, MODELS, NORMS, Config
+from fedadamw.data import registry
 from fedadamw.data.registry import example_kind
 from fedadamw.errors import ConfigError
 
@@ -194,3 +195,9 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _BUILDERS[name](input_shape, num_classes, norm)
+
+
+def model_for(cfg: Config) -> nn.Module:
+    """The freshly initialised model of a run config (its data set's shape and classes)."""
+    data = registry.get(cfg.dataset)
+    return build_model(cfg.model, data.shape, data.num_classes, cfg.seed, cfg.resnet_norm)

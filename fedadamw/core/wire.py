@@ -59,7 +59,17 @@ class TrainRequest:
 
     @classmethod
     def from_wire(cls, config: Mapping[str, Any]) -> TrainRequest:
-        """Read a received ConfigRecord, or raise ConfigError naming the missing or bad key."""
+        """Read a received ConfigRecord, or raise ConfigError naming the missing or bad key.
+
+        A key this client does not know is refused too: a server newer than the client would
+        otherwise see its setting silently ignored.
+        """
+        unknown = sorted(set(config) - set(_keys(cls)) - {SERVER_ROUND})
+        if unknown:
+            raise ConfigError(
+                f"train message has keys this client does not know: {', '.join(unknown)}; "
+                "update fedadamw on this SuperNode"
+            )
         return _read(cls, config)
 
     def train_spec(self, partition_id: int, server_round: int) -> TrainSpec:
@@ -99,6 +109,11 @@ def _schema(cls: type) -> list[tuple[str, str | None, type]]:
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: a ConfigRecord holds str/int/float/bool")
     return schema
+
+
+def _keys(cls: type) -> list[str]:
+    """Every wire key of `cls`, nested dataclasses written flat."""
+    return [k for name, key, kind in _schema(cls) for k in (_keys(kind) if key is None else [key])]
 
 
 def _write(obj: Any) -> dict[str, Any]:

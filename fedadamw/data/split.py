@@ -21,11 +21,9 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -36,14 +34,6 @@ from fedadamw.data import registry
 from fedadamw.errors import ConfigError
 from fedadamw.fileio import atomic_write_bytes
 
-# Views of the registry for callers outside the data layer (fedadamw.run.recorder, benchmarks/);
-# new code reads `registry.get(name)`.
-NUM_CLASSES: Mapping[str, int] = MappingProxyType(
-    {name: data.num_classes for name, data in registry.REGISTRY.items()}
-)
-INPUT_SHAPE: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {name: data.shape for name, data in registry.REGISTRY.items()}
-)
 # Partitioners that hand out contiguous row ranges: the table is shuffled (seeded) before them.
 _CONTIGUOUS = ("iid", "exponential", "linear")
 # Version of the split code (`make_partitioner`, `_split_partitions`): part of the key of the

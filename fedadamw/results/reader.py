@@ -299,6 +299,19 @@ class Store:
             (run_id, round),
         )
 
+    def label_histogram(self, run_id: str) -> np.ndarray | None:
+        """A run's (clients, classes) training-label counts, or None if the store has none."""
+        if not self.has_table("labels"):
+            return None
+        df = self._query(
+            "SELECT partition_id, label, count FROM labels WHERE run_id = ?", (run_id,)
+        )
+        if df.empty:
+            return None
+        hist = np.zeros((int(df["partition_id"].max()) + 1, int(df["label"].max()) + 1), int)
+        hist[df["partition_id"].to_numpy(int), df["label"].to_numpy(int)] = df["count"]
+        return hist
+
     def rejections(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Client replies that were not aggregated, and why."""
         if not self.has_table("rejections"):

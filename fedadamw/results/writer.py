@@ -37,9 +37,10 @@ import numpy as np
 
 from fedadamw.schema import FINISHED, INTERRUPTED, RUNNING, SHRINK_COLUMNS, STAT_COLUMNS
 
-SCHEMA_VERSION = 3  # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints
-# Stores this version can upgrade in place: the change since then only adds a table.
-_UPGRADABLE = (2,)
+# 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints; 4: label histograms
+SCHEMA_VERSION = 4
+# Stores this version can upgrade in place: the changes since then only add tables.
+_UPGRADABLE = (2, 3)
 
 _STAT_COLUMNS = ", ".join(f"{name} REAL" for name in STAT_COLUMNS)
 _SHRINK_COLUMNS = ", ".join(f"{name} REAL" for name in SHRINK_COLUMNS)
@@ -82,6 +83,10 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE INDEX IF NOT EXISTS rejections_round ON rejections (run_id, round);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS labels (
+    run_id TEXT NOT NULL, partition_id INTEGER NOT NULL, label INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (run_id, partition_id, label)
 );
 """
 ROUND_TABLES = ("rounds", "clients", "layers", "pairs", "rejections")
@@ -253,6 +258,21 @@ class ResultStore:
                 (run_id, experiment, arm, mode, weight_decay, config_json, time.time()),
             )
         return resume
+
+    def write_labels(self, run_id: str, histogram: np.ndarray) -> None:
+        """Each client's training-label counts ((clients, classes); zero counts not stored).
+
+        The views order clients by their labels: with the counts stored they never rebuild a
+        split (which needs the data stack) to draw a store.
+        """
+        hist = np.asarray(histogram, dtype=np.int64)
+        rows = [
+            (run_id, int(pid), int(label), int(hist[pid, label]))
+            for pid, label in zip(*np.nonzero(hist), strict=True)
+        ]
+        with self._conn:
+            self._conn.execute("DELETE FROM labels WHERE run_id=?", (run_id,))
+            self._conn.executemany("INSERT INTO labels VALUES (?, ?, ?, ?)", rows)
 
     def _delete_rounds(self, run_id: str, after: int) -> None:
         for table in ROUND_TABLES:

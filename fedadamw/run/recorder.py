@@ -11,10 +11,10 @@ import torch
 
 from fedadamw import schema
 from fedadamw.config import Config
-from fedadamw.core.models import build_model
+from fedadamw.core.models import model_for
 from fedadamw.core.training import evaluate, pick_device
 from fedadamw.core.updates import RoundMeasurement
-from fedadamw.data.split import INPUT_SHAPE, NUM_CLASSES, DataSpec, load_splits
+from fedadamw.data.split import DataSpec, label_histogram, load_splits
 from fedadamw.results.writer import ResultStore, Resume, RoundRecord
 from fedadamw.run.failures import FailureLog
 from fedadamw.schema import SHRINK_COLUMNS
@@ -67,9 +67,7 @@ class RunRecorder:
         self.progress = progress
         self.device = pick_device()
         _, self.test = load_splits(DataSpec.from_config(cfg))
-        self.model = build_model(
-            cfg.model, INPUT_SHAPE[cfg.dataset], NUM_CLASSES[cfg.dataset], cfg.seed, cfg.resnet_norm
-        )
+        self.model = model_for(cfg)
         self.parameter_names = frozenset(n for n, _ in self.model.named_parameters())
         self.pending: RoundMeasurement | None = None
         self._last = time.perf_counter()
@@ -85,6 +83,8 @@ class RunRecorder:
             self.cfg.replace(arms=self.arm).to_json(),
             restart=restart,
         )
+        # The split is fixed by the config: the views read its label counts from the store.
+        self.store.write_labels(self.run_id, label_histogram(DataSpec.from_config(self.cfg)))
         self._last = time.perf_counter()
         return resume
 

@@ -11,9 +11,10 @@ a traceback.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,7 +34,7 @@ from fedadamw.results.reader import (
 )
 from fedadamw.schema import RUNNING
 from fedadamw.viz import views
-from fedadamw.viz.labels import ClientLabels, client_labels
+from fedadamw.viz.labels import ClientLabels, stored_labels
 from fedadamw.viz.serve import STORE_ENV
 from fedadamw.viz.style import stat_label
 
@@ -42,10 +43,14 @@ REFRESH_CHOICES = (2, 5, 10, 30, 60)
 PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
-@st.cache_data(max_entries=64, show_spinner="Rebuilding the clients' label histograms…")
-def _labels(config_json: str) -> ClientLabels:
-    # Regenerating a split costs seconds; the same config always gives the same split.
-    return client_labels(config_json)
+@st.cache_data(max_entries=64, show_spinner="Reading the clients' label counts…")
+def _labels_at(path: str, config_json: str) -> ClientLabels:
+    # Stored with the run; an older store's split is rebuilt (seconds), so keep the answer.
+    return stored_labels(Store(path))(config_json)
+
+
+def _labels(store: Store) -> Callable[[str], ClientLabels]:
+    return functools.partial(_labels_at, str(store.path))
 
 
 @contextmanager
@@ -269,7 +274,7 @@ def _clients(store: Store, sel: dict[str, Any]) -> None:
         format_func=stat_label,
         key="color_by",
     )
-    fig, notes = views.heatmap_figure(store, runs, seed, rnd, _labels)
+    fig, notes = views.heatmap_figure(store, runs, seed, rnd, _labels(store))
     st.caption(
         f"Pairwise cosine of client updates, round {rnd}, seed {seed}; clients ordered "
         "by dominant label, shown as client (label); where several clients share a label, "
@@ -280,13 +285,13 @@ def _clients(store: Store, sel: dict[str, Any]) -> None:
     with left:
         st.markdown("**Update norm vs cosine to the aggregate**")
         _chart(
-            views.scatter_figure(store, runs, seed, rnd, color_by, _labels),
+            views.scatter_figure(store, runs, seed, rnd, color_by, _labels(store)),
             "scatter",
             "No per-client rows for this round.",
         )
     with right:
         st.markdown("**Label distribution per client**")
-        lfig, note = views.labels_figure(runs, seed, _labels)
+        lfig, note = views.labels_figure(runs, seed, _labels(store))
         _chart(lfig, "labels", note or "No label histogram.")
 
 

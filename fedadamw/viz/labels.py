@@ -1,17 +1,20 @@
-"""Each client's label counts, regenerated from a run's stored config, for ordering clients.
+"""Each client's label counts, for ordering clients by their dominant label.
 
-The store keeps no labels: the split is a deterministic function of the config, so the views
-rebuild it. That needs the data layer, which is imported only when a split is rebuilt, so
-importing the views stays light.
+Runs store their clients' label counts (`labels` table). Stores written before that have
+none: then the split, a deterministic function of the run's config, is rebuilt — that needs
+the data layer, imported only then, so importing the views stays light.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedadamw.results.reader import Store
 
 
 @dataclass(frozen=True)
@@ -70,3 +73,17 @@ def client_labels(config_json: str) -> ClientLabels:
             None, f"label histograms unavailable ({why}); clients shown in partition order"
         )
     return ClientLabels(np.asarray(hist))
+
+
+def stored_labels(store: Store) -> Callable[[str], ClientLabels]:
+    """A label source for `store`: a run's stored counts, rebuilt only for older stores."""
+    runs = store.runs()
+    run_of = dict(zip(runs["config_json"].astype(str), runs["run_id"].astype(str), strict=True))
+
+    @functools.cache
+    def labels_for(config_json: str) -> ClientLabels:
+        run_id = run_of.get(config_json)
+        hist = None if run_id is None else store.label_histogram(run_id)
+        return ClientLabels(hist) if hist is not None else client_labels(config_json)
+
+    return labels_for

@@ -8,7 +8,6 @@ figures publish for every experiment, with the file stem and caption of each.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from collections import Counter
@@ -29,7 +28,7 @@ from fedadamw.results.reader import (
 )
 from fedadamw.schema import SHRINK_COLUMNS
 from fedadamw.viz import figures
-from fedadamw.viz.labels import ClientLabels, client_labels
+from fedadamw.viz.labels import ClientLabels, stored_labels
 from fedadamw.viz.style import stat_label
 
 LabelSource = Callable[[str], ClientLabels]  # a run's config_json → its clients' labels
@@ -223,7 +222,7 @@ def _slug(text: str) -> str:
 
 def standard_sections(store: Store, labels_for: LabelSource | None = None) -> list[Section]:
     """The standard figures of every experiment in the store (what report and figures show)."""
-    labels = labels_for or functools.cache(client_labels)
+    labels = labels_for or stored_labels(store)
     runs_all = store.runs()
     sections = []
     for experiment in dict.fromkeys(runs_all["experiment"]):
