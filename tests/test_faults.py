@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,25 +147,28 @@ def _statuses(out: Path) -> dict[str, str]:
     return {r["arm"]: r["status"] for r in arm_summary(out / "results.db")}
 
 
-def _ray_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("fedadamw-ray-*")}
+def _ray_dirs_of(pid: int) -> list[Path]:
+    """Ray session folders that the `fedadamw run` with this pid created (and must remove)."""
+    found = []
+    for path in Path(tempfile.gettempdir()).glob("fedadamw-ray-*"):
+        try:
+            if (path / "owner.pid").read_text().strip() == str(pid):
+                found.append(path)
+        except OSError:
+            continue
+    return found
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run every faulty one is compared with."""
     out = tmp_path_factory.mktemp("faults") / "reference"
-    code, _, stderr = _finish(_start(out))
+    cli = _start(out)
+    code, _, stderr = _finish(cli)
     assert code == 0, stderr[-3000:]
     assert _statuses(out) == {"coupled": "finished", "decoupled": "finished"}
+    assert _ray_dirs_of(cli.proc.pid) == []
     return out
-
-
-@pytest.fixture
-def no_new_ray_dirs() -> Iterator[None]:
-    before = _ray_dirs()
-    yield
-    assert _ray_dirs() <= before, "a Ray session folder was left in the temp dir"
 
 
 @pytest.mark.parametrize(
@@ -177,7 +179,6 @@ def no_new_ray_dirs() -> Iterator[None]:
 def test_a_signal_stops_the_run_marks_it_and_leaves_nothing(
     tmp_path: Path,
     reference: Path,
-    no_new_ray_dirs: None,
     sig: signal.Signals,
     code: int,
     group: bool,
@@ -196,6 +197,7 @@ def test_a_signal_stops_the_run_marks_it_and_leaves_nothing(
     assert returned == code, stderr[-3000:]
     assert took < STOP_LIMIT_S
     cleanup = _gone_within(pgid, STOP_LIMIT_S) + took
+    assert _ray_dirs_of(proc.proc.pid) == []  # Ray's session files went with it
     statuses = _statuses(out)
     assert statuses["coupled"] == "interrupted"
     assert statuses["decoupled"] == "pending"
@@ -210,9 +212,7 @@ def test_a_signal_stops_the_run_marks_it_and_leaves_nothing(
     )
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_store(
-    tmp_path: Path, reference: Path, no_new_ray_dirs: None
-) -> None:
+def test_sigkill_then_resume_gives_the_uninterrupted_store(tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "out"
     proc = _start(out)
     _wait_for_round(out, "coupled", 3)
@@ -221,6 +221,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_store(
     killed = time.monotonic()
     proc.proc.wait()
     cleanup = _gone_within(pgid, STOP_LIMIT_S) + (time.monotonic() - killed)
+    # The CLI died without a word: its simulation process removed Ray's files itself.
+    deadline = time.monotonic() + STOP_LIMIT_S
+    while _ray_dirs_of(proc.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _ray_dirs_of(proc.proc.pid) == []
     assert _statuses(out)["coupled"] == "interrupted"  # no live writer: not 'running'
     kept = len(_rows(out / "results.db")["rounds"])
     code, stdout, stderr = _finish(_start(out))  # the same command again
@@ -248,7 +253,7 @@ def test_restart_starts_over(tmp_path: Path, reference: Path) -> None:
 
 
 def test_a_killed_client_actor_is_restarted_and_the_store_is_complete(
-    tmp_path: Path, reference: Path, no_new_ray_dirs: None
+    tmp_path: Path, reference: Path
 ) -> None:
     out = tmp_path / "out"
     proc = _start(out)
@@ -259,6 +264,7 @@ def test_a_killed_client_actor_is_restarted_and_the_store_is_complete(
     os.kill(int(actors[0].split()[0]), signal.SIGKILL)
     code, _, stderr = _finish(proc)
     assert code == 0, stderr[-3000:]
+    assert _ray_dirs_of(proc.proc.pid) == []
     assert "a Ray worker died" in stderr and "restarting Ray" in stderr
     assert _rows(out / "results.db") == _rows(reference / "results.db")  # no client missing
     assert _statuses(out) == {"coupled": "finished", "decoupled": "finished"}

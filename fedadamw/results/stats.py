@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+from scipy import special
 
 CI_LEVEL = 0.95
 
@@ -18,7 +18,8 @@ def t_half_width(std: np.ndarray, n: np.ndarray, level: float = CI_LEVEL) -> np.
     n = np.asarray(n, dtype=float)
     quantile = np.full(n.shape, np.nan)
     several = n >= 2
-    quantile[several] = sps.t.ppf(0.5 + level / 2, n[several] - 1)
+    # stdtrit is Student's t quantile function (scipy.stats' t.ppf, at half the import cost).
+    quantile[several] = special.stdtrit(n[several] - 1, 0.5 + level / 2)
     return np.asarray(quantile * std / np.sqrt(np.maximum(n, 1)))
 
 
