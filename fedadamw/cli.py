@@ -100,6 +100,22 @@ def _build_parser() -> argparse.ArgumentParser:
     fig.add_argument(
         "--force", action="store_true", help="overwrite figure files that exist in --dir"
     )
+    exp = sub.add_parser(
+        "export",
+        help="write every table of a store as tidy CSV or Parquet (config keys as columns)",
+    )
+    exp.add_argument("out", metavar="OUT", help="a run's output folder")
+    exp.add_argument(
+        "--format", choices=("csv", "parquet"), default="csv", dest="fmt", help="default csv"
+    )
+    exp.add_argument(
+        "--dir",
+        metavar="D",
+        default=None,
+        dest="directory",
+        help="output folder (default OUT/export)",
+    )
+    exp.add_argument("--force", action="store_true", help="overwrite files that exist in --dir")
     return parser
 
 
@@ -140,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fedadamw.viz.commands import figures_command
 
             return figures_command(Path(args.out), Path(args.directory), args.force)
+        if args.command == "export":
+            from fedadamw.results.export import export_command
+
+            return export_command(Path(args.out), args.fmt, args.directory, args.force)
         if args.command == "compare":
             from fedadamw.results.compare import compare_command
 
@@ -171,6 +191,7 @@ OWN_FILES = frozenset(
         "partitions.png",
         ".fedadamw.results.lock",
         ".fedadamw-spec.json",
+        "export",  # fedadamw export's default --dir
     }
 )
 
