@@ -156,7 +156,7 @@ def export_store(
 def _encode(df: pd.DataFrame, fmt: str) -> bytes:
     if fmt == "csv":
         # Floats are written in their shortest exact form: reading them back is lossless.
-        return df.to_csv(index=False).encode()
+        return str(df.to_csv(index=False)).encode()
     buffer = io.BytesIO()
     df.to_parquet(buffer, index=False, engine="pyarrow")
     return buffer.getvalue()
