@@ -67,6 +67,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="write into an --out folder that holds other files"
     )
     run.add_argument(
+        "--log",
+        metavar="TRACKER",
+        action="append",
+        default=[],
+        help="also log every arm to tensorboard and/or mlflow (files in --out; repeatable or "
+        "comma-separated; needs pip install 'fedadamw[trackers]')",
+    )
+    run.add_argument(
         "--max-restarts",
         type=int,
         default=2,
@@ -106,14 +114,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("out", metavar="OUT", help="a run's output folder")
     exp.add_argument(
-        "--format", choices=("csv", "parquet"), default="csv", dest="fmt", help="default csv"
+        "--format",
+        choices=("csv", "parquet", "tensorboard", "mlflow"),
+        default="csv",
+        dest="fmt",
+        help="tables as csv (default) or parquet; or each arm as tensorboard / mlflow runs",
     )
     exp.add_argument(
         "--dir",
         metavar="D",
         default=None,
         dest="directory",
-        help="output folder (default OUT/export)",
+        help="output folder (default: OUT/export, OUT/tensorboard or OUT/mlflow)",
     )
     exp.add_argument("--force", action="store_true", help="overwrite files that exist in --dir")
     return parser
@@ -157,9 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return figures_command(Path(args.out), Path(args.directory), args.force)
         if args.command == "export":
+            directory = None if args.directory is None else Path(args.directory)
+            if args.fmt in ("tensorboard", "mlflow"):
+                from fedadamw.run import trackers
+
+                return trackers.export_command(Path(args.out), args.fmt, directory)
             from fedadamw.results.export import export_command
 
-            return export_command(Path(args.out), args.fmt, args.directory, args.force)
+            return export_command(Path(args.out), args.fmt, directory, args.force)
         if args.command == "compare":
             from fedadamw.results.compare import compare_command
 
@@ -192,6 +209,8 @@ OWN_FILES = frozenset(
         ".fedadamw.results.lock",
         ".fedadamw-spec.json",
         "export",  # fedadamw export's default --dir
+        "tensorboard",  # --log tensorboard
+        "mlflow",  # --log mlflow
     }
 )
 
@@ -227,6 +246,9 @@ def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     configs = resolve_configs(args.config, args.overrides)
+    from fedadamw.run.trackers import parse_trackers
+
+    trackers = parse_trackers(args.log)  # a tracker that is not installed fails before the run
     cpus = _finite("--client-cpus", args.client_cpus, 0.0, inclusive=False)
     gpus = args.client_gpus
     if gpus is not None:
@@ -271,6 +293,8 @@ def _run(args: argparse.Namespace) -> int:
         _mark_interrupted(out_dir)  # whatever the child left running, it is not running now
         (out_dir / ".fedadamw-spec.json").unlink(missing_ok=True)
     _print_summary(configs, out_dir, time.perf_counter() - started)
+    if trackers:
+        _write_trackers(configs, out_dir, trackers)
     if supervisor.signal is not None:
         print(
             "fedadamw: interrupted; finished rounds are in the store — run the same command "
@@ -278,6 +302,20 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return code
+
+
+def _write_trackers(configs: list[Config], out_dir: Path, trackers: Sequence[str]) -> None:
+    """TensorBoard / MLflow files of this command's arms, written from the store."""
+    from fedadamw.run.trackers import write_trackers
+
+    if not (out_dir / "results.db").exists():
+        return
+    run_ids = [run_id_for(c, arm) for c in configs for arm in c.arm_list]
+    try:
+        for line in write_trackers(out_dir, trackers, run_ids):
+            print(line, flush=True)
+    except Exception as exc:  # the run's results are safe in the store whatever a tracker does
+        print_error(f"--log: writing {', '.join(trackers)} failed ({type(exc).__name__}: {exc})")
 
 
 def _mark_interrupted(out_dir: Path) -> None:
