@@ -14,7 +14,7 @@ from typing import NoReturn
 from fedadamw.config import Config
 from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error
 from fedadamw.results.writer import ResultStore, StoreError
-from fedadamw.run.experiment import Experiment, describe, expand, run_id_for, swept_keys
+from fedadamw.run.experiment import Experiment, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
 
 
@@ -345,48 +345,9 @@ def _print_header(configs: list[Config]) -> None:
 
 
 def _print_summary(configs: list[Config], out_dir: Path, wall: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from fedadamw.run.progress import print_summary
 
-    from fedadamw.results.reader import arm_summary
-
-    swept = swept_keys(configs)
-    labels = {run_id_for(c, arm): describe(c, arm, swept) for c in configs for arm in c.arm_list}
-    if not (out_dir / "results.db").exists():
-        return
-    rows = arm_summary(out_dir / "results.db", list(labels))
-    if not rows:
-        return
-    # A pipe or CI log has no width: give the closing table room for its columns.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    table = Table(title="update divergence per arm (means over rounds)")
-    for col in (
-        "arm",
-        "final test acc",
-        "mean pairwise cos",
-        "dispersion",
-        "relative drift",
-        "rounds",
-        "status",
-    ):
-        table.add_column(col, justify="left" if col in ("arm", "status") else "right")
-
-    def fmt(v: float | None, spec: str = ".4f") -> str:
-        return "—" if v is None else format(v, spec)
-
-    for r in rows:
-        table.add_row(
-            labels[r["run_id"]],
-            "—" if r["final_accuracy"] is None else f"{100 * r['final_accuracy']:.1f}%",
-            fmt(r["mean_pairwise_cosine"]),
-            fmt(r["dispersion"]),
-            fmt(r["relative_drift"]),
-            str(r["rounds"]),
-            r["status"],
-        )
-    console.print(table)
-    console.print(f"results: {out_dir / 'results.db'}  (config: {out_dir / 'config.json'})")
-    console.print(f"wall time: {wall:.1f} s")
+    print_summary(configs, out_dir, wall)
 
 
 if __name__ == "__main__":
