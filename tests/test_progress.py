@@ -11,7 +11,6 @@ import pytest
 
 from fedadamw.config import default_config
 from fedadamw.results.writer import ResultStore, RoundRecord
-from fedadamw.run import progress
 from fedadamw.run.experiment import describe, run_id_for, swept_keys
 from fedadamw.run.progress import ConsoleProgress, duration, print_summary, summary_rows
 from fedadamw.run.recorder import RoundReport
@@ -55,7 +54,7 @@ def test_round_lines_show_round_time_eta_and_grid_point(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     clock = Clock()
-    monkeypatch.setattr(progress.time, "monotonic", clock)
+    monkeypatch.setattr("fedadamw.run.progress.time.monotonic", clock)
     configs = _sweep(seeds=(0,))
     swept = swept_keys(configs)
     shown = ConsoleProgress(configs)
@@ -77,7 +76,7 @@ def test_round_lines_show_round_time_eta_and_grid_point(
 
 def test_skipped_rounds_leave_the_eta(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr(progress.time, "monotonic", clock)
+    monkeypatch.setattr("fedadamw.run.progress.time.monotonic", clock)
     configs = _sweep(seeds=(0,))
     shown = ConsoleProgress(configs)
     shown.skip(4)  # one arm finished in an earlier run
@@ -100,7 +99,8 @@ def test_durations_read_like_a_person_writes_them() -> None:
 def test_a_seed_sweep_closes_with_one_row_per_setting_and_mean_ci() -> None:
     configs = _sweep()
     rng = np.random.default_rng(0)
-    rows, truth = [], {}
+    rows: list[dict[str, Any]] = []
+    truth: dict[tuple[float, str], list[dict[str, float]]] = {}
     for cfg in configs:
         for arm in cfg.arm_list:
             values = {
