@@ -54,7 +54,7 @@ def test_round_lines_show_round_time_eta_and_grid_point(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     clock = Clock()
-    monkeypatch.setattr("fedadamw.run.progress.time.monotonic", clock)
+    monkeypatch.setattr("fedadamw.run.progress.monotonic", clock)
     configs = _sweep(seeds=(0,))
     swept = swept_keys(configs)
     shown = ConsoleProgress(configs)
@@ -76,7 +76,7 @@ def test_round_lines_show_round_time_eta_and_grid_point(
 
 def test_skipped_rounds_leave_the_eta(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr("fedadamw.run.progress.time.monotonic", clock)
+    monkeypatch.setattr("fedadamw.run.progress.monotonic", clock)
     configs = _sweep(seeds=(0,))
     shown = ConsoleProgress(configs)
     shown.skip(4)  # one arm finished in an earlier run

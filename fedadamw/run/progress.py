@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-import time
+from time import monotonic
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,7 +86,7 @@ class ConsoleProgress(Progress):
                 self.slots[describe(cfg, arm, swept)] = slot
         self.total = sum(c.num_server_rounds * len(c.arm_list) for c in configs)
         self.done = 0
-        self.started = time.monotonic()
+        self.started = monotonic()
         self.recent: deque[float] = deque(maxlen=RECENT_ROUNDS)
         self._label: str | None = None
         self._last: float | None = None  # when the current arm's previous round was stored
@@ -106,7 +106,7 @@ class ConsoleProgress(Progress):
         return (self.total - self.done) * sum(self.recent) / len(self.recent)
 
     def round(self, report: RoundReport) -> None:
-        now = time.monotonic()
+        now = monotonic()
         if not self._ray_up:
             self._ray_up = True
             self.console.print(f"Ray is up after {duration(now - self.started)}", soft_wrap=True)
