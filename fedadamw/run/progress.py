@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 import sys
-from time import monotonic
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from fedadamw.config import Config
