@@ -96,14 +96,21 @@ def _build_parser() -> argparse.ArgumentParser:
     parts.add_argument(
         "--plot", metavar="FILE", help="plot file (default: runs/<experiment>/partitions.png)"
     )
-    dash = sub.add_parser("dashboard", help="serve the update-divergence dashboard of a store")
-    dash.add_argument("out", metavar="OUT", help="a run's output folder (or its results.db)")
+    dash = sub.add_parser(
+        "dashboard", help="serve the update-divergence dashboard of one or more stores"
+    )
+    dash.add_argument(
+        "out",
+        metavar="OUT",
+        nargs="+",
+        help="output folders of runs (or their results.db), overlaid; one may not exist yet",
+    )
     dash.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (0: any free)")
     rep = sub.add_parser("report", help="write one self-contained HTML report (readable offline)")
-    rep.add_argument("out", metavar="OUT", help="a run's output folder")
+    rep.add_argument("out", metavar="OUT", nargs="+", help="output folders of runs, overlaid")
     rep.add_argument("--html", metavar="FILE", required=True, help="the HTML file to write")
     fig = sub.add_parser("figures", help="write PNG and PDF figures for papers")
-    fig.add_argument("out", metavar="OUT", help="a run's output folder")
+    fig.add_argument("out", metavar="OUT", nargs="+", help="output folders of runs, overlaid")
     fig.add_argument("--dir", metavar="D", required=True, dest="directory", help="output folder")
     fig.add_argument(
         "--force", action="store_true", help="overwrite figure files that exist in --dir"
@@ -159,15 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dashboard":
             from fedadamw.viz.commands import dashboard_command
 
-            return dashboard_command(Path(args.out), args.port)
+            return dashboard_command([Path(o) for o in args.out], args.port)
         if args.command == "report":
             from fedadamw.viz.commands import report_command
 
-            return report_command(Path(args.out), Path(args.html))
+            return report_command([Path(o) for o in args.out], Path(args.html))
         if args.command == "figures":
             from fedadamw.viz.commands import figures_command
 
-            return figures_command(Path(args.out), Path(args.directory), args.force)
+            return figures_command([Path(o) for o in args.out], Path(args.directory), args.force)
         if args.command == "export":
             directory = None if args.directory is None else Path(args.directory)
             if args.fmt in ("tensorboard", "mlflow"):

@@ -64,7 +64,15 @@ def test_page_draws_every_view_from_the_store(
     at = open_app(synthetic.path.parent, monkeypatch)
     assert texts(at, "error") == [] and texts(at, "warning") == []
     figs = charts(at)
-    assert set(figs) == {"divergence", "accuracy", "heatmap", "scatter", "labels", "layers"}
+    assert set(figs) == {
+        "divergence",
+        "accuracy",
+        "heatmap",
+        "scatter",
+        "labels",
+        "trajectories",
+        "layers",
+    }
     for mode in ("coupled", "decoupled"):
         (line,) = [t for t in figs["divergence"]["data"] if t.get("name") == f"{mode} (2 seeds)"]
         ref = np.mean(
@@ -78,7 +86,8 @@ def test_page_draws_every_view_from_the_store(
             axis=0,
         )
         np.testing.assert_allclose(decode(line["y"]), ref, rtol=1e-12)
-    assert at.toggle(key="auto").value is False  # every run finished: nothing to follow
+    # every run finished: nothing to re-read, but a run that starts will be noticed
+    assert any("auto-refresh when a run starts" in c for c in texts(at, "caption"))
 
 
 def test_round_slider_chooses_the_heatmap_round(
@@ -171,7 +180,7 @@ def _older_schema(path: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "kind", "message"),
     [
-        (lambda p: None, "error", "no results store at"),
+        (lambda p: None, "info", "no results store at"),
         (lambda p: (p / "results.db").write_bytes(b""), "info", "has no tables yet"),
         (
             lambda p: (p / "results.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 40),
@@ -200,7 +209,8 @@ def test_half_written_run_shows_what_exists_and_refreshes(
     with WriterLock(tmp_path):  # a live process writes the folder: its run is running
         at = open_app(tmp_path, monkeypatch)
     assert texts(at, "error") == []
-    assert at.toggle(key="auto").value is True  # a run is writing: follow it
+    # a run is writing: follow it
+    assert any("auto-refresh every 5 s while a run is live" in c for c in texts(at, "caption"))
     info = " ".join(texts(at, "info"))
     assert "No trained round" in info and "No evaluated round" not in info
     assert set(charts(at)) == {"accuracy"}  # round 0's evaluation is all there is

@@ -41,6 +41,7 @@ from fedadamw.viz import figures, style, views
 from fedadamw.viz.commands import figures_command, report_command
 from fedadamw.viz.html_report import render_html
 from fedadamw.viz.labels import ClientLabels
+from fedadamw.viz.stores import Stores
 from fedadamw.viz.views import standard_sections
 from tests import needs
 
@@ -289,8 +290,8 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
 
 
 @pytest.fixture(scope="module")
-def store(synthetic: Synthetic) -> Store:
-    return Store(synthetic.path.parent)
+def store(synthetic: Synthetic) -> Stores:
+    return Stores([synthetic.path.parent])
 
 
 def labels_of(syn: Synthetic) -> Any:
@@ -332,7 +333,7 @@ def test_client_order_groups_by_dominant_label_then_share() -> None:
 
 
 # -- store reading --------------------------------------------------------------------------
-def test_runs_hold_configs_seeds_and_progress(store: Store, synthetic: Synthetic) -> None:
+def test_runs_hold_configs_seeds_and_progress(store: Stores, synthetic: Synthetic) -> None:
     runs = store.runs()
     assert len(runs) == 6 and set(runs["seed"]) == {0, 1, 2}
     assert set(runs["rounds_done"]) == {6}
@@ -343,7 +344,7 @@ def test_runs_hold_configs_seeds_and_progress(store: Store, synthetic: Synthetic
     assert diff.loc["seeds", "coupled"] == "0, 1, 2"
 
 
-def test_cosine_matrix_matches_numpy(store: Store, synthetic: Synthetic) -> None:
+def test_cosine_matrix_matches_numpy(store: Stores, synthetic: Synthetic) -> None:
     run = synthetic.run_ids[("coupled", 1, "0")]
     ids, mat = cosine_matrix(store.pairs(run, 3))
     assert ids == list(range(8))
@@ -392,7 +393,7 @@ def test_older_schema_names_what_is_missing(tmp_path: Path) -> None:
 def test_half_written_run_gives_no_figure_and_no_error(tmp_path: Path) -> None:
     with WriterLock(tmp_path), ResultStore(tmp_path / "results.db") as rs:
         rs.start_run("e:coupled:x", "e", "coupled", "coupled", 0.01, default_config().to_json())
-        store = Store(tmp_path)
+        store = Stores([tmp_path])
         runs = store.runs()  # read while the writer lives: its run is running
     assert runs["rounds_done"].tolist() == [0] and runs["status"].tolist() == ["running"]
     assert views.divergence_figure(store, runs, "mean_pairwise_cosine") is None
@@ -413,7 +414,7 @@ def test_new_columns_are_found_and_grouped_by_part(tmp_path: Path) -> None:
     assert groups.parts_of("decay_dispersion") == groups.parts_of("dispersion")
 
 
-def test_empty_part_columns_stay_hidden(store: Store) -> None:
+def test_empty_part_columns_stay_hidden(store: Stores) -> None:
     # the columns exist (a schema-2 writer makes them) but track-decay was off: all NULL
     assert "decay_dispersion" in store.columns("rounds")
     groups = store.statistics("rounds")
@@ -432,7 +433,7 @@ def test_empty_part_columns_stay_hidden(store: Store) -> None:
 
 # -- figures --------------------------------------------------------------------------------
 def test_divergence_lines_and_bands_are_seed_means_and_t_intervals(
-    store: Store, synthetic: Synthetic
+    store: Stores, synthetic: Synthetic
 ) -> None:
     runs = store.runs()
     fig = views.divergence_figure(store, runs, "relative_drift")
@@ -451,7 +452,7 @@ def test_divergence_lines_and_bands_are_seed_means_and_t_intervals(
         np.testing.assert_allclose(decode(band["y"])[:6], hi, rtol=1e-9)
 
 
-def test_divergence_of_a_layer_reads_the_layer_rows(store: Store, synthetic: Synthetic) -> None:
+def test_divergence_of_a_layer_reads_the_layer_rows(store: Stores, synthetic: Synthetic) -> None:
     runs = store.runs()
     run = synthetic.run_ids[("decoupled", 0, "0")]
     fig = views.divergence_figure(store, runs[runs["run_id"] == run], "dispersion", "conv2.bias")
@@ -463,7 +464,7 @@ def test_divergence_of_a_layer_reads_the_layer_rows(store: Store, synthetic: Syn
 
 def test_parts_get_one_panel_each(tmp_path: Path) -> None:
     syn = write_synthetic_store(tmp_path, seeds=(0,), num_rounds=3, parts=True)
-    store = Store(tmp_path)
+    store = Stores([tmp_path])
     fig = views.divergence_figure(store, store.runs(), "dispersion")
     assert fig is not None
     titles = [a["text"] for a in spec(fig)["layout"]["annotations"]]
@@ -482,7 +483,7 @@ def test_parts_get_one_panel_each(tmp_path: Path) -> None:
 
 def test_shrink_ratios_are_seed_means_of_the_quantiles(tmp_path: Path) -> None:
     syn = write_synthetic_store(tmp_path, seeds=(0, 1), num_rounds=3, parts=True)
-    store = Store(tmp_path)
+    store = Stores([tmp_path])
     fig = views.shrink_figure(store, store.runs())
     assert fig is not None
     for mode in MODES:
@@ -500,7 +501,7 @@ def test_shrink_ratios_are_seed_means_of_the_quantiles(tmp_path: Path) -> None:
     assert decoupled == [1.0, 1.0, 1.0]  # uniform decay
 
 
-def test_heatmap_orders_clients_by_dominant_label(store: Store, synthetic: Synthetic) -> None:
+def test_heatmap_orders_clients_by_dominant_label(store: Stores, synthetic: Synthetic) -> None:
     runs = store.runs()
     fig, notes = views.heatmap_figure(store, runs, 1, 4, labels_of(synthetic))
     assert fig is not None and notes == []
@@ -520,7 +521,7 @@ def test_heatmap_orders_clients_by_dominant_label(store: Store, synthetic: Synth
 
 
 def test_heatmap_without_labels_says_so_and_keeps_partition_order(
-    store: Store, synthetic: Synthetic
+    store: Stores, synthetic: Synthetic
 ) -> None:
     fig, notes = views.heatmap_figure(store, store.runs(), 0, 2, no_labels)
     assert fig is not None and any("partition order" in n for n in notes)
@@ -528,7 +529,7 @@ def test_heatmap_without_labels_says_so_and_keeps_partition_order(
     assert list(first["x"]) == [str(p) for p in range(8)]
 
 
-def test_scatter_shows_each_clients_norm_and_cosine(store: Store, synthetic: Synthetic) -> None:
+def test_scatter_shows_each_clients_norm_and_cosine(store: Stores, synthetic: Synthetic) -> None:
     runs = store.runs()
     fig = views.scatter_figure(store, runs, 2, 5, "dominant_share", labels_of(synthetic))
     assert fig is not None
@@ -544,7 +545,7 @@ def test_scatter_shows_each_clients_norm_and_cosine(store: Store, synthetic: Syn
     np.testing.assert_allclose(decode(pts["marker"]["color"]), hist.max(1) / hist.sum(1))
 
 
-def test_layer_bars_are_round_means_across_seeds(store: Store, synthetic: Synthetic) -> None:
+def test_layer_bars_are_round_means_across_seeds(store: Stores, synthetic: Synthetic) -> None:
     fig = views.layers_figure(store, store.runs(), "mean_pairwise_cosine")
     assert fig is not None
     (bars,) = traces(fig, name="decoupled (3 seeds)")
@@ -571,7 +572,7 @@ def test_layer_bars_are_round_means_across_seeds(store: Store, synthetic: Synthe
 def test_sweep_cells_are_seed_means_per_mode(tmp_path: Path) -> None:
     grid = [{"learning-rate": lr, "weight-decay": wd} for lr in (0.001, 0.01) for wd in (0.0, 0.1)]
     syn = write_synthetic_store(tmp_path, seeds=(0, 1), num_rounds=3, experiment="sweep", grid=grid)
-    store = Store(tmp_path)
+    store = Stores([tmp_path])
     fig = views.sweep_figure(store, store.runs(), "learning-rate", "weight-decay", "final_accuracy")
     assert fig is not None
     heat = traces(fig, type="heatmap")
@@ -608,7 +609,7 @@ def test_label_distribution_draws_the_counts(synthetic: Synthetic) -> None:
         np.testing.assert_array_equal(decode(bar["x"]), hist[order, label])
 
 
-def test_modes_keep_their_colour_in_every_figure(store: Store, synthetic: Synthetic) -> None:
+def test_modes_keep_their_colour_in_every_figure(store: Stores, synthetic: Synthetic) -> None:
     runs, labels = store.runs(), labels_of(synthetic)
     figs = [
         views.divergence_figure(store, runs, "dispersion"),
@@ -636,7 +637,7 @@ def test_modes_keep_their_colour_in_every_figure(store: Store, synthetic: Synthe
 
 # -- report and paper figures ---------------------------------------------------------------
 def test_report_is_one_self_contained_file(
-    store: Store, synthetic: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Stores, synthetic: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "sub" / "report.html"
     assert report_command(synthetic.path.parent, target) == 0
@@ -721,7 +722,7 @@ def test_names_that_slug_alike_still_get_one_file_each(tmp_path: Path) -> None:
     experiments = ("a.b", "a-b", "A-B")  # all three slug to a-b (or A-B)
     for name in experiments:
         write_synthetic_store(out, seeds=(0,), num_rounds=1, num_clients=3, experiment=name)
-    sections = standard_sections(Store(out))
+    sections = standard_sections(Stores([out]))
     names = [item.name for s in sections for item in s.items]
     # One file per figure, also on a disk that ignores case.
     assert len({n.casefold() for n in names}) == len(names)
@@ -731,7 +732,7 @@ def test_names_that_slug_alike_still_get_one_file_each(tmp_path: Path) -> None:
     for names_of in per.values():
         assert all(n.casefold().startswith("a-b-") for n in names_of)
     # The names are a function of the store: reading it again gives the same ones.
-    assert names == [item.name for s in standard_sections(Store(out)) for item in s.items]
+    assert names == [item.name for s in standard_sections(Stores([out])) for item in s.items]
 
 
 def test_export_without_a_browser_is_one_line(
