@@ -26,13 +26,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from fedadamw.results.lock import writer_alive
 from fedadamw.results.reader import (
     ROUND_MEAN,
     EmptyStoreError,
     StoreError,
     config_diff,
-    connect_readonly,
     resolve_store_path,
     setting_labels,
     shared_config,
@@ -43,7 +41,7 @@ from fedadamw.viz import views
 from fedadamw.viz.figures import BANDS, band_note
 from fedadamw.viz.labels import ClientLabels, stored_labels
 from fedadamw.viz.serve import STORE_ENV, stores_from_env
-from fedadamw.viz.stores import Stores
+from fedadamw.viz.stores import Stores, is_live, store_state
 from fedadamw.viz.style import stat_label
 
 ALL_SETTINGS = "__all__"
@@ -84,32 +82,6 @@ def _chart(fig: go.Figure | None, key: str, empty: str) -> None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-# -- liveness -------------------------------------------------------------------------------
-def store_state(paths: Sequence[str]) -> tuple[tuple[bool, bool, bool], ...]:
-    """Per store: (holds runs, a writer is alive, file exists) — cheap enough to poll."""
-    state = []
-    for raw in paths:
-        path = resolve_store_path(raw)
-        exists = path.is_file()
-        has_runs = False
-        if exists:
-            try:
-                conn = connect_readonly(path)
-                try:
-                    has_runs = bool(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
-                finally:
-                    conn.close()
-            except Exception:  # not a store yet (or not one at all): no runs to show
-                has_runs = False
-        state.append((has_runs, writer_alive(path.parent), exists))
-    return tuple(state)
-
-
-def is_live(state: Sequence[tuple[bool, bool, bool]]) -> bool:
-    """Whether any store is being written: then the page re-reads it every few seconds."""
-    return any(alive for _, alive, _ in state)
 
 
 # -- the page -------------------------------------------------------------------------------
@@ -211,7 +183,14 @@ def _overview(store: Stores, runs: pd.DataFrame) -> None:
     left, right = st.columns([1.35, 1])
     with left:
         st.markdown("**Config difference between arms**")
-        st.dataframe(config_diff(runs), width="stretch")
+        # One row per condition: its whole label stays readable however many there are.
+        diff = config_diff(runs).T.rename_axis("condition").reset_index()
+        st.dataframe(
+            diff,
+            hide_index=True,
+            width="stretch",
+            column_config={"condition": st.column_config.TextColumn(width="large")},
+        )
     with right, st.expander("Shared config"):
         st.json(shared_config(runs), expanded=True)
 
@@ -280,7 +259,7 @@ def _clients(store: Stores, sel: dict[str, Any]) -> None:
     if last < 1:
         st.info("No trained round yet for this seed.")
         return
-    c1, c2, c3 = st.columns([1, 3, 1.3])
+    c1, c2, c3 = st.columns([1.5, 2.5, 1.3])
     follow = c1.toggle(
         "Follow latest round",
         value=True,
@@ -303,14 +282,13 @@ def _clients(store: Stores, sel: dict[str, Any]) -> None:
         "lines separate the groups." + ("".join(f" {n}." for n in notes))
     )
     _chart(fig, "heatmap", "No pairwise cosines stored for this round.")
-    left, right = st.columns([1.15, 1])
+    scatter = views.scatter_figure(store, runs, seed, rnd, color_by, _labels(store))
+    # Two conditions share a row with the label chart; more get the page's width.
+    wide = runs["condition"].nunique() > 2
+    left, right = (st.container(), st.container()) if wide else st.columns([1.15, 1])
     with left:
         st.markdown("**Update norm vs cosine to the aggregate**")
-        _chart(
-            views.scatter_figure(store, runs, seed, rnd, color_by, _labels(store)),
-            "scatter",
-            "No per-client rows for this round.",
-        )
+        _chart(scatter, "scatter", "No per-client rows for this round.")
     with right:
         st.markdown("**Label distribution per client**")
         lfig, note = views.labels_figure(runs, seed, _labels(store))
@@ -334,9 +312,11 @@ def _trajectories(store: Stores, sel: dict[str, Any]) -> None:
         key=f"clients-{len(ids)}-{ids[0]}-{ids[-1]}",
         help="the clients whose trajectories are drawn",
     )
+    shown = runs["condition"].nunique()
     st.caption(
         f"Each client's update norm, cosine to the aggregate and local train loss per round, "
-        f"seed {seed}; one row per condition, one colour per client."
+        f"seed {seed}; one row per condition, one colour per client"
+        + (f"; showing the first 4 of {shown} conditions." if shown > 4 else ".")
     )
     _chart(
         views.trajectories_figure(store, runs, seed, picked) if picked else None,
@@ -435,10 +415,10 @@ def _page(paths: Sequence[str], band: str, refresh: str) -> None:
         _trajectories(store, sel)
     with _guard("The rejections view"):
         _rejections(store, sel)
-    left, right = st.columns(2)
-    with left, _guard("The layer view"):
+    # Full width each: half a page cuts a sweep's legend entries and axis titles.
+    with _guard("The layer view"):
         _layers(store, sel)
-    with right, _guard("The sweep view"):
+    with _guard("The sweep view"):
         _sweep(store, sel)
 
 

@@ -149,6 +149,20 @@ def _legend_name(s: Series) -> str:
     return f"{s.label} ({s.seeds} seeds)" if s.seeds > 1 else s.label
 
 
+def legend_height(series: Sequence[Series]) -> int:
+    """Extra px a figure needs for its legend on top: its rows beyond the first two.
+
+    A horizontal legend wraps; long entries (a sweep's settings) take a row each. The plot
+    keeps its height instead of being squeezed under the legend.
+    """
+    if not series:
+        return 0
+    longest = max(len(_legend_name(s)) for s in series)
+    per_row = 1 if longest > 30 else 2 if longest > 18 else 4
+    rows = math.ceil(len(series) / per_row)
+    return 19 * max(0, rows - 2)
+
+
 def _band(
     x: np.ndarray,
     lo: np.ndarray,
@@ -252,7 +266,7 @@ def over_rounds(
     if len(stats) == 1:
         fig.update_yaxes(title_text=stat_label(stats[0]) + (" (%)" if percent else ""))
         fig.layout.annotations = ()
-    return style(fig, height=400)
+    return style(fig, height=400 + legend_height(series_of(runs)))
 
 
 def training_curves(rounds: pd.DataFrame, runs: pd.DataFrame, band: str = "ci") -> go.Figure:
@@ -299,7 +313,7 @@ def training_curves(rounds: pd.DataFrame, runs: pd.DataFrame, band: str = "ci") 
                 col=col,
             )
     round_axis(fig, int(data["round"].max()) if len(data) else 1)
-    return style(fig, height=400)
+    return style(fig, height=400 + legend_height(series_of(runs)))
 
 
 def shrink_ratios(rounds: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
@@ -342,9 +356,9 @@ def shrink_ratios(rounds: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
     positive = [v for v in values if v > 0]
     if positive and len(positive) == len(values) and max(positive) / min(positive) > 20:
         fig.update_yaxes(type="log")  # coupled ratios span decades
-    fig.update_yaxes(title_text="shrink ratio |decay step| / (ηλ|w|)")
+    fig.update_yaxes(title_text="|decay step| / (ηλ|w|)")
     round_axis(fig, int(data["round"].max()) if len(data) else 1)
-    return style(fig, height=380)
+    return style(fig, height=380 + legend_height(series_of(runs)))
 
 
 @dataclass(frozen=True)
@@ -397,13 +411,15 @@ def grid(n: int, max_cols: int, panel_h: int, gap_h: int, top: int = 70, bottom:
     return Grid(n, cols, math.ceil(n / cols), panel_h, gap_h, top, bottom)
 
 
-def _subplots(g: Grid, titles: Sequence[str], spacing: float, **kw: Any) -> go.Figure:
-    # Titles wrap onto two lines instead of running into the next panel's.
-    width = 34 if g.cols > 1 else 90
+def _subplots(
+    g: Grid, titles: Sequence[str], spacing: float, title_width: int = 34, **kw: Any
+) -> go.Figure:
+    # Titles wrap onto more lines instead of running into the next panel's (0: as given).
+    width = title_width if g.cols > 1 else 90
     return make_subplots(
         rows=g.rows,
         cols=g.cols,
-        subplot_titles=[wrap(t, width) for t in titles] or [""],
+        subplot_titles=[wrap(t, width) if title_width else t for t in titles] or [""],
         horizontal_spacing=spacing,
         vertical_spacing=g.vertical_spacing,
         **kw,
@@ -412,7 +428,7 @@ def _subplots(g: Grid, titles: Sequence[str], spacing: float, **kw: Any) -> go.F
 
 def cosine_heatmaps(panels: Sequence[HeatPanel]) -> go.Figure:
     """Pairwise cosine matrices, two per row, on one −1…1 scale, clients by dominant label."""
-    g = grid(len(panels), 2, panel_h=380, gap_h=190, top=80, bottom=120)
+    g = grid(len(panels), 2, panel_h=340, gap_h=170, top=80, bottom=120)
     fig = _subplots(g, [p.title for p in panels], spacing=0.14)
     for k, p in enumerate(panels):
         row, col = g.cell(k)
@@ -493,14 +509,14 @@ def client_scatter(
     data = clients.merge(runs[["run_id", "condition"]], on="run_id")
     series = [s for s in series_of(runs) if (data["condition"] == s.condition).any()]
     has_color = color_by in data and data[color_by].notna().any()
-    # The scatter shares its row of the page with the label chart: two panels per row.
-    g = grid(len(series), 2, panel_h=300, gap_h=120, top=70, bottom=170 if has_color else 70)
+    g = grid(len(series), 4, panel_h=300, gap_h=120, top=80, bottom=170 if has_color else 70)
     fig = _subplots(
         g,
         [s.label for s in series],
-        spacing=0.1,
+        spacing=0.06,
         shared_yaxes="all",
         shared_xaxes="all",
+        title_width=24,
     )
     for k, s in enumerate(series):
         row, col = g.cell(k)
@@ -613,7 +629,7 @@ def layer_bars(
         categoryorder="array", categoryarray=order, autorange="reversed", title_text="layer"
     )
     fig.update_xaxes(title_text=f"{stat_label(stat)} (mean over rounds)")
-    return style(fig, height=max(320, 120 + 34 * len(order)))
+    return style(fig, height=max(320, 120 + 34 * len(order)) + legend_height(series_of(runs)))
 
 
 def _sort_key(value: Any) -> tuple[int, float, str]:
@@ -685,8 +701,8 @@ def sweep_heatmaps(summary: pd.DataFrame, x_key: str, y_key: str | None, metric:
     # The colour bar lies below the panels, its title above it: long titles stay whole.
     height = max(340, 290 + 60 * len(ys))
     style(fig, height=height, legend=False)
-    fig.update_layout(margin={"b": 190})
-    area = height - int(fig.layout.margin.t) - 190
+    fig.update_layout(margin={"b": 200})
+    area = height - int(fig.layout.margin.t) - 200
     fig.update_layout(coloraxis_colorbar_y=-80 / area)  # below the x axis' title
     fig.update_xaxes(showgrid=False)
     fig.update_yaxes(showgrid=False)
@@ -715,12 +731,12 @@ def sweep_scale(metric: str, values: Sequence[float], percent: bool) -> dict[str
     }
     if is_cosine(metric) and finite:
         m = max(abs(v) for v in finite) or 1.0
-        bar["title"] = {"text": f"{label} · colours symmetric around 0", "side": "top"}
+        bar["title"] = {"text": f"{label}<br>colours symmetric around 0", "side": "top"}
         return {"colorscale": "RdBu", "cmin": -m, "cmax": m, "cmid": 0, "colorbar": bar}
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     spec = ".1f" if percent else ".3g"
     bar["title"] = {
-        "text": f"{label} · colours span {lo:{spec}} – {hi:{spec}} (this grid's range)",
+        "text": f"{label}<br>colours span {lo:{spec}} – {hi:{spec}} (this grid's range)",
         "side": "top",
     }
     return {
@@ -741,9 +757,12 @@ def client_trajectories(
     data = clients.merge(runs[["run_id", "condition"]], on="run_id")
     series = [s for s in series_of(runs) if (data["condition"] == s.condition).any()]
     shown = [m for m in metrics if m in data and data[m].notna().any()]
-    g = Grid(len(series) * len(shown), len(shown), len(series), 230, 110, 80, 60)
-    titles = [f"{s.label} · {stat_label(m)}" for s in series for m in shown]
-    fig = _subplots(g, titles, spacing=0.07, shared_xaxes="all")
+    lines = max((wrap(s.label, 30).count("<br>") + 2 for s in series), default=2)
+    g = Grid(
+        len(series) * len(shown), len(shown), len(series), 230, 60 + 17 * lines, 30 + 17 * lines, 60
+    )
+    titles = [f"{wrap(s.label, 30)}<br>{stat_label(m)}" for s in series for m in shown]
+    fig = _subplots(g, titles, spacing=0.07, title_width=0, shared_xaxes="all")
     ids = sorted({int(p) for p in data["partition_id"]})
     palette = sample_colorscale(
         "Turbo", [0.05 + 0.9 * k / max(1, len(ids) - 1) for k in range(len(ids))]

@@ -26,6 +26,9 @@ STORE_ENV = "FEDADAMW_STORE"
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether nothing listens on `host:port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server binds (SO_REUSEADDR): connections of a stopped server lingering in
+        # TIME_WAIT do not make the port "in use"; only a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

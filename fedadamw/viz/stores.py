@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedadamw.results.lock import writer_alive
 from fedadamw.results.reader import (
     EmptyStoreError,
     StatGroups,
     Store,
     StoreError,
+    connect_readonly,
     resolve_store_path,
 )
 
@@ -174,3 +176,29 @@ class Stores:
     def layer_names(self) -> list[str]:
         """Layer names in model order, across the stores."""
         return list(dict.fromkeys(n for s in self.stores for n in s.layer_names()))
+
+
+# -- liveness -------------------------------------------------------------------------------
+def store_state(paths: Sequence[str | Path]) -> tuple[tuple[bool, bool, bool], ...]:
+    """Per store: (holds runs, a writer is alive, the file exists) — cheap enough to poll."""
+    state = []
+    for raw in paths:
+        path = resolve_store_path(raw)
+        exists = path.is_file()
+        has_runs = False
+        if exists:
+            try:
+                conn = connect_readonly(path)
+                try:
+                    has_runs = bool(conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+                finally:
+                    conn.close()
+            except Exception:  # not a store yet (or not one at all): no runs to show
+                has_runs = False
+        state.append((has_runs, writer_alive(path.parent), exists))
+    return tuple(state)
+
+
+def is_live(state: Sequence[tuple[bool, bool, bool]]) -> bool:
+    """Whether any store is being written (a live process holds its writer lock)."""
+    return any(alive for _, alive, _ in state)

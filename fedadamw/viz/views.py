@@ -37,6 +37,19 @@ from fedadamw.viz.style import duration, stat_label
 LabelSource = Callable[[str], ClientLabels]  # a run's config_json → its clients' labels
 
 
+def paired_series(runs: pd.DataFrame) -> list[figures.Series]:
+    """The conditions of `runs` setting by setting, the modes of each together.
+
+    Views that show only the first few conditions then show whole comparisons (coupled and
+    decoupled at the same setting), not all settings of one mode.
+    """
+    order = {s: n for n, s in enumerate(dict.fromkeys(runs["setting"]))}
+    setting = dict(zip(runs["condition"], runs["setting"], strict=True))
+    series = figures.series_of(runs)
+    rank = {s.condition: n for n, s in enumerate(series)}
+    return sorted(series, key=lambda s: (order[setting[s.condition]], rank[s.condition]))
+
+
 def seed_runs(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The runs of one seed, one per condition (per-client views show a single replicate)."""
     return runs[runs["seed"] == seed].drop_duplicates("condition")
@@ -92,7 +105,7 @@ def heatmap_figure(
     notes: list[str] = []
     chosen = seed_runs(runs, seed)
     by_condition = {c: row for c, row in zip(chosen["condition"], chosen.itertuples(), strict=True)}
-    series = [s for s in figures.series_of(runs) if s.condition in by_condition]
+    series = [s for s in paired_series(runs) if s.condition in by_condition]
     if len(series) > max_panels:
         notes.append(f"showing the first {max_panels} of {len(series)} conditions")
         series = series[:max_panels]
@@ -200,16 +213,25 @@ def labels_figure(
 
 
 def trajectories_figure(
-    store: Stores, runs: pd.DataFrame, seed: int, clients: Sequence[int] | None = None
+    store: Stores,
+    runs: pd.DataFrame,
+    seed: int,
+    clients: Sequence[int] | None = None,
+    max_rows: int = 4,
 ) -> go.Figure | None:
-    """Chosen clients' update norm, cosine to aggregate and loss over rounds (one seed)."""
-    chosen = seed_runs(runs, seed)
+    """Chosen clients' update norm, cosine to aggregate and loss over rounds (one seed).
+
+    One row per condition, the first `max_rows` of them (as `heatmap_figure` does).
+    """
+    keep = [s.condition for s in paired_series(runs)][:max_rows]
+    chosen = seed_runs(runs[runs["condition"].isin(keep)], seed)
     rows = store.clients(list(chosen["run_id"]))
     if clients is not None:
         rows = rows[rows["partition_id"].isin(list(clients))]
     if rows.empty or not any(m in rows for m in figures.TRAJECTORY_METRICS):
         return None
-    return figures.client_trajectories(rows, chosen)
+    # Labelled against all of `runs`: a row names every key its condition differs in.
+    return figures.client_trajectories(rows, runs)
 
 
 def _fmt(value: object) -> str:
