@@ -189,7 +189,7 @@ def _overview(store: Stores, runs: pd.DataFrame) -> None:
             diff,
             hide_index=True,
             width="stretch",
-            column_config={"condition": st.column_config.TextColumn(width="large")},
+            column_config={"condition": st.column_config.TextColumn(width="medium")},
         )
     with right, st.expander("Shared config"):
         st.json(shared_config(runs), expanded=True)
