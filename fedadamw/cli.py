@@ -14,7 +14,7 @@ from typing import NoReturn
 from fedadamw.config import Config
 from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error
 from fedadamw.results.writer import ResultStore, StoreError
-from fedadamw.run.experiment import Experiment, describe, expand, run_id_for, swept_keys
+from fedadamw.run.experiment import Experiment, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
 
 
@@ -67,6 +67,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="write into an --out folder that holds other files"
     )
     run.add_argument(
+        "--log",
+        metavar="TRACKER",
+        action="append",
+        default=[],
+        help="also log every arm to tensorboard and/or mlflow (files in --out; repeatable or "
+        "comma-separated; needs pip install 'fedadamw[trackers]')",
+    )
+    run.add_argument(
         "--max-restarts",
         type=int,
         default=2,
@@ -88,18 +96,45 @@ def _build_parser() -> argparse.ArgumentParser:
     parts.add_argument(
         "--plot", metavar="FILE", help="plot file (default: runs/<experiment>/partitions.png)"
     )
-    dash = sub.add_parser("dashboard", help="serve the update-divergence dashboard of a store")
-    dash.add_argument("out", metavar="OUT", help="a run's output folder (or its results.db)")
+    dash = sub.add_parser(
+        "dashboard", help="serve the update-divergence dashboard of one or more stores"
+    )
+    dash.add_argument(
+        "out",
+        metavar="OUT",
+        nargs="+",
+        help="output folders of runs (or their results.db), overlaid; one may not exist yet",
+    )
     dash.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (0: any free)")
     rep = sub.add_parser("report", help="write one self-contained HTML report (readable offline)")
-    rep.add_argument("out", metavar="OUT", help="a run's output folder")
+    rep.add_argument("out", metavar="OUT", nargs="+", help="output folders of runs, overlaid")
     rep.add_argument("--html", metavar="FILE", required=True, help="the HTML file to write")
     fig = sub.add_parser("figures", help="write PNG and PDF figures for papers")
-    fig.add_argument("out", metavar="OUT", help="a run's output folder")
+    fig.add_argument("out", metavar="OUT", nargs="+", help="output folders of runs, overlaid")
     fig.add_argument("--dir", metavar="D", required=True, dest="directory", help="output folder")
     fig.add_argument(
         "--force", action="store_true", help="overwrite figure files that exist in --dir"
     )
+    exp = sub.add_parser(
+        "export",
+        help="write every table of a store as tidy CSV or Parquet (config keys as columns)",
+    )
+    exp.add_argument("out", metavar="OUT", help="a run's output folder")
+    exp.add_argument(
+        "--format",
+        choices=("csv", "parquet", "tensorboard", "mlflow"),
+        default="csv",
+        dest="fmt",
+        help="tables as csv (default) or parquet; or each arm as tensorboard / mlflow runs",
+    )
+    exp.add_argument(
+        "--dir",
+        metavar="D",
+        default=None,
+        dest="directory",
+        help="output folder (default: OUT/export, OUT/tensorboard or OUT/mlflow)",
+    )
+    exp.add_argument("--force", action="store_true", help="overwrite files that exist in --dir")
     return parser
 
 
@@ -131,15 +166,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dashboard":
             from fedadamw.viz.commands import dashboard_command
 
-            return dashboard_command(Path(args.out), args.port)
+            return dashboard_command([Path(o) for o in args.out], args.port)
         if args.command == "report":
             from fedadamw.viz.commands import report_command
 
-            return report_command(Path(args.out), Path(args.html))
+            return report_command([Path(o) for o in args.out], Path(args.html))
         if args.command == "figures":
             from fedadamw.viz.commands import figures_command
 
-            return figures_command(Path(args.out), Path(args.directory), args.force)
+            return figures_command([Path(o) for o in args.out], Path(args.directory), args.force)
+        if args.command == "export":
+            directory = None if args.directory is None else Path(args.directory)
+            if args.fmt in ("tensorboard", "mlflow"):
+                from fedadamw.run import trackers
+
+                return trackers.export_command(Path(args.out), args.fmt, directory)
+            from fedadamw.results.export import export_command
+
+            return export_command(Path(args.out), args.fmt, directory, args.force)
         if args.command == "compare":
             from fedadamw.results.compare import compare_command
 
@@ -171,6 +215,9 @@ OWN_FILES = frozenset(
         "partitions.png",
         ".fedadamw.results.lock",
         ".fedadamw-spec.json",
+        "export",  # fedadamw export's default --dir
+        "tensorboard",  # --log tensorboard
+        "mlflow",  # --log mlflow
     }
 )
 
@@ -206,6 +253,9 @@ def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     configs = resolve_configs(args.config, args.overrides)
+    from fedadamw.run.trackers import parse_trackers
+
+    trackers = parse_trackers(args.log)  # a tracker that is not installed fails before the run
     cpus = _finite("--client-cpus", args.client_cpus, 0.0, inclusive=False)
     gpus = args.client_gpus
     if gpus is not None:
@@ -250,6 +300,8 @@ def _run(args: argparse.Namespace) -> int:
         _mark_interrupted(out_dir)  # whatever the child left running, it is not running now
         (out_dir / ".fedadamw-spec.json").unlink(missing_ok=True)
     _print_summary(configs, out_dir, time.perf_counter() - started)
+    if trackers:
+        _write_trackers(configs, out_dir, trackers)
     if supervisor.signal is not None:
         print(
             "fedadamw: interrupted; finished rounds are in the store — run the same command "
@@ -257,6 +309,20 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return code
+
+
+def _write_trackers(configs: list[Config], out_dir: Path, trackers: Sequence[str]) -> None:
+    """TensorBoard / MLflow files of this command's arms, written from the store."""
+    from fedadamw.run.trackers import write_trackers
+
+    if not (out_dir / "results.db").exists():
+        return
+    run_ids = [run_id_for(c, arm) for c in configs for arm in c.arm_list]
+    try:
+        for line in write_trackers(out_dir, trackers, run_ids):
+            print(line, flush=True)
+    except Exception as exc:  # the run's results are safe in the store whatever a tracker does
+        print_error(f"--log: writing {', '.join(trackers)} failed ({type(exc).__name__}: {exc})")
 
 
 def _mark_interrupted(out_dir: Path) -> None:
@@ -286,48 +352,9 @@ def _print_header(configs: list[Config]) -> None:
 
 
 def _print_summary(configs: list[Config], out_dir: Path, wall: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from fedadamw.run.progress import print_summary
 
-    from fedadamw.results.reader import arm_summary
-
-    swept = swept_keys(configs)
-    labels = {run_id_for(c, arm): describe(c, arm, swept) for c in configs for arm in c.arm_list}
-    if not (out_dir / "results.db").exists():
-        return
-    rows = arm_summary(out_dir / "results.db", list(labels))
-    if not rows:
-        return
-    # A pipe or CI log has no width: give the closing table room for its columns.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    table = Table(title="update divergence per arm (means over rounds)")
-    for col in (
-        "arm",
-        "final test acc",
-        "mean pairwise cos",
-        "dispersion",
-        "relative drift",
-        "rounds",
-        "status",
-    ):
-        table.add_column(col, justify="left" if col in ("arm", "status") else "right")
-
-    def fmt(v: float | None, spec: str = ".4f") -> str:
-        return "—" if v is None else format(v, spec)
-
-    for r in rows:
-        table.add_row(
-            labels[r["run_id"]],
-            "—" if r["final_accuracy"] is None else f"{100 * r['final_accuracy']:.1f}%",
-            fmt(r["mean_pairwise_cosine"]),
-            fmt(r["dispersion"]),
-            fmt(r["relative_drift"]),
-            str(r["rounds"]),
-            r["status"],
-        )
-    console.print(table)
-    console.print(f"results: {out_dir / 'results.db'}  (config: {out_dir / 'config.json'})")
-    console.print(f"wall time: {wall:.1f} s")
+    print_summary(configs, out_dir, wall)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -22,7 +23,8 @@ from fedadamw.data.split import DataSpec, label_histogram
 from fedadamw.results.lock import WriterLock
 from fedadamw.results.writer import ResultStore
 from fedadamw.viz.commands import dashboard_command
-from fedadamw.viz.serve import DASHBOARD_SCRIPT, STORE_ENV, free_port
+from fedadamw.viz.serve import DASHBOARD_SCRIPT, STORE_ENV, free_port, port_is_free
+from fedadamw.viz.stores import is_live, store_state
 from tests.test_figures import Synthetic, decode, numpy_cosines, write_synthetic_store
 
 TIMEOUT = 60  # seconds for one script run; the first one imports torch and plotly
@@ -64,7 +66,15 @@ def test_page_draws_every_view_from_the_store(
     at = open_app(synthetic.path.parent, monkeypatch)
     assert texts(at, "error") == [] and texts(at, "warning") == []
     figs = charts(at)
-    assert set(figs) == {"divergence", "accuracy", "heatmap", "scatter", "labels", "layers"}
+    assert set(figs) == {
+        "divergence",
+        "accuracy",
+        "heatmap",
+        "scatter",
+        "labels",
+        "trajectories",
+        "layers",
+    }
     for mode in ("coupled", "decoupled"):
         (line,) = [t for t in figs["divergence"]["data"] if t.get("name") == f"{mode} (2 seeds)"]
         ref = np.mean(
@@ -78,7 +88,8 @@ def test_page_draws_every_view_from_the_store(
             axis=0,
         )
         np.testing.assert_allclose(decode(line["y"]), ref, rtol=1e-12)
-    assert at.toggle(key="auto").value is False  # every run finished: nothing to follow
+    # every run finished: nothing to re-read, but a run that starts will be noticed
+    assert any("auto-refresh when a run starts" in c for c in texts(at, "caption"))
 
 
 def test_round_slider_chooses_the_heatmap_round(
@@ -171,7 +182,7 @@ def _older_schema(path: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "kind", "message"),
     [
-        (lambda p: None, "error", "no results store at"),
+        (lambda p: None, "info", "no results store at"),
         (lambda p: (p / "results.db").write_bytes(b""), "info", "has no tables yet"),
         (
             lambda p: (p / "results.db").write_bytes(b"SQLite format 3\x00" + b"\x00" * 40),
@@ -200,7 +211,8 @@ def test_half_written_run_shows_what_exists_and_refreshes(
     with WriterLock(tmp_path):  # a live process writes the folder: its run is running
         at = open_app(tmp_path, monkeypatch)
     assert texts(at, "error") == []
-    assert at.toggle(key="auto").value is True  # a run is writing: follow it
+    # a run is writing: follow it
+    assert any("auto-refresh every 5 s while a run is live" in c for c in texts(at, "caption"))
     info = " ".join(texts(at, "info"))
     assert "No trained round" in info and "No evaluated round" not in info
     assert set(charts(at)) == {"accuracy"}  # round 0's evaluation is all there is
@@ -272,3 +284,112 @@ def _answers(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_client_trajectories_follow_each_clients_update(
+    synthetic: Synthetic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = open_app(synthetic.path.parent, monkeypatch)
+    (picker,) = [m for m in at.multiselect if m.label == "Clients"]
+    picker.set_value([3, 7]).run()
+    fig = charts(at)["trajectories"]
+    run = synthetic.run_ids[("decoupled", 0, "0")]
+    for pid in (3, 7):
+        (norms,) = [
+            t
+            for t in fig["data"]
+            if t["name"] == f"client {pid}" and t["xaxis"] == "x4"  # row 2: decoupled, norms
+        ]
+        ref = [np.linalg.norm(synthetic.updates[(run, k)][pid]) for k in range(1, 5)]
+        np.testing.assert_allclose(decode(norms["y"]), ref, rtol=1e-12)
+    assert {t["name"] for t in fig["data"]} == {"client 3", "client 7"}
+
+
+def test_rejections_are_listed_with_their_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syn = write_synthetic_store(tmp_path, seeds=(0,), num_rounds=2, num_clients=3)
+    conn = sqlite3.connect(syn.path)
+    run = syn.run_ids[("decoupled", 0, "0")]
+    conn.execute("INSERT INTO rejections VALUES (?, 1, 2, NULL, 'non-finite update (NaN)')", (run,))
+    conn.commit()
+    conn.close()
+    at = open_app(tmp_path, monkeypatch)
+    (table,) = [d.value for d in at.dataframe if "reason" in d.value.columns]
+    assert table.to_dict("records") == [
+        {
+            "run": "decoupled · seed 0",
+            "round": 1,
+            "client": 2,
+            "node": None,
+            "reason": "non-finite update (NaN)",
+        }
+    ]
+
+
+def test_two_stores_are_overlaid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_synthetic_store(tmp_path / "a", seeds=(0,), num_rounds=2, num_clients=3)
+    write_synthetic_store(tmp_path / "b", seeds=(1,), num_rounds=2, num_clients=3)
+    monkeypatch.setenv(STORE_ENV, f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}")
+    at = AppTest.from_file(str(DASHBOARD_SCRIPT), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception and texts(at, "error") == []
+    (runs,) = [d.value for d in at.dataframe if "run id" in d.value.columns]
+    assert sorted(runs["store"]) == ["a", "a", "b", "b"]
+    names = {t.get("name") for t in charts(at)["divergence"]["data"]}
+    assert {"coupled (2 seeds)", "decoupled (2 seeds)"} <= names  # one condition per mode
+
+
+def test_the_page_recovers_when_the_store_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "later"
+    out.mkdir()
+    at = open_app(out, monkeypatch)
+    assert any("no results store at" in t for t in texts(at, "info")) and charts(at) == {}
+    write_synthetic_store(out, seeds=(0,), num_rounds=2, num_clients=3)
+    at.run()  # what the watcher's rerun does in the browser
+    assert "divergence" in charts(at)
+
+
+def test_store_state_sees_a_store_appear_and_a_run_start_and_end(tmp_path: Path) -> None:
+    paths = [str(tmp_path)]
+    assert store_state(paths) == ((False, False, False),)
+    ResultStore(tmp_path / "results.db").close()
+    assert store_state(paths) == ((False, False, True),)  # a store, no run yet
+    write_synthetic_store(tmp_path, seeds=(0,), num_rounds=1, num_clients=3)
+    finished = store_state(paths)
+    assert finished == ((True, False, True),) and not is_live(finished)
+    with WriterLock(tmp_path):  # a new run starts in the finished store
+        assert is_live(store_state(paths))
+    assert store_state(paths) == finished  # and ends
+
+
+def test_dashboard_command_stops_its_server_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from pathlib import Path; "
+        "from fedadamw.viz.commands import dashboard_command; "
+        f"sys.exit(dashboard_command([Path({str(tmp_path)!r})], {port}))",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert f"http://127.0.0.1:{port}" in line and "waiting for the run" in line
+        deadline = time.monotonic() + 40
+        while not _answers(port):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.25)
+        proc.send_signal(signal.SIGTERM)  # what `kill`, systemd and docker stop send
+        assert proc.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while _answers(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _answers(port)  # the Streamlit child went with it
+        assert port_is_free(port)  # and the next start on this port is not refused
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,15 +1,18 @@
 """The dashboard served for real and opened in headless Chromium (Debian's `chromium`).
 
-Starts `streamlit run` the way `fedadamw dashboard` does, on a free loopback port, over a
-synthetic store; checks that the main figures render with data, that the page logs no console
-error, that auto-refresh picks up what a writer adds, and saves screenshots (to the test's
-temporary folder, or to $FEDADAMW_SCREENSHOTS when set, so a test run never dirties the
-checkout). The server is stopped by its pid, also when the test fails.
+Starts `streamlit run` the way `fedadamw dashboard` does, on a free loopback port. Over a
+synthetic store: the main figures render with data, the page logs no console error,
+auto-refresh picks up what a writer adds, and screenshots are saved (to the test's temporary
+folder, or to $FEDADAMW_SCREENSHOTS when set, so a test run never dirties the checkout). Over
+an empty folder: the page is open before a real `fedadamw run` starts, and its rounds appear
+without a reload. Servers and runs are stopped by their pids, also when a test fails.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +37,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-MAIN_FIGURES = 6  # divergence, accuracy, heatmap, scatter, labels, layers
+MAIN_FIGURES = 7  # divergence, accuracy, heatmap, scatter, labels, trajectories, layers
 
 
 @pytest.fixture
@@ -151,3 +154,84 @@ def test_dashboard_renders_in_chromium(
         finally:
             browser.close()
     assert errors == []
+
+
+LIVE_ROUNDS = 3
+
+
+def test_dashboard_follows_a_run_that_starts_after_it_opened(chromium: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "live"
+    out.mkdir()  # what `fedadamw dashboard` gets before the run: a folder without a store
+    port = free_port()
+    server = start_dashboard(out, port, quiet=True)
+    run: subprocess.Popen[str] | None = None
+    errors: list[str] = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, server)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1400})
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(url, wait_until="domcontentloaded")
+                page.get_by_text("no results store at").wait_for(timeout=40_000)
+                # A small real run, through the command researchers type, with both trackers.
+                run = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "fedadamw.cli",
+                        "run",
+                        "--out",
+                        str(out),
+                        "--set",
+                        "num-clients=2",
+                        "--set",
+                        f"num-server-rounds={LIVE_ROUNDS}",
+                        "--set",
+                        "local-epochs=1",
+                        "--set",
+                        "arms=decoupled",
+                        "--set",
+                        "experiment=live",
+                        "--log",
+                        "tensorboard,mlflow",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                # No reload: the watcher notices the store and the live writer, the body
+                # re-reads it while the run writes, round by round.
+                page.get_by_text("1 running").wait_for(timeout=180_000)
+                page.get_by_text("round 2/3").first.wait_for(timeout=180_000)
+                page.wait_for_function(
+                    "Array.from(document.querySelectorAll('.js-plotly-plot')).some("
+                    "gd => (gd._fullData || []).some(t => t.mode === 'lines+markers'"
+                    " && t.y && t.y.length >= 2))",
+                    timeout=60_000,
+                )
+                # When the run ends the page says so and stops re-reading.
+                page.get_by_text("no run is live").wait_for(timeout=240_000)
+                body = page.inner_text("body")
+                assert "Traceback" not in body and "could not be drawn" not in body
+            finally:
+                browser.close()
+        output, _ = run.communicate(timeout=240)
+        assert run.returncode == 0, output[-3000:]
+    finally:
+        if run is not None and run.poll() is None:
+            run.terminate()
+            run.wait(30)
+        stop_process(server)
+    assert errors == []
+    # What the run printed: Ray's start, the arm, each round's time and the ETA, the trackers.
+    assert "starting Ray" in output and "Ray is up after" in output
+    assert "arm decoupled (1/1)" in output
+    assert f"round {LIVE_ROUNDS}/{LIVE_ROUNDS}" in output and "/round  ETA" in output
+    assert "tensorboard: 1 runs in" in output and "mlflow: 1 runs in" in output
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))

@@ -9,6 +9,7 @@ reference. The dashboard tests import it too.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import sqlite3
@@ -23,7 +24,7 @@ import plotly.graph_objects as go
 import pytest
 
 from fedadamw import cli
-from fedadamw.config import default_config
+from fedadamw.config import Config, default_config
 from fedadamw.core.divergence import analyze
 from fedadamw.results.lock import WriterLock
 from fedadamw.results.reader import (
@@ -41,6 +42,7 @@ from fedadamw.viz import figures, style, views
 from fedadamw.viz.commands import figures_command, report_command
 from fedadamw.viz.html_report import render_html
 from fedadamw.viz.labels import ClientLabels
+from fedadamw.viz.stores import Stores
 from fedadamw.viz.views import standard_sections
 from tests import needs
 
@@ -289,8 +291,8 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
 
 
 @pytest.fixture(scope="module")
-def store(synthetic: Synthetic) -> Store:
-    return Store(synthetic.path.parent)
+def store(synthetic: Synthetic) -> Stores:
+    return Stores([synthetic.path.parent])
 
 
 def labels_of(syn: Synthetic) -> Any:
@@ -332,7 +334,7 @@ def test_client_order_groups_by_dominant_label_then_share() -> None:
 
 
 # -- store reading --------------------------------------------------------------------------
-def test_runs_hold_configs_seeds_and_progress(store: Store, synthetic: Synthetic) -> None:
+def test_runs_hold_configs_seeds_and_progress(store: Stores, synthetic: Synthetic) -> None:
     runs = store.runs()
     assert len(runs) == 6 and set(runs["seed"]) == {0, 1, 2}
     assert set(runs["rounds_done"]) == {6}
@@ -343,7 +345,7 @@ def test_runs_hold_configs_seeds_and_progress(store: Store, synthetic: Synthetic
     assert diff.loc["seeds", "coupled"] == "0, 1, 2"
 
 
-def test_cosine_matrix_matches_numpy(store: Store, synthetic: Synthetic) -> None:
+def test_cosine_matrix_matches_numpy(store: Stores, synthetic: Synthetic) -> None:
     run = synthetic.run_ids[("coupled", 1, "0")]
     ids, mat = cosine_matrix(store.pairs(run, 3))
     assert ids == list(range(8))
@@ -392,7 +394,7 @@ def test_older_schema_names_what_is_missing(tmp_path: Path) -> None:
 def test_half_written_run_gives_no_figure_and_no_error(tmp_path: Path) -> None:
     with WriterLock(tmp_path), ResultStore(tmp_path / "results.db") as rs:
         rs.start_run("e:coupled:x", "e", "coupled", "coupled", 0.01, default_config().to_json())
-        store = Store(tmp_path)
+        store = Stores([tmp_path])
         runs = store.runs()  # read while the writer lives: its run is running
     assert runs["rounds_done"].tolist() == [0] and runs["status"].tolist() == ["running"]
     assert views.divergence_figure(store, runs, "mean_pairwise_cosine") is None
@@ -413,7 +415,7 @@ def test_new_columns_are_found_and_grouped_by_part(tmp_path: Path) -> None:
     assert groups.parts_of("decay_dispersion") == groups.parts_of("dispersion")
 
 
-def test_empty_part_columns_stay_hidden(store: Store) -> None:
+def test_empty_part_columns_stay_hidden(store: Stores) -> None:
     # the columns exist (a schema-2 writer makes them) but track-decay was off: all NULL
     assert "decay_dispersion" in store.columns("rounds")
     groups = store.statistics("rounds")
@@ -432,7 +434,7 @@ def test_empty_part_columns_stay_hidden(store: Store) -> None:
 
 # -- figures --------------------------------------------------------------------------------
 def test_divergence_lines_and_bands_are_seed_means_and_t_intervals(
-    store: Store, synthetic: Synthetic
+    store: Stores, synthetic: Synthetic
 ) -> None:
     runs = store.runs()
     fig = views.divergence_figure(store, runs, "relative_drift")
@@ -451,7 +453,7 @@ def test_divergence_lines_and_bands_are_seed_means_and_t_intervals(
         np.testing.assert_allclose(decode(band["y"])[:6], hi, rtol=1e-9)
 
 
-def test_divergence_of_a_layer_reads_the_layer_rows(store: Store, synthetic: Synthetic) -> None:
+def test_divergence_of_a_layer_reads_the_layer_rows(store: Stores, synthetic: Synthetic) -> None:
     runs = store.runs()
     run = synthetic.run_ids[("decoupled", 0, "0")]
     fig = views.divergence_figure(store, runs[runs["run_id"] == run], "dispersion", "conv2.bias")
@@ -463,7 +465,7 @@ def test_divergence_of_a_layer_reads_the_layer_rows(store: Store, synthetic: Syn
 
 def test_parts_get_one_panel_each(tmp_path: Path) -> None:
     syn = write_synthetic_store(tmp_path, seeds=(0,), num_rounds=3, parts=True)
-    store = Store(tmp_path)
+    store = Stores([tmp_path])
     fig = views.divergence_figure(store, store.runs(), "dispersion")
     assert fig is not None
     titles = [a["text"] for a in spec(fig)["layout"]["annotations"]]
@@ -482,7 +484,7 @@ def test_parts_get_one_panel_each(tmp_path: Path) -> None:
 
 def test_shrink_ratios_are_seed_means_of_the_quantiles(tmp_path: Path) -> None:
     syn = write_synthetic_store(tmp_path, seeds=(0, 1), num_rounds=3, parts=True)
-    store = Store(tmp_path)
+    store = Stores([tmp_path])
     fig = views.shrink_figure(store, store.runs())
     assert fig is not None
     for mode in MODES:
@@ -500,7 +502,7 @@ def test_shrink_ratios_are_seed_means_of_the_quantiles(tmp_path: Path) -> None:
     assert decoupled == [1.0, 1.0, 1.0]  # uniform decay
 
 
-def test_heatmap_orders_clients_by_dominant_label(store: Store, synthetic: Synthetic) -> None:
+def test_heatmap_orders_clients_by_dominant_label(store: Stores, synthetic: Synthetic) -> None:
     runs = store.runs()
     fig, notes = views.heatmap_figure(store, runs, 1, 4, labels_of(synthetic))
     assert fig is not None and notes == []
@@ -520,7 +522,7 @@ def test_heatmap_orders_clients_by_dominant_label(store: Store, synthetic: Synth
 
 
 def test_heatmap_without_labels_says_so_and_keeps_partition_order(
-    store: Store, synthetic: Synthetic
+    store: Stores, synthetic: Synthetic
 ) -> None:
     fig, notes = views.heatmap_figure(store, store.runs(), 0, 2, no_labels)
     assert fig is not None and any("partition order" in n for n in notes)
@@ -528,7 +530,7 @@ def test_heatmap_without_labels_says_so_and_keeps_partition_order(
     assert list(first["x"]) == [str(p) for p in range(8)]
 
 
-def test_scatter_shows_each_clients_norm_and_cosine(store: Store, synthetic: Synthetic) -> None:
+def test_scatter_shows_each_clients_norm_and_cosine(store: Stores, synthetic: Synthetic) -> None:
     runs = store.runs()
     fig = views.scatter_figure(store, runs, 2, 5, "dominant_share", labels_of(synthetic))
     assert fig is not None
@@ -544,7 +546,7 @@ def test_scatter_shows_each_clients_norm_and_cosine(store: Store, synthetic: Syn
     np.testing.assert_allclose(decode(pts["marker"]["color"]), hist.max(1) / hist.sum(1))
 
 
-def test_layer_bars_are_round_means_across_seeds(store: Store, synthetic: Synthetic) -> None:
+def test_layer_bars_are_round_means_across_seeds(store: Stores, synthetic: Synthetic) -> None:
     fig = views.layers_figure(store, store.runs(), "mean_pairwise_cosine")
     assert fig is not None
     (bars,) = traces(fig, name="decoupled (3 seeds)")
@@ -571,7 +573,7 @@ def test_layer_bars_are_round_means_across_seeds(store: Store, synthetic: Synthe
 def test_sweep_cells_are_seed_means_per_mode(tmp_path: Path) -> None:
     grid = [{"learning-rate": lr, "weight-decay": wd} for lr in (0.001, 0.01) for wd in (0.0, 0.1)]
     syn = write_synthetic_store(tmp_path, seeds=(0, 1), num_rounds=3, experiment="sweep", grid=grid)
-    store = Store(tmp_path)
+    store = Stores([tmp_path])
     fig = views.sweep_figure(store, store.runs(), "learning-rate", "weight-decay", "final_accuracy")
     assert fig is not None
     heat = traces(fig, type="heatmap")
@@ -608,7 +610,7 @@ def test_label_distribution_draws_the_counts(synthetic: Synthetic) -> None:
         np.testing.assert_array_equal(decode(bar["x"]), hist[order, label])
 
 
-def test_modes_keep_their_colour_in_every_figure(store: Store, synthetic: Synthetic) -> None:
+def test_modes_keep_their_colour_in_every_figure(store: Stores, synthetic: Synthetic) -> None:
     runs, labels = store.runs(), labels_of(synthetic)
     figs = [
         views.divergence_figure(store, runs, "dispersion"),
@@ -636,7 +638,7 @@ def test_modes_keep_their_colour_in_every_figure(store: Store, synthetic: Synthe
 
 # -- report and paper figures ---------------------------------------------------------------
 def test_report_is_one_self_contained_file(
-    store: Store, synthetic: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Stores, synthetic: Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "sub" / "report.html"
     assert report_command(synthetic.path.parent, target) == 0
@@ -680,6 +682,10 @@ def test_figures_are_written_as_png_and_pdf(tmp_path: Path) -> None:
         "default-layers",
     }
     assert {f"{s}.png" for s in stems} | {f"{s}.pdf" for s in stems} <= set(written)
+    import pypdf
+
+    pdf = pypdf.PdfReader(tmp_path / "figs" / "default-divergence.pdf")
+    assert pdf.metadata is not None and pdf.metadata.title == "Update divergence over rounds"
     png = (tmp_path / "figs" / "default-divergence.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width = int.from_bytes(png[16:20], "big")
@@ -721,7 +727,7 @@ def test_names_that_slug_alike_still_get_one_file_each(tmp_path: Path) -> None:
     experiments = ("a.b", "a-b", "A-B")  # all three slug to a-b (or A-B)
     for name in experiments:
         write_synthetic_store(out, seeds=(0,), num_rounds=1, num_clients=3, experiment=name)
-    sections = standard_sections(Store(out))
+    sections = standard_sections(Stores([out]))
     names = [item.name for s in sections for item in s.items]
     # One file per figure, also on a disk that ignores case.
     assert len({n.casefold() for n in names}) == len(names)
@@ -731,7 +737,7 @@ def test_names_that_slug_alike_still_get_one_file_each(tmp_path: Path) -> None:
     for names_of in per.values():
         assert all(n.casefold().startswith("a-b-") for n in names_of)
     # The names are a function of the store: reading it again gives the same ones.
-    assert names == [item.name for s in standard_sections(Store(out)) for item in s.items]
+    assert names == [item.name for s in standard_sections(Stores([out])) for item in s.items]
 
 
 def test_export_without_a_browser_is_one_line(
@@ -742,3 +748,303 @@ def test_export_without_a_browser_is_one_line(
     assert figures_command(syn.path.parent, tmp_path / "figs") == 2
     err = capsys.readouterr().err
     assert err.startswith("fedadamw: error: PNG/PDF export needs Chromium") and err.count("\n") == 1
+
+
+# -- honest bands ---------------------------------------------------------------------------
+# Per seed, values at the edges of each statistic's range: a t-band around their mean leaves it.
+EXTREMES = {
+    0: {
+        "test_accuracy": 0.02,
+        "mean_pairwise_cosine": -0.98,
+        "dispersion": 0.01,
+        "relative_drift": 0.001,
+        "mean_cosine_to_aggregate": 0.99,
+        "train_loss": 0.01,
+    },
+    1: {
+        "test_accuracy": 0.98,
+        "mean_pairwise_cosine": 0.97,
+        "dispersion": 0.99,
+        "relative_drift": 50.0,
+        "mean_cosine_to_aggregate": -0.95,
+        "train_loss": 9.0,
+    },
+    2: {
+        "test_accuracy": 0.5,
+        "mean_pairwise_cosine": 0.0,
+        "dispersion": 0.5,
+        "relative_drift": 1.0,
+        "mean_cosine_to_aggregate": 0.0,
+        "train_loss": 1.0,
+    },
+}
+
+
+def extreme_store(out: Path, seeds: Sequence[int] = (0, 1, 2)) -> Synthetic:
+    """A store whose seeds sit at the edges of every statistic's range."""
+    syn = write_synthetic_store(out, seeds=seeds, num_rounds=3, num_clients=4)
+    conn = sqlite3.connect(syn.path)
+    for (_, seed, _), run_id in syn.run_ids.items():
+        for column, value in EXTREMES[seed].items():
+            conn.execute(f"UPDATE rounds SET {column}=? WHERE run_id=?", (value, run_id))
+            if column in ("mean_pairwise_cosine", "dispersion", "relative_drift"):
+                conn.execute(f"UPDATE layers SET {column}=? WHERE run_id=?", (value, run_id))
+    conn.commit()
+    conn.close()
+    return syn
+
+
+def band_violations(fig: go.Figure) -> list[str]:
+    """Band traces (meta names their statistic) whose values leave the statistic's range."""
+    bad = []
+    for trace in spec(fig)["data"]:
+        meta = trace.get("meta")
+        if not isinstance(meta, dict) or "band" not in meta:
+            continue
+        lo, hi = style.stat_range(meta["stat"])
+        scale = float(meta["scale"])
+        if trace["type"] == "bar":
+            x = decode(trace["x"])
+            err = trace["error_x"]
+            up, down = decode(err["array"]), decode(err["arrayminus"])
+            values = np.concatenate([x + up, x - down])
+        else:
+            values = decode(trace["y"])
+        values = values[np.isfinite(values)] / scale
+        if len(values) and (values.min() < lo - 1e-12 or values.max() > hi + 1e-12):
+            bad.append(f"{trace.get('name')}: [{values.min()}, {values.max()}] not in [{lo}, {hi}]")
+    return bad
+
+
+@pytest.mark.parametrize("band", list(figures.BANDS))
+def test_bands_never_leave_the_statistics_range(tmp_path: Path, band: str) -> None:
+    syn = extreme_store(tmp_path)
+    store = Stores([tmp_path])
+    runs = store.runs()
+    figs = [item.figure for s in standard_sections(store, labels_of(syn), band) for item in s.items]
+    figs += [views.divergence_figure(store, runs, stat, band=band) for stat in STAT_NAMES]
+    figs += [views.layers_figure(store, runs, s, band) for s in ("dispersion", "relative_drift")]
+    checked = 0
+    for fig in figs:
+        assert fig is not None
+        assert band_violations(fig) == []
+        checked += sum(isinstance(t.meta, dict) for t in fig.data)
+    assert checked > 20
+    # the t-band of three seeds at the edges does leave [0, 1] before clipping: the test bites
+    acc = np.array([EXTREMES[s]["test_accuracy"] for s in (0, 1, 2)])
+    t2 = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)
+    assert acc.mean() + t2 * acc.std(ddof=1) / math.sqrt(3) > 1.0
+
+
+def test_a_three_seed_ci_band_is_the_clipped_t_interval(tmp_path: Path) -> None:
+    extreme_store(tmp_path)
+    store = Stores([tmp_path])
+    fig = views.accuracy_figure(store, store.runs(), "ci")
+    assert fig is not None
+    (band,) = [t for t in traces(fig, fill="toself") if t["name"].startswith("coupled")][:1]
+    acc = np.array([EXTREMES[s]["test_accuracy"] for s in (0, 1, 2)])
+    t2 = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)
+    half = t2 * acc.std(ddof=1) / math.sqrt(3)
+    y = decode(band["y"])  # upper edge rounds 0..3, then the lower edge back to round 0
+    np.testing.assert_allclose(y[1:4], 100 * min(1.0, acc.mean() + half))
+    np.testing.assert_allclose(y[4:7], 100 * max(0.0, acc.mean() - half))
+    assert band["meta"]["band"] == "ci"
+
+
+def test_two_seeds_get_their_min_max_and_a_caption_that_says_so(tmp_path: Path) -> None:
+    extreme_store(tmp_path, seeds=(0, 2))
+    store = Stores([tmp_path])
+    runs = store.runs()
+    fig = views.divergence_figure(store, runs, "relative_drift", band="ci")
+    assert fig is not None
+    (band,) = [t for t in traces(fig, fill="toself") if t["name"].startswith("decoupled")]
+    assert band["meta"]["band"] == "minmax"
+    y = decode(band["y"])
+    np.testing.assert_allclose(y[:3], EXTREMES[2]["relative_drift"])  # the larger seed
+    np.testing.assert_allclose(y[3:], EXTREMES[0]["relative_drift"])
+    assert "min–max of the 2 seeds" in figures.band_note(runs, "ci")
+    assert figures.band_note(runs[runs["seed"] == 0], "ci").startswith("one seed")
+
+
+def test_sd_band_is_mean_plus_minus_one_sd(tmp_path: Path) -> None:
+    extreme_store(tmp_path)
+    store = Stores([tmp_path])
+    fig = views.divergence_figure(store, store.runs(), "relative_drift", band="sd")
+    assert fig is not None
+    (band,) = [t for t in traces(fig, fill="toself") if t["name"].startswith("coupled")]
+    x = np.array([EXTREMES[s]["relative_drift"] for s in (0, 1, 2)])
+    y = decode(band["y"])
+    np.testing.assert_allclose(y[:3], x.mean() + x.std(ddof=1))
+    np.testing.assert_allclose(y[3:], max(0.0, x.mean() - x.std(ddof=1)))  # drift ≥ 0
+
+
+# -- layout ---------------------------------------------------------------------------------
+def test_sweep_colours_are_symmetric_for_cosines_and_name_their_range(tmp_path: Path) -> None:
+    grid = [{"weight-decay": wd} for wd in (0.0, 0.1)]
+    write_synthetic_store(tmp_path, seeds=(0,), num_rounds=2, experiment="sweep", grid=grid)
+    store = Stores([tmp_path])
+    runs = store.runs()
+    cos = views.sweep_figure(store, runs, "weight-decay", None, ROUND_MEAN + "mean_pairwise_cosine")
+    assert cos is not None
+    axis = spec(cos)["layout"]["coloraxis"]
+    z = np.concatenate([decode(t["z"]).ravel() for t in traces(cos, type="heatmap")])
+    assert axis["cmin"] == -axis["cmax"] == pytest.approx(-np.abs(z).max())
+    disp = views.sweep_figure(store, runs, "weight-decay", None, ROUND_MEAN + "dispersion")
+    assert disp is not None
+    axis = spec(disp)["layout"]["coloraxis"]
+    z = np.concatenate([decode(t["z"]).ravel() for t in traces(disp, type="heatmap")])
+    assert (axis["cmin"], axis["cmax"]) == (z.min(), z.max())
+    assert f"colours span {z.min():.3g} – {z.max():.3g}" in axis["colorbar"]["title"]["text"]
+
+
+def test_many_conditions_wrap_into_rows_with_titles_apart(tmp_path: Path) -> None:
+    grid = [{"learning-rate": lr, "weight-decay": wd} for lr in (0.001, 0.01) for wd in (0.0, 0.1)]
+    syn = write_synthetic_store(tmp_path, seeds=(0,), num_rounds=2, grid=grid, experiment="g")
+    store = Stores([tmp_path])
+    runs = store.runs()
+    heat, notes = views.heatmap_figure(store, runs, 0, 2, labels_of(syn))
+    scatter = views.scatter_figure(store, runs, 0, 2, "local_steps", labels_of(syn))
+    assert heat is not None and scatter is not None
+    assert "showing the first 4 of 8 conditions" in notes
+    for fig, cols in ((heat, 2), (scatter, 4)):
+        layout = spec(fig)["layout"]
+        titles = layout["annotations"]
+        # rows of at most `cols` panels; in a row, each title sits over its own panel
+        rows: dict[float, list[float]] = {}
+        for ann in titles:
+            rows.setdefault(round(ann["y"], 6), []).append(ann["x"])
+        assert max(len(xs) for xs in rows.values()) <= cols and len(rows) == 2
+        for ann in titles:
+            assert all(len(line) <= 34 for line in ann["text"].split("<br>"))
+        # the x axes of a row do not overlap
+        domains = sorted(layout[k]["domain"] for k in layout if k.startswith("xaxis"))
+        for (a0, a1), (b0, b1) in itertools.pairwise(domains):
+            assert a1 <= b0 or (a0, a1) == (b0, b1)
+    # the heatmaps show whole comparisons: both modes of the first two settings
+    modes = [a["text"].split(" · ")[0] for a in spec(heat)["layout"]["annotations"]]
+    assert modes == ["coupled", "decoupled", "coupled", "decoupled"]
+
+
+def test_the_report_repeats_no_panel(tmp_path: Path) -> None:
+    syn = write_synthetic_store(tmp_path, seeds=(0, 1), num_rounds=2, parts=True)
+    (section,) = standard_sections(Stores([tmp_path]), labels_of(syn))
+    panels = [
+        (a["text"], item.figure.layout.yaxis.title.text)
+        for item in section.items
+        if item.name.endswith(("divergence", "mean_pairwise_cosine", "dispersion"))
+        for a in spec(item.figure)["layout"].get("annotations", [])
+    ]
+    assert len(panels) == len(set(panels)) and len(panels) >= 6
+    names = [i.name for i in section.items]
+    assert "default-parts-mean_pairwise_cosine" in names
+
+
+def test_pdf_title_update_is_read_by_pypdf() -> None:
+    import io
+
+    import pypdf
+
+    from fedadamw.viz.export import pdf_with_title
+
+    # a minimal classic-xref PDF like Chromium's (Info object 1, catalog 2, one empty page 3)
+    objects = [
+        "<</Title (Kaleido-fier)>>",
+        "<</Type /Catalog /Pages 3 0 R>>",
+        "<</Type /Pages /Kids [4 0 R] /Count 1>>",
+        "<</Type /Page /Parent 3 0 R /MediaBox [0 0 10 10]>>",
+    ]
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for n, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<</Size {len(objects) + 1}\n/Root 2 0 R\n/Info 1 0 R>>\n".encode()
+    out += f"startxref\n{xref}\n%%EOF\n".encode()
+    titled = pdf_with_title(out, "Pairwise cosine · λ = 0.1 · Δ")
+    assert titled.startswith(out)  # an incremental update: the original bytes stay
+    reader = pypdf.PdfReader(io.BytesIO(titled), strict=True)
+    assert reader.metadata is not None and reader.metadata.title == "Pairwise cosine · λ = 0.1 · Δ"
+    assert len(reader.pages) == 1
+
+
+# -- tables ---------------------------------------------------------------------------------
+def test_runs_table_shows_swept_keys_status_and_no_final_before_round_one(tmp_path: Path) -> None:
+    grid = [{"weight-decay": wd} for wd in (0.0, 0.1)]
+    syn = write_synthetic_store(tmp_path, seeds=(0, 1), num_rounds=2, grid=grid)
+    with ResultStore(tmp_path / "results.db") as rs:
+        first = syn.configs[syn.run_ids[("decoupled", 0, "0")]]
+        cfg = Config.from_mapping(first).replace(seed=5)
+        rs.start_run(
+            "default:decoupled:new", "default", "decoupled", "decoupled", 0.01, cfg.to_json()
+        )
+        rs.write_round(RoundRecord("default:decoupled:new", 0, {"test_accuracy": 0.1}))
+    store = Stores([tmp_path])
+    runs = store.runs()
+    table = views.runs_table(runs, store.rounds())
+    assert list(table.columns[:4]) == ["arm", "weight-decay", "seed", "status"]
+    assert set(table["weight-decay"]) == {"0", "0.1"}
+    new = table[table["run id"] == "default:decoupled:new"].iloc[0]
+    assert new["status"] == "interrupted"  # marked running, but no live writer holds the folder
+    assert math.isnan(new["final test acc (%)"])  # round 0 is the initial model, not a result
+    done = table[table["run id"] != "default:decoupled:new"]
+    assert done["final test acc (%)"].notna().all()
+
+
+def test_rejections_table_names_round_client_and_reason(tmp_path: Path) -> None:
+    syn = write_synthetic_store(tmp_path, seeds=(0,), num_rounds=2)
+    run = syn.run_ids[("coupled", 0, "0")]
+    conn = sqlite3.connect(syn.path)
+    conn.execute("INSERT INTO rejections VALUES (?, 2, 5, '123', 'dropped (dropout-rate)')", (run,))
+    conn.commit()
+    conn.close()
+    store = Stores([tmp_path])
+    table = views.rejections_table(store, store.runs())
+    assert table.to_dict("records") == [
+        {
+            "run": "coupled · seed 0",
+            "round": 2,
+            "client": 5,
+            "node": "123",
+            "reason": "dropped (dropout-rate)",
+        }
+    ]
+
+
+# -- several stores -------------------------------------------------------------------------
+def test_two_stores_overlay_grouped_by_setting(tmp_path: Path) -> None:
+    a = write_synthetic_store(tmp_path / "a" / "run", seeds=(0, 1), num_rounds=2, num_clients=4)
+    b = write_synthetic_store(tmp_path / "b" / "run", seeds=(2,), num_rounds=2, num_clients=4)
+    store = Stores([tmp_path / "a" / "run", tmp_path / "b" / "run"])
+    assert store.tags == ["a/run", "b/run"]
+    runs = store.runs()
+    assert len(runs) == 6 and runs["run_id"].is_unique
+    # the same setting in both folders is one condition per mode, the seeds its replicates
+    assert runs.groupby("mode")["condition"].nunique().to_dict() == {"coupled": 1, "decoupled": 1}
+    fig = views.divergence_figure(store, runs, "dispersion")
+    assert fig is not None
+    (line,) = traces(fig, name="coupled (3 seeds)")
+    ref = np.mean(
+        [
+            [syn.rounds[syn.run_ids[("coupled", s, "0")]][k]["dispersion"] for k in (1, 2)]
+            for syn, s in ((a, 0), (a, 1), (b, 2))
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(decode(line["y"]), ref, rtol=1e-12)
+    table = views.runs_table(runs, store.rounds())
+    assert list(table["store"]) == ["a/run"] * 4 + ["b/run"] * 2
+    # a run id two folders share stays two runs
+    pairs = store.pairs(runs["run_id"].iloc[-1], 1)
+    assert len(pairs) == 6
+
+
+def test_stores_that_cannot_be_shown_become_warnings(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path / "ok", seeds=(0,), num_rounds=1, num_clients=3)
+    store = Stores([tmp_path / "ok", tmp_path / "missing"])
+    assert len(store.runs()) == 2
+    assert any("no results store at" in w for w in store.warnings)
+    with pytest.raises(StoreError, match="no results store at"):
+        Stores([tmp_path / "missing"])

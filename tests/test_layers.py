@@ -160,8 +160,9 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["run", "--set", "weight-decay=-1"],
         ["compare", "STORE"],
         ["report", "STORE", "--html", "REPORT"],
+        ["export", "STORE", "--dir", "REPORT"],
     ],
-    ids=["help", "unknown-key", "bad-value", "compare", "report"],
+    ids=["help", "unknown-key", "bad-value", "compare", "report", "export"],
 )
 def test_the_read_side_and_bad_input_import_neither_torch_nor_flower(
     argv: list[str], store_dir: Path, tmp_path: Path

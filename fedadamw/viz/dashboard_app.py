@@ -1,20 +1,24 @@
-"""The update-divergence dashboard (a Streamlit app over one results store).
+"""The update-divergence dashboard (a Streamlit app over one or more results stores).
 
-Started by `fedadamw dashboard OUT` (`fedadamw.viz.serve`), which runs `streamlit run` on this
-file with the store in the ``FEDADAMW_STORE`` environment variable. Every figure comes from
-`fedadamw.viz.views`, so the page shows exactly what the HTML report and the paper figures show.
-The data-driven part of the page is one fragment that re-reads the store every few seconds while
-auto-refresh is on, so a running experiment fills the page round by round. A store that is
-missing, empty, half-written or from an older schema gives a one-line message in the page, never
-a traceback.
+Started by `fedadamw dashboard OUT [OUT …]` (`fedadamw.viz.serve`), which runs `streamlit run`
+on this file with the stores in the ``FEDADAMW_STORE`` environment variable. Every figure comes
+from `fedadamw.viz.views`, so the page shows exactly what the HTML report and the paper figures
+show. Several stores are overlaid (`fedadamw.viz.stores.Stores`): runs are grouped by setting
+whatever folder holds them.
+
+Keeping up with a run: the data-driven part of the page is one fragment that re-reads the
+stores every few seconds while a run is live (a process holds a store's writer lock). A second,
+tiny fragment watches every `WATCH_S` seconds whether that changes — a store appears, a run
+starts in a finished store, the last run ends — and then redraws the page, so auto-refresh
+switches itself on and off. A store that is missing, empty, half-written or from an older
+schema gives a one-line message in the page, never a traceback.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,32 +29,36 @@ import streamlit as st
 from fedadamw.results.reader import (
     ROUND_MEAN,
     EmptyStoreError,
-    Store,
     StoreError,
     config_diff,
+    resolve_store_path,
     setting_labels,
     shared_config,
     varying_keys,
 )
 from fedadamw.schema import RUNNING
 from fedadamw.viz import views
+from fedadamw.viz.figures import BANDS, band_note
 from fedadamw.viz.labels import ClientLabels, stored_labels
-from fedadamw.viz.serve import STORE_ENV
+from fedadamw.viz.serve import STORE_ENV, stores_from_env
+from fedadamw.viz.stores import Stores, is_live, store_state
 from fedadamw.viz.style import stat_label
 
 ALL_SETTINGS = "__all__"
+ALL_EXPERIMENTS = "__all_experiments__"
 REFRESH_CHOICES = (2, 5, 10, 30, 60)
+WATCH_S = 2.0  # how often the page checks whether a run started, ended or a store appeared
 PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
 @st.cache_data(max_entries=64, show_spinner="Reading the clients' label counts…")
-def _labels_at(path: str, config_json: str) -> ClientLabels:
+def _labels_at(paths: tuple[str, ...], config_json: str) -> ClientLabels:
     # Stored with the run; an older store's split is rebuilt (seconds), so keep the answer.
-    return stored_labels(Store(path))(config_json)
+    return stored_labels(Stores(paths))(config_json)
 
 
-def _labels(store: Store) -> Callable[[str], ClientLabels]:
-    return functools.partial(_labels_at, str(store.path))
+def _labels(store: Stores) -> Callable[[str], ClientLabels]:
+    return functools.partial(_labels_at, tuple(str(p) for p in store.paths))
 
 
 @contextmanager
@@ -72,64 +80,40 @@ def _chart(fig: go.Figure | None, key: str, empty: str) -> None:
         st.plotly_chart(fig, theme=None, config=PLOT_CONFIG, key=key)
 
 
-def _runs_table(runs: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
-    last = rounds.sort_values("round").groupby("run_id").tail(1).set_index("run_id")
-    trained = (
-        rounds[rounds["round"] >= 1].dropna(subset=["mean_pairwise_cosine"])
-        if "mean_pairwise_cosine" in rounds
-        else rounds.iloc[0:0]
-    )
-    final_cos = trained.sort_values("round").groupby("run_id").tail(1).set_index("run_id")
-    return pd.DataFrame(
-        {
-            "arm": runs["mode"].to_numpy(),
-            "seed": runs["seed"].to_numpy(),
-            "status": runs["status"].to_numpy(),
-            "rounds": [
-                f"{d}/{p}" if p else str(d)
-                for d, p in zip(runs["rounds_done"], runs["planned_rounds"], strict=True)
-            ],
-            "final test acc (%)": [
-                100 * last["test_accuracy"].get(r, float("nan"))
-                if "test_accuracy" in last
-                else float("nan")
-                for r in runs["run_id"]
-            ],
-            "final mean pairwise cos": [
-                final_cos["mean_pairwise_cosine"].get(r, float("nan"))
-                if len(final_cos)
-                else float("nan")
-                for r in runs["run_id"]
-            ],
-            "run id": runs["run_id"].to_numpy(),
-        }
-    )
-
-
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _header(store: Store, runs: pd.DataFrame) -> None:
+# -- the page -------------------------------------------------------------------------------
+def _header(store: Stores, runs: pd.DataFrame, live: str | None, refresh: str) -> None:
     running = int((runs["status"] == RUNNING).sum())
     experiments = runs["experiment"].nunique()
-    # The store's path is in the sidebar; the caption says what is in it and how fresh it is.
+    where = f" in {_count(len(store.paths), 'store')}" if len(store.paths) > 1 else ""
     st.caption(
         "Coupled (Adam + L2) vs decoupled (AdamW) weight decay across non-IID clients · "
-        f"{_count(len(runs), 'run')} in {_count(experiments, 'experiment')}"
-        + (f" · **{running} running**" if running else "")
-        + f" · read at {time.strftime('%H:%M:%S')}"
+        f"{_count(len(runs), 'run')} in {_count(experiments, 'experiment')}{where}"
+        + ("" if running or live else " · no run is live")
+        + f" · read at {time.strftime('%H:%M:%S')} · {refresh}"
     )
+    if live:
+        st.markdown(live)
     for warning in store.warnings:
         st.warning(warning)
 
 
-def _controls(store: Store, runs: pd.DataFrame) -> dict[str, Any]:
+def _controls(store: Stores, runs: pd.DataFrame) -> dict[str, Any]:
     """The selectors every view shares, in one row above the figures."""
     experiments = list(dict.fromkeys(runs["experiment"]))
     c1, c2, c3, c4, c5 = st.columns([1.1, 1.5, 1.5, 1.1, 0.8])
-    experiment = c1.selectbox("Experiment", experiments, key="experiment")
-    in_experiment = runs[runs["experiment"] == experiment]
+    experiment = c1.selectbox(
+        "Experiment",
+        [*experiments, ALL_EXPERIMENTS] if len(experiments) > 1 else experiments,
+        format_func=lambda e: "all experiments" if e == ALL_EXPERIMENTS else str(e),
+        key="experiment",
+    )
+    in_experiment = (
+        runs if experiment == ALL_EXPERIMENTS else runs[runs["experiment"] == experiment]
+    )
     # Figures compare modes at one setting (the config values a sweep varies besides the mode).
     settings = setting_labels(in_experiment)
     setting = c2.selectbox(
@@ -142,7 +126,7 @@ def _controls(store: Store, runs: pd.DataFrame) -> dict[str, Any]:
     )
     chosen = (
         in_experiment
-        if setting == ALL_SETTINGS
+        if setting == ALL_SETTINGS or setting not in settings
         else in_experiment[in_experiment["setting"] == setting]
     )
     layers = store.layer_names()
@@ -176,59 +160,73 @@ def _controls(store: Store, runs: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _overview(store: Store, runs: pd.DataFrame) -> None:
+def _overview(store: Stores, runs: pd.DataFrame) -> None:
     st.subheader("Runs")
-    left, right = st.columns([1.35, 1])
     rounds = store.rounds(list(runs["run_id"]))
+    swept = [k for k in varying_keys(runs) if k != "mode"]
+    st.caption(
+        "One row per run: "
+        + (f"the swept keys ({', '.join(swept)}), " if swept else "")
+        + "seed, status and progress; final values are from the last trained round"
+    )
+    st.dataframe(
+        views.runs_table(runs, rounds),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "arm": st.column_config.TextColumn(width="medium", pinned=True),
+            "status": st.column_config.TextColumn(width="medium"),
+            "final test acc (%)": st.column_config.NumberColumn(format="%.1f"),
+            "final mean pairwise cos": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+    left, right = st.columns([1.35, 1])
     with left:
+        st.markdown("**Config difference between arms**")
+        # One row per condition: its whole label stays readable however many there are.
+        diff = config_diff(runs).T.rename_axis("condition").reset_index()
         st.dataframe(
-            _runs_table(runs, rounds),
+            diff,
             hide_index=True,
             width="stretch",
-            column_config={
-                "final test acc (%)": st.column_config.NumberColumn(format="%.1f"),
-                "final mean pairwise cos": st.column_config.NumberColumn(format="%.3f"),
-            },
+            column_config={"condition": st.column_config.TextColumn(width="medium")},
         )
-    with right:
-        st.markdown("**Config difference between arms**")
-        st.dataframe(config_diff(runs), width="stretch")
-        with st.expander("Shared config"):
-            st.json(shared_config(runs), expanded=True)
+    with right, st.expander("Shared config"):
+        st.json(shared_config(runs), expanded=True)
 
 
-def _layers(store: Store, sel: dict[str, Any]) -> None:
+def _layers(store: Stores, sel: dict[str, Any]) -> None:
     st.subheader("Layers")
     stat = sel["stat"]
     st.caption(
-        f"Which layers diverge most: {stat_label(stat)} per parameter tensor, "
-        "mean over rounds ± 95% CI across seeds"
+        f"Which layers diverge most: {stat_label(stat)} per parameter tensor, mean over rounds; "
+        f"{band_note(sel['runs'], sel['band']).replace('bands:', 'error bars:')}"
     )
     _chart(
-        views.layers_figure(store, sel["runs"], stat),
+        views.layers_figure(store, sel["runs"], stat, sel["band"]),
         "layers",
         f"The store holds no per-layer {stat_label(stat)}.",
     )
 
 
-def _divergence(store: Store, sel: dict[str, Any]) -> None:
+def _divergence(store: Stores, sel: dict[str, Any]) -> None:
     """The chosen statistic over rounds (with its data / decay parts where stored)."""
     runs, stat, layer = sel["runs"], sel["stat"], sel["layer"]
     where = f"layer `{layer}`" if layer else "whole model"
     parts = store.statistics("layers" if layer else "rounds").parts_of(stat)
     st.subheader("Divergence over rounds")
     st.caption(
-        f"{stat_label(stat)} · {where} · lines: mean across seeds, bands: 95% CI"
+        f"{stat_label(stat)} · {where} · lines: mean across seeds · {band_note(runs, sel['band'])}"
         + (" · panels: whole update, data part, decay part" if len(parts) > 1 else "")
     )
     _chart(
-        views.divergence_figure(store, runs, stat, layer),
+        views.divergence_figure(store, runs, stat, layer, band=sel["band"]),
         "divergence",
         f"No trained round with {stat_label(stat)} yet.",
     )
 
 
-def _shrink(store: Store, sel: dict[str, Any]) -> None:
+def _shrink(store: Stores, sel: dict[str, Any]) -> None:
     fig = views.shrink_figure(store, sel["runs"])
     if fig is None:
         return  # track-decay was off: nothing to show, and nothing missing
@@ -240,15 +238,20 @@ def _shrink(store: Store, sel: dict[str, Any]) -> None:
     _chart(fig, "shrink", "")
 
 
-def _training(store: Store, sel: dict[str, Any]) -> None:
+def _training(store: Stores, sel: dict[str, Any]) -> None:
     st.subheader("Accuracy and loss")
     st.caption(
-        "Global model on the test split after each round; train loss as the clients report it"
+        "Global model on the test split after each round; train loss as the clients report it; "
+        + band_note(sel["runs"], sel["band"])
     )
-    _chart(views.accuracy_figure(store, sel["runs"]), "accuracy", "No evaluated round yet.")
+    _chart(
+        views.accuracy_figure(store, sel["runs"], sel["band"]),
+        "accuracy",
+        "No evaluated round yet.",
+    )
 
 
-def _clients(store: Store, sel: dict[str, Any]) -> None:
+def _clients(store: Stores, sel: dict[str, Any]) -> None:
     runs, seed = sel["runs"], sel["seed"]
     st.subheader("Clients in one round")
     done = runs[runs["seed"] == seed]["rounds_done"]
@@ -256,7 +259,7 @@ def _clients(store: Store, sel: dict[str, Any]) -> None:
     if last < 1:
         st.info("No trained round yet for this seed.")
         return
-    c1, c2, c3 = st.columns([1, 3, 1.3])
+    c1, c2, c3 = st.columns([1.5, 2.5, 1.3])
     follow = c1.toggle(
         "Follow latest round",
         value=True,
@@ -268,11 +271,9 @@ def _clients(store: Store, sel: dict[str, Any]) -> None:
         c2.markdown(f"round **{rnd}** of {last}")
     else:
         rnd = int(c2.slider("Round", 1, last, last, key="round"))
-    color_by = c3.selectbox(
-        "Colour clients by",
-        views.color_choices(store),
-        format_func=stat_label,
-        key="color_by",
+    choices = views.color_choices(store)
+    color_by = str(
+        c3.selectbox("Colour clients by", choices, format_func=stat_label, key="color_by")
     )
     fig, notes = views.heatmap_figure(store, runs, seed, rnd, _labels(store))
     st.caption(
@@ -281,21 +282,69 @@ def _clients(store: Store, sel: dict[str, Any]) -> None:
         "lines separate the groups." + ("".join(f" {n}." for n in notes))
     )
     _chart(fig, "heatmap", "No pairwise cosines stored for this round.")
-    left, right = st.columns([1.15, 1])
+    scatter = views.scatter_figure(store, runs, seed, rnd, color_by, _labels(store))
+    # Two conditions share a row with the label chart; more get the page's width.
+    wide = runs["condition"].nunique() > 2
+    left, right = (st.container(), st.container()) if wide else st.columns([1.15, 1])
     with left:
         st.markdown("**Update norm vs cosine to the aggregate**")
-        _chart(
-            views.scatter_figure(store, runs, seed, rnd, color_by, _labels(store)),
-            "scatter",
-            "No per-client rows for this round.",
-        )
+        _chart(scatter, "scatter", "No per-client rows for this round.")
     with right:
         st.markdown("**Label distribution per client**")
         lfig, note = views.labels_figure(runs, seed, _labels(store))
         _chart(lfig, "labels", note or "No label histogram.")
 
 
-def _sweep(store: Store, sel: dict[str, Any]) -> None:
+def _trajectories(store: Stores, sel: dict[str, Any]) -> None:
+    runs, seed = sel["runs"], sel["seed"]
+    st.subheader("Clients over rounds")
+    chosen = views.seed_runs(runs, seed)
+    rows = store.clients(list(chosen["run_id"]))
+    ids = sorted({int(p) for p in rows["partition_id"]}) if len(rows) else []
+    if not ids:
+        st.info("No per-client rows yet for this seed.")
+        return
+    picked = st.multiselect(
+        "Clients",
+        ids,
+        default=ids if len(ids) <= 12 else ids[:8],
+        # Keyed by the clients on offer: another federation starts from its own default.
+        key=f"clients-{len(ids)}-{ids[0]}-{ids[-1]}",
+        help="the clients whose trajectories are drawn",
+    )
+    shown = runs["condition"].nunique()
+    st.caption(
+        f"Each client's update norm, cosine to the aggregate and local train loss per round, "
+        f"seed {seed}; one row per condition, one colour per client"
+        + (f"; showing the first 4 of {shown} conditions." if shown > 4 else ".")
+    )
+    _chart(
+        views.trajectories_figure(store, runs, seed, picked) if picked else None,
+        "trajectories",
+        "Pick at least one client.",
+    )
+
+
+def _rejections(store: Stores, sel: dict[str, Any]) -> None:
+    st.subheader("Dropped and rejected clients")
+    table = views.rejections_table(store, sel["runs"])
+    if table.empty:
+        st.info("No client reply was dropped or rejected in these runs.")
+        return
+    st.caption(
+        f"{_count(len(table), 'reply')} not aggregated: seeded dropouts, and replies that failed "
+        "the checks (non-finite values, wrong shapes, a dead client); the full text is in "
+        "failures.log next to the store."
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={"reason": st.column_config.TextColumn(width="large")},
+    )
+
+
+def _sweep(store: Stores, sel: dict[str, Any]) -> None:
     runs = sel["all_runs"]
     st.subheader("Sweep")
     keys = [k for k in varying_keys(runs) if k != "mode"]
@@ -320,29 +369,38 @@ def _sweep(store: Store, sel: dict[str, Any]) -> None:
     )
 
 
-def _page(path: str) -> None:
-    """Everything drawn from the store; re-run alone by the auto-refresh timer."""
-    if not path:
+def _page(paths: Sequence[str], band: str, refresh: str) -> None:
+    """Everything drawn from the stores; re-run alone by the auto-refresh timer."""
+    if not paths:
         st.info(
             f"No results store chosen: enter an OUT folder in the sidebar, or start with "
             f"`fedadamw dashboard OUT` (or set {STORE_ENV})."
         )
         return
+    if not any(resolve_store_path(p).is_file() for p in paths):
+        shown = ", ".join(str(resolve_store_path(p)) for p in paths)
+        st.info(
+            f"no results store at {shown} yet: the page shows the run as soon as it creates "
+            f"its store ({refresh})."
+        )
+        return
     try:
-        store = Store(path)
+        store = Stores(paths)
         runs = store.runs()
     except EmptyStoreError as exc:
-        st.info(f"{exc}. The page refreshes while auto-refresh is on.")
+        st.info(f"{exc}. The page shows the run as soon as it writes ({refresh}).")
         return
     except StoreError as exc:
         st.error(str(exc))
         return
-    _header(store, runs)
+    live = views.live_status(runs, store.rounds(list(runs[runs["status"] == RUNNING]["run_id"])))
+    _header(store, runs, live, refresh)
     sel: dict[str, Any] | None = None
     with _guard("The selectors"):
         sel = _controls(store, runs)
     if sel is None:
         return
+    sel["band"] = band
     with _guard("The runs overview"):
         _overview(store, sel["all_runs"])
     with _guard("The divergence view"):
@@ -353,61 +411,103 @@ def _page(path: str) -> None:
         _training(store, sel)
     with _guard("The client views"):
         _clients(store, sel)
-    left, right = st.columns(2)
-    with left, _guard("The layer view"):
+    with _guard("The client trajectories"):
+        _trajectories(store, sel)
+    with _guard("The rejections view"):
+        _rejections(store, sel)
+    # Full width each: half a page cuts a sweep's legend entries and axis titles.
+    with _guard("The layer view"):
         _layers(store, sel)
-    with right, _guard("The sweep view"):
+    with _guard("The sweep view"):
         _sweep(store, sel)
 
 
-def _any_running(path: str) -> bool:
-    # Store.runs() says "running" only while a writer holds the folder's lock: a crashed run
-    # reads as interrupted, and the page stops refreshing for it.
-    try:
-        return bool((Store(path).runs()["status"] == RUNNING).any())
-    except EmptyStoreError:
-        return True  # waiting for a run to start writing
-    except StoreError:
-        return False
+def _sidebar() -> tuple[list[str], bool, int, str]:
+    """The stores, auto-refresh and band settings."""
+    st.header("fedadamw")
+    given = stores_from_env(st.session_state.get("env_stores", "")) or []
+    text = st.text_area(
+        "Results stores",
+        value="\n".join(given),
+        help="OUT folders of `fedadamw run` (or their results.db), one per line; "
+        "several are overlaid, runs grouped by setting",
+        key="store",
+    )
+    paths = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if len(paths) > 1:
+        paths = st.multiselect(
+            "Stores shown",
+            paths,
+            default=paths,
+            key=f"shown-{hash(tuple(paths))}",
+            help="overlay these stores; runs are grouped by setting across them",
+        )
+    auto = st.toggle(
+        "Auto-refresh",
+        value=True,
+        key="auto",
+        help="re-read the stores while a run writes one, and notice when a run starts or ends",
+    )
+    every = st.select_slider(
+        "Refresh every (s)", options=REFRESH_CHOICES, value=5, disabled=not auto, key="every"
+    )
+    band = st.radio(
+        "Bands",
+        list(BANDS),
+        format_func=lambda k: {
+            "ci": "95% CI (t; min–max below 3 seeds)",
+            "sd": "± 1 SD",
+            "minmax": "min–max",
+        }[k],
+        key="band",
+        help="what the band around a mean over seeds shows; always clipped to the "
+        "statistic's range",
+    )
+    with st.expander("Statistics"):
+        st.markdown(
+            "K clients, updates Δᵢ, uᵢ = Δᵢ/‖Δᵢ‖, weights pᵢ ∝ examples, Δ̄ = Σ pᵢΔᵢ.\n\n"
+            "- **mean / min pairwise cosine**: over i < j of uᵢ·uⱼ\n"
+            "- **resultant length R**: ‖(1/K) Σ uᵢ‖; **dispersion** 1 − R\n"
+            "- **mean cosine to aggregate**: Σ pᵢ uᵢ·Δ̄/‖Δ̄‖\n"
+            "- **relative drift**: Σ pᵢ‖Δᵢ − Δ̄‖² / ‖Δ̄‖²\n"
+            "- **gradient diversity**: Σ‖Δᵢ‖² / ‖Σ Δᵢ‖²\n"
+            "- **decay / data part**: the same statistic of each update's decay or data "
+            "component, where the store holds them"
+        )
+    return paths, bool(auto), int(every), str(band)
 
 
 def main() -> None:
-    """Lay out the page: sidebar settings, then the auto-refreshing body."""
+    """Lay out the page: sidebar settings, the auto-refreshing body and its watcher."""
+    import os
+
     st.set_page_config(page_title="fedadamw · update divergence", layout="wide")
+    st.session_state.setdefault("env_stores", os.environ.get(STORE_ENV, ""))
     st.title("Update divergence")
     with st.sidebar:
-        st.header("fedadamw")
-        path = st.text_input(
-            "Results store",
-            value=os.environ.get(STORE_ENV, ""),
-            help="an OUT folder of `fedadamw run`, or its results.db",
-            key="store",
-        ).strip()
-        auto = st.toggle(
-            "Auto-refresh",
-            value=_any_running(path) if path else False,
-            key="auto",
-            help="re-read the store while a run writes it",
-        )
-        every = st.select_slider(
-            "Refresh every (s)", options=REFRESH_CHOICES, value=5, disabled=not auto, key="every"
-        )
-        with st.expander("Statistics"):
-            st.markdown(
-                "K clients, updates Δᵢ, uᵢ = Δᵢ/‖Δᵢ‖, weights pᵢ ∝ examples, Δ̄ = Σ pᵢΔᵢ.\n\n"
-                "- **mean / min pairwise cosine**: over i < j of uᵢ·uⱼ\n"
-                "- **resultant length R**: ‖(1/K) Σ uᵢ‖; **dispersion** 1 − R\n"
-                "- **mean cosine to aggregate**: Σ pᵢ uᵢ·Δ̄/‖Δ̄‖\n"
-                "- **relative drift**: Σ pᵢ‖Δᵢ − Δ̄‖² / ‖Δ̄‖²\n"
-                "- **gradient diversity**: Σ‖Δᵢ‖² / ‖Σ Δᵢ‖²\n"
-                "- **decay / data part**: the same statistic of each update's decay or data "
-                "component, where the store holds them"
-            )
+        paths, auto, every, band = _sidebar()
+    drawn = store_state(paths)
+    live = is_live(drawn)
+    refresh = (
+        f"auto-refresh every {every} s while a run is live"
+        if auto and live
+        else "auto-refresh when a run starts"
+        if auto
+        else "auto-refresh off"
+    )
 
-    @st.fragment(run_every=float(every) if auto else None)
+    @st.fragment(run_every=WATCH_S if auto else None)
+    def watch() -> None:
+        # A store appeared, a run started or the last one ended: redraw the whole page, which
+        # switches the body's refresh timer on or off.
+        if store_state(paths) != drawn:
+            st.rerun()
+
+    @st.fragment(run_every=float(every) if auto and live else None)
     def body() -> None:
-        _page(path)
+        _page(paths, band, refresh)
 
+    watch()
     body()
 
 

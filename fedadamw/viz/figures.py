@@ -25,12 +25,15 @@ from fedadamw.viz.labels import ClientLabels
 from fedadamw.viz.style import (
     DASHES,
     LABEL_COLORS,
+    is_cosine,
     mode_color,
     mode_rank,
     rgba,
     round_axis,
     stat_label,
+    stat_range,
     style,
+    wrap,
 )
 
 
@@ -44,6 +47,65 @@ def mean_ci(
     agg["lo"] = agg["mean"] - half
     agg["hi"] = agg["mean"] + half
     return agg.rename(columns={"count": "n"})
+
+
+# What a band around a mean over seeds shows. A t-interval from two seeds is no use (t = 12.7
+# makes it ten times their spread), so below MIN_SEEDS_FOR_CI the "ci" choice shows the seeds'
+# min–max instead, and every caption says which band is drawn (`band_note`).
+BANDS = {"ci": "95% CI", "sd": "± 1 SD", "minmax": "min–max"}
+MIN_SEEDS_FOR_CI = 3
+
+
+def band_stats(
+    df: pd.DataFrame, by: Sequence[str], value: str, band: str = "ci", column: str | None = None
+) -> pd.DataFrame:
+    """Mean of `value` per group with a band (`BANDS`) clipped to the statistic's range.
+
+    Columns: the group keys, mean, n, lo, hi and `band` (the kind each row's band is: "ci"
+    falls back to "minmax" below MIN_SEEDS_FOR_CI values); lo/hi are NaN for one value.
+    `column` names the statistic whose range applies (default: `value`).
+    """
+    clean = df.dropna(subset=[value])
+    agg = clean.groupby(list(by), sort=True)[value].agg(["mean", "std", "count", "min", "max"])
+    agg = agg.reset_index().rename(columns={"count": "n"})
+    mean, std = agg["mean"].to_numpy(float), agg["std"].to_numpy(float)
+    n = agg["n"].to_numpy(float)
+    low, high = agg["min"].to_numpy(float), agg["max"].to_numpy(float)
+    kind = np.full(len(agg), band if band in BANDS else "ci", dtype=object)
+    if band == "sd":
+        lo, hi = mean - std, mean + std
+    elif band == "minmax":
+        lo, hi = low, high
+    else:
+        half = t_half_width(std, n)
+        few = n < MIN_SEEDS_FOR_CI
+        lo, hi = np.where(few, low, mean - half), np.where(few, high, mean + half)
+        kind[few] = "minmax"
+    lo_bound, hi_bound = stat_range(column or value)
+    single = n < 2
+    agg["lo"] = np.where(single, np.nan, np.clip(lo, lo_bound, hi_bound))
+    agg["hi"] = np.where(single, np.nan, np.clip(hi, lo_bound, hi_bound))
+    agg["band"] = kind
+    return agg.drop(columns=["std", "min", "max"])
+
+
+def band_note(runs: pd.DataFrame, band: str = "ci") -> str:
+    """What the bands of a figure over `runs` show, for its caption."""
+    seeds = runs.groupby("condition")["seed"].nunique() if len(runs) else pd.Series([0])
+    fewest, most = int(seeds.min()), int(seeds.max())
+    if most < 2:
+        return "one seed per condition: lines only, no band"
+    if band == "sd":
+        text = "bands: mean ± 1 SD across seeds"
+    elif band == "minmax":
+        text = "bands: min–max across seeds"
+    elif most < MIN_SEEDS_FOR_CI:
+        text = f"bands: min–max of the {most} seeds (too few seeds for a 95% t-interval)"
+    elif fewest < MIN_SEEDS_FOR_CI:
+        text = "bands: 95% CI across seeds (Student t), min–max where a condition has < 3 seeds"
+    else:
+        text = "bands: 95% CI across seeds (Student t)"
+    return text + ", clipped to the statistic's range"
 
 
 @dataclass(frozen=True)
@@ -87,7 +149,31 @@ def _legend_name(s: Series) -> str:
     return f"{s.label} ({s.seeds} seeds)" if s.seeds > 1 else s.label
 
 
-def _band(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, s: Series, **kw: Any) -> go.Scatter:
+def legend_height(series: Sequence[Series]) -> int:
+    """Extra px a figure needs for its legend on top: its rows beyond the first two.
+
+    A horizontal legend wraps; long entries (a sweep's settings) take a row each. The plot
+    keeps its height instead of being squeezed under the legend.
+    """
+    if not series:
+        return 0
+    longest = max(len(_legend_name(s)) for s in series)
+    per_row = 1 if longest > 30 else 2 if longest > 18 else 4
+    rows = math.ceil(len(series) / per_row)
+    return 19 * max(0, rows - 2)
+
+
+def _band(
+    x: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    s: Series,
+    kind: str = "ci",
+    stat: str = "",
+    scale: float = 1.0,
+    **kw: Any,
+) -> go.Scatter:
+    # meta: which statistic and band this is, so a test can check the band stays in range
     return go.Scatter(
         x=np.concatenate([x, x[::-1]]),
         y=np.concatenate([hi, lo[::-1]]),
@@ -98,25 +184,47 @@ def _band(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, s: Series, **kw: Any) -
         hoverinfo="skip",
         showlegend=False,
         legendgroup=s.condition,
-        name=f"{s.label} 95% CI",
+        name=f"{s.label} {BANDS.get(kind, kind)}",
+        meta={"band": kind, "stat": stat, "scale": scale},
         **kw,
     )
 
 
-def _add_round_band(fig: go.Figure, agg: pd.DataFrame, s: Series, scale: float, col: int) -> None:
-    """The 95% CI band of a per-round mean, where at least two seeds give an interval."""
+def _add_round_band(
+    fig: go.Figure, agg: pd.DataFrame, s: Series, scale: float, col: int, stat: str, row: int = 1
+) -> None:
+    """The band of a per-round mean where at least two seeds give one (see `band_stats`)."""
     banded = agg[agg["n"] >= 2]
     if banded.empty:
         return
     x = banded["round"].to_numpy()
     lo, hi = scale * banded["lo"].to_numpy(), scale * banded["hi"].to_numpy()
-    fig.add_trace(_band(x, lo, hi, s), row=1, col=col)
+    kinds = set(banded["band"])
+    kind = kinds.pop() if len(kinds) == 1 else "ci"
+    fig.add_trace(_band(x, lo, hi, s, kind, stat, scale), row=row, col=col)
+
+
+def _band_hover(agg: pd.DataFrame, scale: float) -> np.ndarray:
+    """customdata of a mean's points: band low, band high, seeds, band kind."""
+    return np.stack(
+        [
+            scale * agg["lo"].to_numpy(float),
+            scale * agg["hi"].to_numpy(float),
+            agg["n"].to_numpy(),
+            [BANDS.get(str(k), str(k)) for k in agg["band"]],
+        ],
+        axis=1,
+    )
 
 
 def over_rounds(
-    rows: pd.DataFrame, runs: pd.DataFrame, stats: Sequence[str], percent: bool = False
+    rows: pd.DataFrame,
+    runs: pd.DataFrame,
+    stats: Sequence[str],
+    percent: bool = False,
+    band: str = "ci",
 ) -> go.Figure:
-    """One panel per statistic: its value per round, mean ± 95% CI across seeds per condition."""
+    """One panel per statistic: its value per round, mean and band across seeds per condition."""
     data = rows.merge(runs[["run_id", "condition"]], on="run_id")
     fig = make_subplots(
         rows=1,
@@ -129,11 +237,11 @@ def over_rounds(
             continue
         for s in series_of(runs):
             sub = data[data["condition"] == s.condition]
-            agg = mean_ci(sub, ["round"], stat)
+            agg = band_stats(sub, ["round"], stat, band)
             if agg.empty:
                 continue
             scale = 100.0 if percent else 1.0
-            _add_round_band(fig, agg, s, scale, col)
+            _add_round_band(fig, agg, s, scale, col, stat)
             fig.add_trace(
                 go.Scatter(
                     x=agg["round"],
@@ -144,10 +252,10 @@ def over_rounds(
                     showlegend=col == 1,
                     line={"color": s.color, "dash": s.dash, "width": 2.4},
                     marker={"size": 5, "color": s.color},
-                    customdata=np.stack([scale * agg["lo"], scale * agg["hi"], agg["n"]], axis=1),
+                    customdata=_band_hover(agg, scale),
                     hovertemplate=(
                         f"<b>{s.label}</b><br>round %{{x}}<br>mean %{{y:.4g}}"
-                        "<br>95% CI [%{customdata[0]:.4g}, %{customdata[1]:.4g}]"
+                        "<br>%{customdata[3]} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]"
                         "<br>seeds %{customdata[2]}<extra></extra>"
                     ),
                 ),
@@ -158,11 +266,11 @@ def over_rounds(
     if len(stats) == 1:
         fig.update_yaxes(title_text=stat_label(stats[0]) + (" (%)" if percent else ""))
         fig.layout.annotations = ()
-    return style(fig, height=400)
+    return style(fig, height=400 + legend_height(series_of(runs)))
 
 
-def training_curves(rounds: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
-    """Test accuracy (left) and test / train loss (right) per round, mean ± 95% CI across seeds."""
+def training_curves(rounds: pd.DataFrame, runs: pd.DataFrame, band: str = "ci") -> go.Figure:
+    """Test accuracy (left) and test / train loss (right) per round, mean and band over seeds."""
     data = rounds.merge(runs[["run_id", "condition"]], on="run_id")
     fig = make_subplots(
         rows=1,
@@ -179,10 +287,10 @@ def training_curves(rounds: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
         ):
             if metric not in sub:
                 continue
-            agg = mean_ci(sub, ["round"], metric)
+            agg = band_stats(sub, ["round"], metric, band)
             if agg.empty:
                 continue
-            _add_round_band(fig, agg, s, scale, col)
+            _add_round_band(fig, agg, s, scale, col, metric)
             fig.add_trace(
                 go.Scatter(
                     x=agg["round"],
@@ -205,7 +313,7 @@ def training_curves(rounds: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
                 col=col,
             )
     round_axis(fig, int(data["round"].max()) if len(data) else 1)
-    return style(fig, height=400)
+    return style(fig, height=400 + legend_height(series_of(runs)))
 
 
 def shrink_ratios(rounds: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
@@ -224,7 +332,8 @@ def shrink_ratios(rounds: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
         if agg.empty:
             continue
         x = agg["round"].to_numpy()
-        fig.add_trace(_band(x, agg["shrink_p5"].to_numpy(), agg["shrink_p95"].to_numpy(), s))
+        lo, hi = agg["shrink_p5"].to_numpy(), agg["shrink_p95"].to_numpy()
+        fig.add_trace(_band(x, lo, hi, s, "p5–p95", "shrink_p50"))
         fig.add_trace(
             go.Scatter(
                 x=x,
@@ -247,9 +356,9 @@ def shrink_ratios(rounds: pd.DataFrame, runs: pd.DataFrame) -> go.Figure:
     positive = [v for v in values if v > 0]
     if positive and len(positive) == len(values) and max(positive) / min(positive) > 20:
         fig.update_yaxes(type="log")  # coupled ratios span decades
-    fig.update_yaxes(title_text="shrink ratio |decay step| / (ηλ|w|)")
+    fig.update_yaxes(title_text="|decay step| / (ηλ|w|)")
     round_axis(fig, int(data["round"].max()) if len(data) else 1)
-    return style(fig, height=380)
+    return style(fig, height=380 + legend_height(series_of(runs)))
 
 
 @dataclass(frozen=True)
@@ -263,13 +372,66 @@ class HeatPanel:
     dominant: list[int | None]  # dominant label per displayed client
 
 
-def cosine_heatmaps(panels: Sequence[HeatPanel]) -> go.Figure:
-    """Pairwise cosine matrices side by side on one −1…1 scale, clients by dominant label."""
-    n = max(1, len(panels))
-    fig = make_subplots(
-        rows=1, cols=n, subplot_titles=[p.title for p in panels] or [""], horizontal_spacing=0.09
+@dataclass(frozen=True)
+class Grid:
+    """Panels wrapped into rows of at most `cols`, with pixel sizes that keep titles apart."""
+
+    n: int
+    cols: int
+    rows: int
+    panel_h: int  # px of one panel's plot area
+    gap_h: int  # px between rows: the row above's tick labels and axis title, this row's title
+    top: int  # px above the first row: its (two-line) panel titles
+    bottom: int  # px below the last row: tick labels, axis title, maybe a colour bar
+
+    @property
+    def height(self) -> int:
+        """The figure's height in px."""
+        return self.top + self.rows * self.panel_h + (self.rows - 1) * self.gap_h + self.bottom
+
+    @property
+    def vertical_spacing(self) -> float:
+        """`make_subplots`' vertical spacing: the gap as a share of the plot area's height."""
+        area = self.rows * self.panel_h + (self.rows - 1) * self.gap_h
+        return self.gap_h / area if self.rows > 1 else 0.0
+
+    def cell(self, k: int) -> tuple[int, int]:
+        """(row, col) of panel `k` (0-based), filled row by row."""
+        return k // self.cols + 1, k % self.cols + 1
+
+    def axis(self, k: int) -> str:
+        """The suffix of panel `k`'s axes ('' for the first, '2', …)."""
+        return "" if k == 0 else str(k + 1)
+
+
+def grid(n: int, max_cols: int, panel_h: int, gap_h: int, top: int = 70, bottom: int = 60) -> Grid:
+    """A `Grid` for `n` panels: one row while they fit, else rows of `max_cols`."""
+    n = max(1, n)
+    cols = min(n, max_cols)
+    return Grid(n, cols, math.ceil(n / cols), panel_h, gap_h, top, bottom)
+
+
+def _subplots(
+    g: Grid, titles: Sequence[str], spacing: float, title_width: int = 34, **kw: Any
+) -> go.Figure:
+    # Titles wrap onto more lines instead of running into the next panel's (0: as given).
+    width = title_width if g.cols > 1 else 90
+    return make_subplots(
+        rows=g.rows,
+        cols=g.cols,
+        subplot_titles=[wrap(t, width) if title_width else t for t in titles] or [""],
+        horizontal_spacing=spacing,
+        vertical_spacing=g.vertical_spacing,
+        **kw,
     )
-    for col, p in enumerate(panels, start=1):
+
+
+def cosine_heatmaps(panels: Sequence[HeatPanel]) -> go.Figure:
+    """Pairwise cosine matrices, two per row, on one −1…1 scale, clients by dominant label."""
+    g = grid(len(panels), 2, panel_h=340, gap_h=170, top=80, bottom=120)
+    fig = _subplots(g, [p.title for p in panels], spacing=0.14)
+    for k, p in enumerate(panels):
+        row, col = g.cell(k)
         ticks = [
             str(pid) if lab is None else f"{pid} ({lab})"
             for pid, lab in zip(p.partition_ids, p.dominant, strict=True)
@@ -284,17 +446,17 @@ def cosine_heatmaps(panels: Sequence[HeatPanel]) -> go.Figure:
                 ygap=1,
                 hovertemplate="clients %{y} × %{x}<br>cosine %{z:.3f}<extra></extra>",
             ),
-            row=1,
+            row=row,
             col=col,
         )
         # Lines between groups of clients that share a dominant label, where groups exist
         # (with about one client per label they would only draw a grid).
         groups = len({lab for lab in p.dominant if lab is not None})
-        for k in range(1, len(p.dominant) if 2 * groups <= len(p.dominant) else 0):
-            if p.dominant[k] != p.dominant[k - 1] and p.dominant[k] is not None:
+        ref = g.axis(k)
+        for j in range(1, len(p.dominant) if 2 * groups <= len(p.dominant) else 0):
+            if p.dominant[j] != p.dominant[j - 1] and p.dominant[j] is not None:
                 for axis in ("x", "y"):
-                    edge = k - 0.5
-                    ref = "" if col == 1 else str(col)
+                    edge = j - 0.5
                     fig.add_shape(
                         type="line",
                         line={"color": "#222", "width": 1.5},
@@ -307,19 +469,20 @@ def cosine_heatmaps(panels: Sequence[HeatPanel]) -> go.Figure:
                     )
         fig.update_yaxes(
             autorange="reversed",
-            scaleanchor=f"x{'' if col == 1 else col}",
+            scaleanchor=f"x{ref}",
             constrain="domain",
-            row=1,
+            row=row,
             col=col,
             tickfont={"size": 10},
         )
         fig.update_xaxes(
             constrain="domain",
             tickangle=-90,
-            row=1,
+            row=row,
             col=col,
             tickfont={"size": 10},
             title_text="client (dominant label)",
+            title_standoff=6,
         )
     fig.update_layout(
         coloraxis={
@@ -327,10 +490,11 @@ def cosine_heatmaps(panels: Sequence[HeatPanel]) -> go.Figure:
             "cmin": -1,
             "cmax": 1,
             "cmid": 0,
-            "colorbar": {"title": {"text": "cosine"}, "thickness": 14},
+            "colorbar": {"title": {"text": "cosine", "side": "top"}, "thickness": 14, "len": 0.8},
         }
     )
-    style(fig, height=470, legend=False)
+    style(fig, height=g.height, legend=False)
+    fig.update_layout(margin={"t": g.top, "b": g.bottom, "r": 90})
     fig.update_xaxes(showgrid=False, ticks="")
     fig.update_yaxes(showgrid=False, ticks="")
     for ann, p in zip(fig.layout.annotations, panels, strict=False):
@@ -344,16 +508,18 @@ def client_scatter(
     """Per client: update norm against cosine to the aggregate, one panel per condition."""
     data = clients.merge(runs[["run_id", "condition"]], on="run_id")
     series = [s for s in series_of(runs) if (data["condition"] == s.condition).any()]
-    fig = make_subplots(
-        rows=1,
-        cols=max(1, len(series)),
-        shared_yaxes=True,
-        shared_xaxes=True,
-        subplot_titles=[s.label for s in series] or [""],
-        horizontal_spacing=0.05,
-    )
     has_color = color_by in data and data[color_by].notna().any()
-    for col, s in enumerate(series, start=1):
+    g = grid(len(series), 4, panel_h=300, gap_h=120, top=80, bottom=170 if has_color else 70)
+    fig = _subplots(
+        g,
+        [s.label for s in series],
+        spacing=0.06,
+        shared_yaxes="all",
+        shared_xaxes="all",
+        title_width=24,
+    )
+    for k, s in enumerate(series):
+        row, col = g.cell(k)
         sub = data[data["condition"] == s.condition]
         marker: dict[str, Any] = {"size": 11, "line": {"color": s.color, "width": 2}}
         if has_color:
@@ -379,13 +545,19 @@ def client_scatter(
                     + "<extra></extra>"
                 ),
             ),
-            row=1,
+            row=row,
             col=col,
         )
-        fig.update_xaxes(title_text="cosine to aggregate", row=1, col=col)
-    fig.update_yaxes(title_text="update norm ‖Δᵢ‖", row=1, col=1)
+        if row == g.rows or k + g.cols >= len(series):  # the lowest panel of its column
+            fig.update_xaxes(title_text="cosine to aggregate", row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title_text="update norm ‖Δᵢ‖", row=row, col=col)
+    style(fig, height=g.height, legend=False)
+    fig.update_layout(margin={"t": g.top, "b": g.bottom})
     if has_color:
-        # A horizontal colour bar below the panels leaves them the full width.
+        # A horizontal colour bar below the panels leaves them the full width; its title
+        # sits above it, whole.
+        area = g.height - g.top - g.bottom
         fig.update_layout(
             coloraxis={
                 "colorscale": "Viridis",
@@ -393,35 +565,40 @@ def client_scatter(
                     "title": {"text": color_label or stat_label(color_by), "side": "top"},
                     "orientation": "h",
                     "thickness": 12,
-                    "len": 0.5,
+                    "len": 0.6,
                     "x": 0.5,
                     "xanchor": "center",
-                    "y": -0.3,
+                    "y": -75 / area,
                     "yanchor": "top",
                 },
             }
         )
-    style(fig, height=460 if has_color else 400, legend=False)
-    fig.update_layout(margin={"b": 120 if has_color else 52})
     for ann, s in zip(fig.layout.annotations, series, strict=False):
         ann.font.color = s.color
     return fig
 
 
 def layer_bars(
-    layers: pd.DataFrame, runs: pd.DataFrame, stat: str, layer_order: Sequence[str]
+    layers: pd.DataFrame,
+    runs: pd.DataFrame,
+    stat: str,
+    layer_order: Sequence[str],
+    band: str = "ci",
 ) -> go.Figure:
-    """Per layer: the statistic's mean over rounds, mean ± 95% CI across seeds per condition."""
+    """Per layer: the statistic's mean over rounds, mean and band across seeds per condition."""
     data = layers[layers["round"] >= 1].merge(runs[["run_id", "condition"]], on="run_id")
     per_run = data.groupby(["condition", "run_id", "layer"], as_index=False)[stat].mean()
     order = [name for name in layer_order if name in set(per_run["layer"])]
     fig = go.Figure()
     for s in series_of(runs):
-        agg = mean_ci(per_run[per_run["condition"] == s.condition], ["layer"], stat)
+        agg = band_stats(per_run[per_run["condition"] == s.condition], ["layer"], stat, band)
         if agg.empty:
             continue
         agg = agg.set_index("layer").reindex(order).dropna(subset=["mean"]).reset_index()
+        # Asymmetric once clipped to the statistic's range.
         err = (agg["hi"] - agg["mean"]).where(agg["n"] >= 2)
+        err_minus = (agg["mean"] - agg["lo"]).where(agg["n"] >= 2)
+        kinds = set(agg.loc[agg["n"] >= 2, "band"])
         fig.add_trace(
             go.Bar(
                 y=agg["layer"],
@@ -431,12 +608,20 @@ def layer_bars(
                 marker={"color": s.color, "pattern": {"shape": "" if s.dash == "solid" else "/"}},
                 error_x={
                     "type": "data",
+                    "symmetric": False,
                     "array": err,
+                    "arrayminus": err_minus,
                     "visible": bool(err.notna().any()),
                     "color": "#333",
                     "thickness": 1.2,
                 },
-                hovertemplate=f"<b>{s.label}</b><br>%{{y}}: %{{x:.4g}}<extra></extra>",
+                meta={"band": kinds.pop() if len(kinds) == 1 else "ci", "stat": stat, "scale": 1},
+                customdata=_band_hover(agg, 1.0),
+                hovertemplate=(
+                    f"<b>{s.label}</b><br>%{{y}}: %{{x:.4g}}"
+                    "<br>%{customdata[3]} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]"
+                    "<extra></extra>"
+                ),
             )
         )
     fig.update_layout(barmode="group", bargap=0.25)
@@ -444,7 +629,7 @@ def layer_bars(
         categoryorder="array", categoryarray=order, autorange="reversed", title_text="layer"
     )
     fig.update_xaxes(title_text=f"{stat_label(stat)} (mean over rounds)")
-    return style(fig, height=max(320, 120 + 34 * len(order)))
+    return style(fig, height=max(320, 120 + 34 * len(order)) + legend_height(series_of(runs)))
 
 
 def _sort_key(value: Any) -> tuple[int, float, str]:
@@ -475,6 +660,7 @@ def sweep_heatmaps(summary: pd.DataFrame, x_key: str, y_key: str | None, metric:
         shared_yaxes=True,
         horizontal_spacing=0.06,
     )
+    cells: list[float] = []
     for col, mode in enumerate(modes, start=1):
         sub = data[data["mode"] == mode]
         table = sub.groupby(["_y", "_x"])[metric].agg(["mean", "count"])
@@ -483,6 +669,7 @@ def sweep_heatmaps(summary: pd.DataFrame, x_key: str, y_key: str | None, metric:
         for (yv, xv), row in table.iterrows():
             z[ys.index(yv), xs.index(xv)] = scale * row["mean"]
             counts[ys.index(yv), xs.index(xv)] = int(row["count"])
+        cells += [float(v) for v in z.ravel() if not math.isnan(v)]
         text = [
             [("" if math.isnan(v) else f"{v:.1f}" if percent else f"{v:.3f}") for v in zrow]
             for zrow in z
@@ -510,18 +697,111 @@ def sweep_heatmaps(summary: pd.DataFrame, x_key: str, y_key: str | None, metric:
         )
         fig.update_xaxes(type="category", title_text=x_key, row=1, col=col)
     fig.update_yaxes(type="category", title_text=y_key or "", row=1, col=1)
-    label = stat_label(metric) + (" (%)" if percent else "")
-    fig.update_layout(
-        coloraxis={
-            "colorscale": "Viridis" if percent else "Cividis",
-            "colorbar": {"title": {"text": label, "side": "right"}, "thickness": 14},
-        }
-    )
-    style(fig, height=max(300, 170 + 60 * len(ys)), legend=False)
+    fig.update_layout(coloraxis=sweep_scale(metric, cells, percent))
+    # The colour bar lies below the panels, its title above it: long titles stay whole.
+    height = max(340, 290 + 60 * len(ys))
+    style(fig, height=height, legend=False)
+    fig.update_layout(margin={"b": 200})
+    area = height - int(fig.layout.margin.t) - 200
+    fig.update_layout(coloraxis_colorbar_y=-80 / area)  # below the x axis' title
     fig.update_xaxes(showgrid=False)
     fig.update_yaxes(showgrid=False)
     for ann, mode in zip(fig.layout.annotations, modes, strict=False):
         ann.font.color = mode_color(mode)
+    return fig
+
+
+def sweep_scale(metric: str, values: Sequence[float], percent: bool) -> dict[str, Any]:
+    """The sweep's colour axis: symmetric around 0 for cosines, else the grid's range, labelled.
+
+    A scale stretched over whatever range the cells span makes a 0.03 difference look like
+    the whole range: cosines get a diverging scale symmetric around 0 (0 = unrelated
+    directions), everything else names the range its colours span in the colour bar's title.
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    label = stat_label(metric) + (" (%)" if percent else "")
+    bar: dict[str, Any] = {
+        "orientation": "h",
+        "thickness": 12,
+        "len": 0.6,
+        "x": 0.5,
+        "xanchor": "center",
+        "yanchor": "top",
+        "tickformat": ".3g",
+    }
+    if is_cosine(metric) and finite:
+        m = max(abs(v) for v in finite) or 1.0
+        bar["title"] = {"text": f"{label}<br>colours symmetric around 0", "side": "top"}
+        return {"colorscale": "RdBu", "cmin": -m, "cmax": m, "cmid": 0, "colorbar": bar}
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    spec = ".1f" if percent else ".3g"
+    bar["title"] = {
+        "text": f"{label}<br>colours span {lo:{spec}} – {hi:{spec}} (this grid's range)",
+        "side": "top",
+    }
+    return {
+        "colorscale": "Viridis" if percent else "Cividis",
+        "cmin": lo,
+        "cmax": hi if hi > lo else lo + 1e-12,
+        "colorbar": bar,
+    }
+
+
+TRAJECTORY_METRICS = ("update_norm", "cosine_to_aggregate", "train_loss")
+
+
+def client_trajectories(
+    clients: pd.DataFrame, runs: pd.DataFrame, metrics: Sequence[str] = TRAJECTORY_METRICS
+) -> go.Figure:
+    """Each client's metrics over rounds: one row per condition, one colour per client."""
+    data = clients.merge(runs[["run_id", "condition"]], on="run_id")
+    series = [s for s in series_of(runs) if (data["condition"] == s.condition).any()]
+    shown = [m for m in metrics if m in data and data[m].notna().any()]
+    lines = max((wrap(s.label, 30).count("<br>") + 2 for s in series), default=2)
+    g = Grid(
+        len(series) * len(shown), len(shown), len(series), 230, 60 + 17 * lines, 30 + 17 * lines, 60
+    )
+    titles = [f"{wrap(s.label, 30)}<br>{stat_label(m)}" for s in series for m in shown]
+    fig = _subplots(g, titles, spacing=0.07, title_width=0, shared_xaxes="all")
+    ids = sorted({int(p) for p in data["partition_id"]})
+    palette = sample_colorscale(
+        "Turbo", [0.05 + 0.9 * k / max(1, len(ids) - 1) for k in range(len(ids))]
+    )
+    color = dict(zip(ids, palette, strict=True))
+    for row, s in enumerate(series, start=1):
+        sub = data[data["condition"] == s.condition]
+        for col, metric in enumerate(shown, start=1):
+            for pid, rows in sub.groupby("partition_id", sort=True):
+                rows = rows.sort_values("round")
+                fig.add_trace(
+                    go.Scatter(
+                        x=rows["round"],
+                        y=rows[metric],
+                        mode="lines+markers",
+                        name=f"client {int(pid)}",
+                        legendgroup=f"client {int(pid)}",
+                        showlegend=row == 1 and col == 1,
+                        line={"color": color[int(pid)], "width": 1.6},
+                        marker={"size": 4, "color": color[int(pid)]},
+                        hovertemplate=(
+                            f"<b>client {int(pid)}</b> · {s.label}<br>round %{{x}}"
+                            f"<br>{stat_label(metric)} %{{y:.4g}}<extra></extra>"
+                        ),
+                    ),
+                    row=row,
+                    col=col,
+                )
+            if row == len(series):
+                fig.update_xaxes(title_text="round", row=row, col=col)
+    last = int(data["round"].max()) if len(data) else 1
+    fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(last / 10)))
+    style(fig, height=g.height)
+    fig.update_layout(
+        margin={"t": g.top, "b": g.bottom},
+        legend={"orientation": "v", "x": 1.02, "y": 1, "yanchor": "top"},
+    )
+    for k, ann in enumerate(fig.layout.annotations):
+        ann.font.color = series[k // len(shown)].color if shown else "#222"
     return fig
 
 

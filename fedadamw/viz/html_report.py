@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from fedadamw.fileio import atomic_write_bytes
-from fedadamw.results.reader import Store, config_diff, shared_config
+from fedadamw.results.reader import config_diff, shared_config
+from fedadamw.viz.stores import Stores
 from fedadamw.viz.style import mode_color
-from fedadamw.viz.views import Section, standard_sections
+from fedadamw.viz.views import Section, live_status, rejections_table, runs_table, standard_sections
 
 _CSS = """
 body { font-family: Helvetica, Arial, sans-serif; color: #222; margin: 0 auto; max-width: 1100px;
@@ -39,40 +40,63 @@ def _table(df: pd.DataFrame, index: bool = True) -> str:
     return str(df.to_html(index=index, border=0, na_rep="—", float_format=lambda v: f"{v:.4g}"))
 
 
-def _runs_html(runs: pd.DataFrame) -> str:
-    table = pd.DataFrame(
-        {
-            "arm": [
-                f'<span class="swatch" style="background:{mode_color(m)}"></span>{html.escape(m)}'
-                for m in runs["mode"]
-            ],
-            "seed": runs["seed"].to_numpy(),
-            "status": [html.escape(str(s)) for s in runs["status"]],
-            "rounds": runs["rounds_done"].to_numpy(),
-            "run id": [html.escape(str(r)) for r in runs["run_id"]],
-        }
+def _runs_html(store: Stores, runs: pd.DataFrame) -> str:
+    table = runs_table(runs, store.rounds(list(runs["run_id"])))
+    table["arm"] = [
+        f'<span class="swatch" style="background:{mode_color(m)}"></span>{html.escape(m)}'
+        for m in table["arm"]
+    ]
+    for column in table.columns:
+        if column != "arm" and table[column].dtype == object:
+            table[column] = [html.escape(str(v)) for v in table[column]]
+    return str(
+        table.to_html(
+            index=False,
+            border=0,
+            escape=False,
+            na_rep="—",
+            formatters={
+                "final test acc (%)": lambda v: "—" if pd.isna(v) else f"{v:.1f}",
+                "final mean pairwise cos": lambda v: "—" if pd.isna(v) else f"{v:.3f}",
+            },
+        )
     )
-    return str(table.to_html(index=False, border=0, escape=False))
 
 
-def render_html(store: Store, sections: Sequence[Section]) -> str:
+def _rejections_html(store: Stores, runs: pd.DataFrame) -> str:
+    table = rejections_table(store, runs)
+    if table.empty:
+        return "<p class='caption'>No client reply was dropped or rejected.</p>"
+    return _table(table, index=False)
+
+
+def render_html(store: Stores, sections: Sequence[Section]) -> str:
     """The report as one HTML document; plotly.js is inlined once, so it reads offline."""
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>fedadamw report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Update divergence: coupled vs decoupled weight decay</h1>",
-        f"<p class='meta'>{html.escape(str(store.path))} · generated "
+        f"<p class='meta'>{html.escape(' + '.join(str(p) for p in store.paths))} · generated "
         f"{time.strftime('%Y-%m-%d %H:%M')} · {sum(len(s.runs) for s in sections)} runs</p>",
     ]
     parts += [f"<p class='note'>{html.escape(w)}</p>" for w in store.warnings]
     first = True
     for section in sections:
         parts.append(f"<h2>Experiment {html.escape(section.experiment)}</h2>")
-        parts.append("<h3>Runs</h3>" + _runs_html(section.runs))
+        live = live_status(section.runs, store.rounds(list(section.runs["run_id"])))
+        if live:
+            parts.append(
+                f"<p class='note'>{html.escape(live.replace('**', ''))} (at the time "
+                "of writing: the report is a snapshot)</p>"
+            )
+        parts.append("<h3>Runs</h3>" + _runs_html(store, section.runs))
         parts.append("<h3>Config difference between arms</h3>" + _table(config_diff(section.runs)))
         shared = ", ".join(f"{k}={v}" for k, v in shared_config(section.runs).items())
         parts.append(f"<p class='caption'>Shared config: {html.escape(shared)}</p>")
+        parts.append(
+            "<h3>Dropped and rejected clients</h3>" + _rejections_html(store, section.runs)
+        )
         parts += [f"<p class='note'>{html.escape(n)}</p>" for n in section.notes]
         group = ""
         for item in section.items:
@@ -96,8 +120,8 @@ def render_html(store: Store, sections: Sequence[Section]) -> str:
     return "\n".join(parts)
 
 
-def write_report(out: str | Path, html_path: str | Path) -> Path:
-    """Write the self-contained HTML report of the store in `out`; returns the file written."""
-    store = Store(out)
+def write_report(outs: Sequence[str | Path], html_path: str | Path) -> Path:
+    """Write the self-contained HTML report of the stores in `outs`; returns the file written."""
+    store = Stores(outs)
     # A reader (a browser reloading it) never sees half a report.
     return atomic_write_bytes(html_path, render_html(store, standard_sections(store)).encode())

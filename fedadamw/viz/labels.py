@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedadamw.results.reader import Store
+from fedadamw.viz.stores import Stores
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def client_labels(config_json: str) -> ClientLabels:
     return ClientLabels(np.asarray(hist))
 
 
-def stored_labels(store: Store) -> Callable[[str], ClientLabels]:
+def stored_labels(store: Stores) -> Callable[[str], ClientLabels]:
     """A label source for `store`: a run's stored counts, rebuilt only for older stores."""
     runs = store.runs()
     run_of = dict(zip(runs["config_json"].astype(str), runs["run_id"].astype(str), strict=True))

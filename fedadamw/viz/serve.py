@@ -1,15 +1,20 @@
 """Starting and stopping the dashboard server: `streamlit run` on a loopback port.
 
-The server gets the store through the ``FEDADAMW_STORE`` environment variable; it listens on
-127.0.0.1 only, sends no telemetry and watches no files.
+The server gets the stores through the ``FEDADAMW_STORE`` environment variable (paths joined
+by `os.pathsep`, like PATH); it listens on 127.0.0.1 only, sends no telemetry and watches no
+files. On Linux it is started so that it dies with the process that started it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedadamw.results.reader import resolve_store_path
@@ -21,6 +26,9 @@ STORE_ENV = "FEDADAMW_STORE"
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether nothing listens on `host:port`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server binds (SO_REUSEADDR): connections of a stopped server lingering in
+        # TIME_WAIT do not make the port "in use"; only a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -57,14 +65,33 @@ def dashboard_argv(port: int, host: str = "127.0.0.1") -> list[str]:
     return argv
 
 
-def start_dashboard(out: str | Path, port: int, quiet: bool = False) -> subprocess.Popen[bytes]:
-    """Start the dashboard server on 127.0.0.1:`port` for the store in `out`; stop it by pid."""
+def store_env(outs: Sequence[str | Path]) -> str:
+    """The ``FEDADAMW_STORE`` value naming the stores of `outs`."""
+    return os.pathsep.join(str(resolve_store_path(o).resolve()) for o in outs)
+
+
+def stores_from_env(value: str) -> list[str]:
+    """The store paths a ``FEDADAMW_STORE`` value names."""
+    return [p for p in value.split(os.pathsep) if p.strip()]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PDEATHSIG
+
+
+def start_dashboard(
+    outs: str | Path | Sequence[str | Path], port: int, quiet: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start the dashboard server on 127.0.0.1:`port` for the stores in `outs`; stop it by pid."""
     env = dict(os.environ)
-    env[STORE_ENV] = str(resolve_store_path(out).resolve())
+    env[STORE_ENV] = store_env([outs] if isinstance(outs, str | Path) else outs)
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
     # quiet: Streamlit's own "you can now view…" banner goes; its errors still reach stderr.
     sink = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen(dashboard_argv(port), env=env, stdout=sink)
+    return subprocess.Popen(dashboard_argv(port), env=env, stdout=sink, preexec_fn=_die_with_parent)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -65,6 +65,89 @@ STAT_LABELS = {
 }
 
 
+# The range each quantity lives in (docs/design.md): bands are clipped to it, so no band shows
+# a cosine past ±1 or a negative norm. None: unbounded on that side.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    **dict.fromkeys(
+        (
+            "mean_pairwise_cosine",
+            "min_pairwise_cosine",
+            "mean_cosine_to_aggregate",
+            "cosine_to_aggregate",
+            "cosine_to_neg_weights",
+        ),
+        (-1.0, 1.0),
+    ),
+    **dict.fromkeys(
+        (
+            "resultant_length",
+            "dispersion",
+            "test_accuracy",
+            "final_accuracy",
+            "dominant_share",
+            "work_fraction",
+        ),
+        (0.0, 1.0),
+    ),
+    **dict.fromkeys(
+        (
+            "relative_drift",
+            "gradient_diversity",
+            "mean_update_norm",
+            "update_norm",
+            "decay_norm",
+            "test_loss",
+            "train_loss",
+            "shrink_p5",
+            "shrink_p50",
+            "shrink_p95",
+            "num_examples",
+            "local_steps",
+            "batch_size",
+            "seconds",
+        ),
+        (0.0, None),
+    ),
+}
+
+
+def stat_range(column: str) -> tuple[float, float]:
+    """The range a statistic's values live in (±inf where unbounded), whatever its part."""
+    for prefix in (ROUND_MEAN, FINAL):
+        if column.startswith(prefix):
+            column = column[len(prefix) :]
+    lo, hi = _RANGES.get(base_stat(column), (None, None))
+    return (-math.inf if lo is None else lo, math.inf if hi is None else hi)
+
+
+def is_cosine(column: str) -> bool:
+    """Whether a statistic is a cosine (lives in [-1, 1], 0 meaning unrelated directions)."""
+    return stat_range(column) == (-1.0, 1.0)
+
+
+def wrap(text: str, width: int = 34, sep: str = " · ") -> str:
+    """`text` broken into lines of about `width` characters at `sep` (Plotly's <br>)."""
+    lines: list[str] = []
+    for part in text.split(sep):
+        if lines and len(lines[-1]) + len(sep) + len(part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return "<br>".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """A short human duration for the page: '42 s', '3 min 05 s', '1 h 02 min'."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "—"
+    s = round(seconds)
+    if s < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
 def mode_color(mode: str) -> str:
     """The colour of a decay mode, the same in every figure."""
     if mode in MODE_COLORS:

@@ -1,8 +1,10 @@
 """What to draw from a store: the queries behind each view, and the standard figure set.
 
-The `*_figure` functions read what one view needs from a `Store` and hand it to a builder of
-`fedadamw.viz.figures`, or return None when the store holds nothing to draw yet; the dashboard
-calls them per selection. `standard_sections` picks the figures the HTML report and the paper
+The `*_figure` functions read what one view needs from the stores (`fedadamw.viz.stores.Stores`,
+one output folder or several overlaid) and hand it to a builder of `fedadamw.viz.figures`, or
+return None when the stores hold nothing to draw yet; the dashboard calls them per selection.
+`runs_table`, `rejections_table` and `live_status` are the tables and the progress line that
+dashboard and report share. `standard_sections` picks the figures the HTML report and the paper
 figures publish for every experiment, with the file stem and caption of each.
 """
 
@@ -20,18 +22,32 @@ import plotly.graph_objects as go
 
 from fedadamw.results.reader import (
     ROUND_MEAN,
-    Store,
+    condition_labels,
     cosine_matrix,
     run_summary,
     setting_labels,
     varying_keys,
 )
-from fedadamw.schema import SHRINK_COLUMNS
+from fedadamw.schema import PENDING, RUNNING, SHRINK_COLUMNS
 from fedadamw.viz import figures
 from fedadamw.viz.labels import ClientLabels, stored_labels
-from fedadamw.viz.style import stat_label
+from fedadamw.viz.stores import Stores
+from fedadamw.viz.style import duration, stat_label
 
 LabelSource = Callable[[str], ClientLabels]  # a run's config_json → its clients' labels
+
+
+def paired_series(runs: pd.DataFrame) -> list[figures.Series]:
+    """The conditions of `runs` setting by setting, the modes of each together.
+
+    Views that show only the first few conditions then show whole comparisons (coupled and
+    decoupled at the same setting), not all settings of one mode.
+    """
+    order = {s: n for n, s in enumerate(dict.fromkeys(runs["setting"]))}
+    setting = dict(zip(runs["condition"], runs["setting"], strict=True))
+    series = figures.series_of(runs)
+    rank = {s.condition: n for n, s in enumerate(series)}
+    return sorted(series, key=lambda s: (order[setting[s.condition]], rank[s.condition]))
 
 
 def seed_runs(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -40,7 +56,12 @@ def seed_runs(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def divergence_figure(
-    store: Store, runs: pd.DataFrame, stat: str, layer: str | None = None, parts: bool = True
+    store: Stores,
+    runs: pd.DataFrame,
+    stat: str,
+    layer: str | None = None,
+    parts: bool = True,
+    band: str = "ci",
 ) -> go.Figure | None:
     """The statistic over rounds (with its data / decay parts when stored), or None if no data."""
     table = "layers" if layer else "rounds"
@@ -50,10 +71,10 @@ def divergence_figure(
     rows = rows[rows["round"] >= 1] if "round" in rows else rows
     if stat not in rows or rows[stat].notna().sum() == 0:
         return None
-    return figures.over_rounds(rows, runs, stats)
+    return figures.over_rounds(rows, runs, stats, band=band)
 
 
-def shrink_figure(store: Store, runs: pd.DataFrame) -> go.Figure | None:
+def shrink_figure(store: Stores, runs: pd.DataFrame) -> go.Figure | None:
     """Shrink ratios over rounds, or None when the store holds none (track-decay off)."""
     if len(store.filled("rounds", SHRINK_COLUMNS)) < len(SHRINK_COLUMNS):
         return None
@@ -63,16 +84,16 @@ def shrink_figure(store: Store, runs: pd.DataFrame) -> go.Figure | None:
     return figures.shrink_ratios(rows, runs)
 
 
-def accuracy_figure(store: Store, runs: pd.DataFrame) -> go.Figure | None:
+def accuracy_figure(store: Stores, runs: pd.DataFrame, band: str = "ci") -> go.Figure | None:
     """Accuracy and loss curves of `runs`, or None before the first evaluation."""
     rows = store.rounds(list(runs["run_id"]))
     if "test_accuracy" not in rows or rows["test_accuracy"].notna().sum() == 0:
         return None
-    return figures.training_curves(rows, runs)
+    return figures.training_curves(rows, runs, band)
 
 
 def heatmap_figure(
-    store: Store,
+    store: Stores,
     runs: pd.DataFrame,
     seed: int,
     round: int,
@@ -84,7 +105,7 @@ def heatmap_figure(
     notes: list[str] = []
     chosen = seed_runs(runs, seed)
     by_condition = {c: row for c, row in zip(chosen["condition"], chosen.itertuples(), strict=True)}
-    series = [s for s in figures.series_of(runs) if s.condition in by_condition]
+    series = [s for s in paired_series(runs) if s.condition in by_condition]
     if len(series) > max_panels:
         notes.append(f"showing the first {max_panels} of {len(series)} conditions")
         series = series[:max_panels]
@@ -128,14 +149,14 @@ COLOR_CHOICES = (
 )
 
 
-def color_choices(store: Store) -> list[str]:
+def color_choices(store: Stores) -> list[str]:
     """The scatter colourings this store can fill (label skew is derived, always offered)."""
     stored = [c for c in COLOR_CHOICES if c != "dominant_share"]
     return ["dominant_share", *store.filled("clients", stored)]
 
 
 def scatter_figure(
-    store: Store,
+    store: Stores,
     runs: pd.DataFrame,
     seed: int,
     round: int,
@@ -157,16 +178,18 @@ def scatter_figure(
     return figures.client_scatter(clients, chosen, color_by, label)
 
 
-def layers_figure(store: Store, runs: pd.DataFrame, stat: str) -> go.Figure | None:
+def layers_figure(
+    store: Stores, runs: pd.DataFrame, stat: str, band: str = "ci"
+) -> go.Figure | None:
     """Which layers diverge most, or None when the store has no per-layer rows."""
     rows = store.layers(list(runs["run_id"]))
     if rows.empty or stat not in rows or rows[stat].notna().sum() == 0:
         return None
-    return figures.layer_bars(rows, runs, stat, store.layer_names())
+    return figures.layer_bars(rows, runs, stat, store.layer_names(), band)
 
 
 def sweep_figure(
-    store: Store, runs: pd.DataFrame, x_key: str, y_key: str | None, metric: str
+    store: Stores, runs: pd.DataFrame, x_key: str, y_key: str | None, metric: str
 ) -> go.Figure | None:
     """Sweep heatmaps of `metric` (from `run_summary`), or None when nothing is finished yet."""
     rounds = store.rounds(list(runs["run_id"]))
@@ -187,6 +210,120 @@ def labels_figure(
     if labels.histogram is None:
         return None, labels.note
     return figures.label_distribution(labels, range(len(labels.histogram))), None
+
+
+def trajectories_figure(
+    store: Stores,
+    runs: pd.DataFrame,
+    seed: int,
+    clients: Sequence[int] | None = None,
+    max_rows: int = 4,
+) -> go.Figure | None:
+    """Chosen clients' update norm, cosine to aggregate and loss over rounds (one seed).
+
+    One row per condition, the first `max_rows` of them (as `heatmap_figure` does).
+    """
+    keep = [s.condition for s in paired_series(runs)][:max_rows]
+    chosen = seed_runs(runs[runs["condition"].isin(keep)], seed)
+    rows = store.clients(list(chosen["run_id"]))
+    if clients is not None:
+        rows = rows[rows["partition_id"].isin(list(clients))]
+    if rows.empty or not any(m in rows for m in figures.TRAJECTORY_METRICS):
+        return None
+    # Labelled against all of `runs`: a row names every key its condition differs in.
+    return figures.client_trajectories(rows, runs)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else "—" if value is None else str(value)
+
+
+def runs_table(runs: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: where it is stored, its arm, every swept key, seed, status, progress.
+
+    "final" values come from the last *trained* round: a run at round 0 has none yet.
+    """
+    trained = rounds[rounds["round"] >= 1] if "round" in rounds else rounds
+    last = trained.sort_values("round").groupby("run_id").tail(1).set_index("run_id")
+
+    def final(column: str, scale: float = 1.0) -> list[float]:
+        if column not in last:
+            return [math.nan] * len(runs)
+        return [scale * float(last[column].get(r, math.nan)) for r in runs["run_id"]]
+
+    table: dict[str, object] = {}
+    if "store" in runs and runs["store"].nunique() > 1:
+        table["store"] = runs["store"].to_numpy()
+    if runs["experiment"].nunique() > 1:
+        table["experiment"] = runs["experiment"].to_numpy()
+    table["arm"] = runs["mode"].to_numpy()
+    for key in (k for k in varying_keys(runs) if k != "mode"):
+        table[key] = [_fmt(c.get(key)) for c in runs["config"]]
+    table["seed"] = runs["seed"].to_numpy()
+    table["status"] = runs["status"].to_numpy()
+    table["rounds"] = [
+        f"{d}/{p}" if p else str(d)
+        for d, p in zip(runs["rounds_done"], runs["planned_rounds"], strict=True)
+    ]
+    table["final test acc (%)"] = final("test_accuracy", 100.0)
+    table["final mean pairwise cos"] = final("mean_pairwise_cosine")
+    table["run id"] = (runs["stored_id"] if "stored_id" in runs else runs["run_id"]).to_numpy()
+    return pd.DataFrame(table)
+
+
+def rejections_table(store: Stores, runs: pd.DataFrame) -> pd.DataFrame:
+    """Dropped and rejected client replies of `runs`: run, round, client, node and reason."""
+    rows = store.rejections(list(runs["run_id"]))
+    labels = condition_labels(runs)
+    run_label = {
+        r: f"{labels[c]} · seed {s}"
+        for r, c, s in zip(runs["run_id"], runs["condition"], runs["seed"], strict=True)
+    }
+    return pd.DataFrame(
+        {
+            "run": [run_label.get(r, str(r)) for r in rows["run_id"]],
+            "round": rows["round"].astype(int).to_numpy() if len(rows) else [],
+            "client": rows["partition_id"].to_numpy() if "partition_id" in rows else [],
+            "node": rows["node_id"].to_numpy() if "node_id" in rows else [None] * len(rows),
+            "reason": rows["reason"].to_numpy() if "reason" in rows else [],
+        }
+    )
+
+
+RECENT_ROUNDS = 10  # the ETA assumes the next rounds take as long as the last ones
+
+
+def live_status(runs: pd.DataFrame, rounds: pd.DataFrame) -> str | None:
+    """'2 running · decoupled round 12/30 · 1.3 s/round · ETA 2 min 10 s', or None if idle."""
+    running = runs[runs["status"] == RUNNING]
+    if running.empty:
+        return None
+    live_stores = set(running["store"]) if "store" in runs else None
+    queued = runs[runs["status"] == PENDING]
+    if live_stores is not None:
+        queued = queued[queued["store"].isin(live_stores)]  # the grid of the live command
+    left = sum(
+        max(0, int(p or 0) - int(d))
+        for p, d in zip(running["planned_rounds"], running["rounds_done"], strict=True)
+    )
+    left += sum(int(p or 0) for p in queued["planned_rounds"])
+    mine = rounds[rounds["run_id"].isin(list(running["run_id"])) & (rounds["round"] >= 1)]
+    recent = (
+        mine.sort_values("round").groupby("run_id").tail(RECENT_ROUNDS)["seconds"].dropna()
+        if "seconds" in mine
+        else pd.Series(dtype=float)
+    )
+    parts = [f"**{len(running)} running**"]
+    labels = condition_labels(runs)
+    for _, run in running.head(3).iterrows():
+        parts.append(
+            f"{labels[run['condition']]} round {run['rounds_done']}/{run['planned_rounds']}"
+        )
+    if len(recent):
+        per_round = float(recent.mean())
+        parts.append(f"{duration(per_round)}/round")
+        parts.append(f"ETA {duration(left * per_round)}")
+    return " · ".join(parts)
 
 
 # -- the standard figure set -----------------------------------------------------------------
@@ -220,14 +357,16 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text).strip("-") or "x"
 
 
-def standard_sections(store: Store, labels_for: LabelSource | None = None) -> list[Section]:
-    """The standard figures of every experiment in the store (what report and figures show)."""
+def standard_sections(
+    store: Stores, labels_for: LabelSource | None = None, band: str = "ci"
+) -> list[Section]:
+    """The standard figures of every experiment in the stores (what report and figures show)."""
     labels = labels_for or stored_labels(store)
     runs_all = store.runs()
     sections = []
     for experiment in dict.fromkeys(runs_all["experiment"]):
         runs = runs_all[runs_all["experiment"] == experiment]
-        sections.append(_experiment_section(store, str(experiment), runs, labels))
+        sections.append(_experiment_section(store, str(experiment), runs, labels, band))
     _distinct_names(sections)
     return sections
 
@@ -261,7 +400,7 @@ def _distinct_names(sections: Sequence[Section]) -> None:
 
 
 def _experiment_section(
-    store: Store, experiment: str, runs: pd.DataFrame, labels: LabelSource
+    store: Stores, experiment: str, runs: pd.DataFrame, labels: LabelSource, band: str
 ) -> Section:
     items: list[FigureItem] = []
     notes: list[str] = []
@@ -289,24 +428,26 @@ def _experiment_section(
         sub = runs[runs["setting"] == setting]
         prefix = slug if len(settings) == 1 else f"{slug}-{_slug(label)}"
         group = "" if len(settings) == 1 else label
-        new, new_notes = _setting_items(store, sub, prefix, group, labels, shown)
+        new, new_notes = _setting_items(store, sub, prefix, group, labels, shown, band)
         items += new
         notes += new_notes
     return Section(experiment, runs, items, list(dict.fromkeys(notes)))
 
 
 def _setting_items(
-    store: Store,
+    store: Stores,
     runs: pd.DataFrame,
     prefix: str,
     group: str,
     labels: LabelSource,
     shown: list[np.ndarray],
+    band: str = "ci",
 ) -> tuple[list[FigureItem], list[str]]:
     """Coupled vs decoupled at one setting: the figures of the dashboard's default view."""
     items: list[FigureItem] = []
     notes: list[str] = []
     stats = store.statistics("rounds")
+    bands = figures.band_note(runs, band)
 
     def add(name: str, title: str, caption: str, fig: go.Figure | None) -> None:
         if fig is not None:
@@ -319,18 +460,26 @@ def _setting_items(
         add(
             "divergence",
             "Update divergence over rounds",
-            "Whole-model update statistics per round; lines are means across seeds, bands 95% "
-            "confidence intervals (Student t).",
-            figures.over_rounds(trained, runs, main),
+            f"Whole-model update statistics per round; lines are means across seeds, {bands}.",
+            figures.over_rounds(trained, runs, main, band=band),
         )
     for stat in ("mean_pairwise_cosine", "dispersion"):
         parts = stats.parts_of(stat)
-        if len(parts) > 1 and trained[list(parts)].notna().any().any():
+        # The whole update's panel is left out where the figure above shows it already.
+        panels = [p for p in parts if p not in main]
+        if len(parts) > 1 and trained[panels].notna().any().any():
+            whole = stat in panels
             add(
                 f"parts-{_slug(stat)}",
-                f"{stat_label(stat)}: whole update and its parts",
-                "The same statistic of the whole update, its data part and its decay part.",
-                figures.over_rounds(trained, runs, parts),
+                f"{stat_label(stat)}: "
+                + ("whole update and its parts" if whole else "data part and decay part"),
+                (
+                    "The same statistic of the whole update, its data part and its decay part"
+                    if whole
+                    else "The data and decay parts of the update (the whole update: above)"
+                )
+                + f"; {bands}.",
+                figures.over_rounds(trained, runs, panels, band=band),
             )
     add(
         "shrink",
@@ -342,8 +491,8 @@ def _setting_items(
     add(
         "accuracy",
         "Test accuracy and loss",
-        "Global model on the test split after each round; mean ± 95% CI across seeds.",
-        accuracy_figure(store, runs),
+        f"Global model on the test split after each round; means across seeds, {bands}.",
+        accuracy_figure(store, runs, band),
     )
     seed = int(min(runs["seed"]))
     last = int(runs[runs["seed"] == seed]["rounds_done"].max())
@@ -366,8 +515,9 @@ def _setting_items(
     add(
         "layers",
         "Which layers diverge most",
-        "Mean pairwise cosine per parameter tensor, mean over rounds ± 95% CI across seeds.",
-        layers_figure(store, runs, "mean_pairwise_cosine"),
+        "Mean pairwise cosine per parameter tensor, mean over rounds; means across seeds, "
+        f"error bars: {bands.removeprefix('bands: ')}.",
+        layers_figure(store, runs, "mean_pairwise_cosine", band=band),
     )
     fig, note = labels_figure(runs, seed, labels)
     if note:
