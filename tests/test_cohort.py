@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from fedadamw.core.cohort import CohortClient, _CohortOptimizer, _Layout, batch_plan, train_cohort
+from fedadamw.core.cohort import CohortClient, _CohortOptimizer, _Layout, train_cohort
 from fedadamw.core.models import build_model
 from fedadamw.core.optim import decay_param_groups
 from fedadamw.core.tracked import make_tracked_optimizer, shrink_ratio_quantiles
-from fedadamw.core.training import TrainResult, TrainSpec, train_local
+from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, train_local
 from fedadamw.data.split import ArrayDataset
 from fedadamw.schema import DECAY_MODES
 

@@ -50,8 +50,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
 from fedadamw.core.optim import decay_param_groups
-from fedadamw.core.sampling import local_steps
-from fedadamw.core.training import TrainResult, TrainSpec, batch_seed, pick_device
+from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, pick_device
 from fedadamw.data.split import ArrayDataset
 from fedadamw.errors import ConfigError
 from fedadamw.schema import check_mode
@@ -77,22 +76,6 @@ class CohortClient:
 
     data: ArrayDataset
     spec: TrainSpec
-
-
-def batch_plan(num_examples: int, spec: TrainSpec) -> list[Tensor]:
-    """The row indices of each of a client's batches, in train_local's order and budget."""
-    if num_examples == 0:
-        raise ValueError(f"partition {spec.partition_id} has no training examples")
-    gen = torch.Generator().manual_seed(batch_seed(spec.seed, spec.partition_id, spec.server_round))
-    budget = local_steps(num_examples, spec.batch_size, spec.local_epochs, spec.work_fraction)
-    plan: list[Tensor] = []
-    for _ in range(spec.local_epochs):
-        # Drawn every epoch, also once the budget is spent, exactly as train_local draws it.
-        order = torch.randperm(num_examples, generator=gen)
-        for start in range(0, num_examples, spec.batch_size):
-            if len(plan) < budget:
-                plan.append(order[start : start + spec.batch_size])
-    return plan
 
 
 def train_cohort(
