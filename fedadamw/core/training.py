@@ -92,7 +92,7 @@ def train_local(
     optimizer = factory(decay_param_groups(model), spec.mode, spec.learning_rate, spec.weight_decay)
     plan = batch_plan(n, spec)
     # One transfer of every step's row indices, not one per batch (matters on a GPU).
-    batches = torch.cat(plan).to(device).split([len(b) for b in plan])
+    batches = torch.split(torch.cat(plan).to(device), [len(b) for b in plan])
     loss_sum, seen = 0.0, 0
     for idx in batches:
         optimizer.zero_grad(set_to_none=True)
