@@ -22,7 +22,12 @@ from fedadamw import schema
 from fedadamw.config import Config
 from fedadamw.core import wire
 from fedadamw.core.models import model_for
-from fedadamw.core.sampling import dropped_partitions, sample_partitions, work_fraction
+from fedadamw.core.sampling import (
+    dropped_partitions,
+    pair_partitions,
+    sample_partitions,
+    work_fraction,
+)
 from fedadamw.core.training import TrainSpec, train_local
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import ArrayDataset, load_partition
@@ -264,3 +269,36 @@ def test_what_vmap_cannot_run_is_refused_when_the_config_is_made() -> None:
         ConfigError, match=r"^engine: 'ray' is not allowed; expected one of flower, vmap"
     ):
         Config.from_mapping({"engine": "ray"})
+
+
+def test_pairs_beyond_the_limit_are_a_seeded_subset_and_statistics_do_not_change(
+    tmp_path: Path,
+) -> None:
+    cfg = _cfg(**{"arms": "decoupled", "num-server-rounds": 2})
+    run_experiment(CohortGrid(CLIENTS), [cfg], tmp_path / "all")
+    run_experiment(CohortGrid(CLIENTS), [cfg.replace(pairs_limit=3)], tmp_path / "few")
+    every = _rows(tmp_path / "all" / "results.db", "SELECT * FROM pairs ORDER BY round")
+    kept = _rows(tmp_path / "few" / "results.db", "SELECT * FROM pairs ORDER BY round")
+    assert len(every) == 2 * CLIENTS * (CLIENTS - 1) // 2 and len(kept) == 2 * 3
+    cosine = {(r["round"], r["partition_i"], r["partition_j"]): r["cosine"] for r in every}
+    for rnd in (1, 2):
+        chosen = pair_partitions(cfg.seed, rnd, range(CLIENTS), 3)
+        got = [(r["partition_i"], r["partition_j"]) for r in kept if r["round"] == rnd]
+        assert got == [(a, b) for i, a in enumerate(chosen) for b in chosen[i + 1 :]]
+        for a, b in got:  # the same cosines, from the same (full) Gram matrix
+            assert (
+                next(
+                    r["cosine"]
+                    for r in kept
+                    if (r["round"], r["partition_i"], r["partition_j"]) == (rnd, a, b)
+                )
+                == cosine[(rnd, a, b)]
+            )
+    stats = "SELECT * FROM rounds ORDER BY round"
+    for a, b in zip(
+        _rows(tmp_path / "all" / "results.db", stats),
+        _rows(tmp_path / "few" / "results.db", stats),
+        strict=True,
+    ):
+        for key in schema.STAT_COLUMNS:
+            assert a[key] == b[key], key

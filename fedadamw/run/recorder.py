@@ -12,6 +12,7 @@ import torch
 from fedadamw import schema
 from fedadamw.config import Config
 from fedadamw.core.models import model_for
+from fedadamw.core.sampling import pair_partitions
 from fedadamw.core.training import evaluate, pick_device
 from fedadamw.core.updates import RoundMeasurement
 from fedadamw.data.split import DataSpec, label_histogram, load_splits
@@ -137,10 +138,14 @@ class RunRecorder:
                 rec.layers = {name: dict(d.stats) for name, d in m.layers.items()}
                 if m.parts is not None:
                     _add_parts(values, rec, m)
+                # Every pair up to `pairs-limit` clients, then the pairs of a seeded subset of
+                # that many: K²/2 rows a round would be 500,000 at 1,000 clients.
+                keep = set(pair_partitions(self.cfg.seed, server_round, pids, self.cfg.pairs_limit))
+                rows = [i for i, pid in enumerate(pids) if pid in keep]
                 rec.pairs = [
                     (pids[i], pids[j], float(m.whole.cosine[i, j]))
-                    for i in range(len(pids))
-                    for j in range(i + 1, len(pids))
+                    for a, i in enumerate(rows)
+                    for j in rows[a + 1 :]
                 ]
         self.store.write_round(rec)
         if self.progress is not None:
