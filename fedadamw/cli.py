@@ -58,6 +58,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="GPU fraction per client (default: 0.25 when CUDA is available, else 0)",
     )
     run.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the simulation process: the vmap engine's training and the "
+        "server's evaluation and measurement (default 1, one core, like each Ray client)",
+    )
+    run.add_argument(
         "--ray-address",
         metavar="ADDRESS",
         default=os.environ.get("RAY_ADDRESS") or None,
@@ -218,6 +225,8 @@ def _run(args: argparse.Namespace) -> int:
         gpus = _finite("--client-gpus", gpus, 0.0, inclusive=True)
     if args.max_restarts < 0:
         raise ConfigError(f"--max-restarts: {args.max_restarts} is not allowed; expected >= 0")
+    if args.threads < 1:
+        raise ConfigError(f"--threads: {args.threads} is not allowed; expected >= 1")
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     configs = [c.replace(out_dir=str(out_dir)) for c in configs]
 
@@ -249,6 +258,7 @@ def _run(args: argparse.Namespace) -> int:
             ray_temp_dir=None if ray_dir is None else str(ray_dir),
             parent_pid=os.getpid(),
             ray_address=address,
+            threads=args.threads,
         )
         _print_header(configs)
         started = time.perf_counter()
