@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 from fedadamw.config import Config
 from fedadamw.errors import ConfigError, print_error
 from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
-from fedadamw.run.progress import ConsoleProgress
-from fedadamw.run.recorder import Progress
 
 if TYPE_CHECKING:
+    # Not at run time: the recorder imports torch, and this module is imported by the CLI
+    # (`fedadamw run`'s parent needs no torch) and starts Ray before it imports torch.
     from fedadamw.run.raystart import RayStart
+    from fedadamw.run.recorder import Progress
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORKER_LOST, EXIT_STOPPED = 0, 1, 2, 75, 130
 # After a stop is asked for, the process exits as soon as the ServerApp has marked its arm
@@ -161,6 +162,8 @@ def _simulate(
     spec: Spec, configs: list[Config], stopper: _Stopper, ray_start: RayStart | None
 ) -> None:
     """Run every group of configs that shares a federation: one Ray start (or none) each."""
+    from fedadamw.run.progress import ConsoleProgress
+
     progress = ConsoleProgress(configs)
     stopper.before_exit = progress.bar.stop
     groups = _groups(configs)
@@ -182,6 +185,7 @@ def _simulate(
 def _sweep(spec: Spec, configs: list[Config], stopper: _Stopper) -> int:
     """Every grid point as a Ray task on the cluster; the driver alone writes the store."""
     from fedadamw.run.cluster import run_sweep
+    from fedadamw.run.progress import ConsoleProgress
 
     progress = ConsoleProgress(configs)
     stopper.before_exit = progress.bar.stop
