@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from fedadamw.config import Config
 from fedadamw.results.writer import ResultStore
 from fedadamw.run.experiment import run_id_for, swept_keys
+from fedadamw.run.failures import LOG_FILE
 from fedadamw.run.orchestrate import Session
 from fedadamw.run.recorder import Progress
 from fedadamw.schema import FINISHED
@@ -47,12 +48,13 @@ CELL_STORE = "results.db"
 
 @dataclass(frozen=True)
 class CellResult:
-    """What a cell task sends back: its exit code, last error line, node and store file."""
+    """What a cell task sends back: exit code, last error line, node, store and failure log."""
 
     code: int
     error: str
     node: str
     store: bytes | None
+    log: str = ""
 
 
 def run_cell(spec: dict[str, Any], store: bytes | None) -> CellResult:
@@ -75,12 +77,13 @@ def run_cell(spec: dict[str, Any], store: bytes | None) -> CellResult:
             start_new_session=True,  # its own group, as under `fedadamw run`'s supervisor
         )
         lines = [line for line in proc.stderr.splitlines() if line.startswith("fedadamw")]
-        db = out / CELL_STORE
+        db, log = out / CELL_STORE, out / LOG_FILE
         return CellResult(
             code=proc.returncode,
             error=lines[-1] if lines else "",
             node=os.uname().nodename,
             store=db.read_bytes() if db.is_file() else None,
+            log=log.read_text(encoding="utf-8", errors="replace") if log.is_file() else "",
         )
 
 
@@ -148,6 +151,9 @@ def _rows_of(out_dir: Path, run_ids: list[str], restart: bool) -> bytes | None:
 def _merge(out_dir: Path, cfg: Config, result: CellResult, progress: Progress, label: str) -> int:
     """Copy a finished cell's rows into the experiment's store; the cell's exit code."""
     ids = [run_id_for(cfg, arm) for arm in cfg.arm_list]
+    if result.log:  # the cell's failures.log, under the experiment's own
+        with (out_dir / LOG_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(f"=== cell {label or cfg.experiment} on node {result.node}\n{result.log}")
     if result.store is not None:
         with tempfile.TemporaryDirectory(prefix="fedadamw-cell-") as tmp:
             path = Path(tmp) / CELL_STORE

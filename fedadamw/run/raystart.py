@@ -22,6 +22,7 @@ only when the attribute exists, so another Ray version loses the saving, not the
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,10 @@ class RayStart:
         try:
             import ray
 
+            # From a thread Ray cannot install its SIGTERM handler and says so; the simulation
+            # process handles SIGTERM itself, and a bad-input run must print one line only.
+            logging.getLogger("ray._private.worker").addFilter(_NotTheSigtermWarning())
+
             with _lean_head() if lean else contextlib.nullcontext():
                 ray.init(**init_args)
         except BaseException as exc:  # handed to the thread that waits
@@ -57,6 +62,13 @@ class RayStart:
         self._done.wait()
         if self._error is not None:
             raise self._error
+
+
+class _NotTheSigtermWarning(logging.Filter):
+    """Drops Ray's "SIGTERM handler is not set" warning (expected: Ray starts in a thread)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
 
 
 def start(temp_dir: str | None, verbose: bool, address: str | None = None) -> RayStart:

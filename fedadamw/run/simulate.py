@@ -1,4 +1,9 @@
-"""The simulation process of `fedadamw run`: Flower's simulation engine (Ray) runs every arm.
+"""The simulation process of `fedadamw run`: it runs every arm on the engine its config names.
+
+`engine = flower`: Flower's simulation engine, with Ray started first and lean
+(`fedadamw.run.raystart`); `engine = vmap`: the same ServerApp logic on the in-process cohort
+grid (`server.cohort_grid`), no Ray; with `--ray-address` and a grid of several points, one Ray
+task per point (`fedadamw.run.cluster`).
 
 `fedadamw run` (`fedadamw.run.supervisor`) starts this module as a child process in a session of
 its own, so that the child and every Ray process it starts form one process group that the
@@ -8,6 +13,8 @@ parent can end as a whole. Here:
   thread leaves its round at the next poll (`server.grid.GuardedGrid`) and marks its arm
   ``interrupted``, and the main thread unwinds Flower's engine, which stops Ray.
 - If the parent disappears (SIGKILL), a watchdog thread does the same, then ends the group.
+- After the last group's ServerApp has finished and closed the store, the watchdog exits at
+  once (0): Ray's orderly shutdown would only cost time, and the parent ends the group.
 - Exit codes: 0 done, 2 bad input (one line printed), 75 a Ray worker died (the parent
   restarts the simulation, which resumes), 130 stopped, 1 anything else (one line printed;
   the traceback goes to `failures.log`).
