@@ -262,7 +262,8 @@ def scale(client_counts: list[int], flower_at_scale: bool) -> None:
                 if engine == "flower" and k > 100 and not flower_at_scale:
                     row.append("—")
                     continue
-                _, per_round, _ = run_fedadamw({**settings, "engine": engine}, Path(tmp) / engine)
+                out = Path(tmp) / f"{engine}-{k}"
+                _, per_round, _ = run_fedadamw({**settings, "engine": engine}, out)
                 row.append(f"{statistics.median(per_round):.2f}")
             small = measurement_seconds("cnn1d", (60,), k)
             big = measurement_seconds("resnet20", (3, 32, 32), k)

@@ -201,10 +201,13 @@ def _rows(db: Path, query: str) -> list[sqlite3.Row]:
     return rows
 
 
-@pytest.mark.parametrize("mode", ["decoupled", "coupled", "sgd-decoupled"])
+@pytest.mark.parametrize("mode", DECAY_MODES)
 def test_five_stored_rounds_agree_with_the_flower_clients(mode: str, tmp_path: Path) -> None:
     cfg = _cfg(
         **{
+            # The reference job: at lr 1e-2 Adam's amplification of rounding noise
+            # compounds over rounds to ~1e-3 (README, Engines); here it stays near 1e-6.
+            "learning-rate": 1e-3,
             "arms": mode,
             "num-server-rounds": 5,
             "fraction-train": 4 / CLIENTS,
@@ -233,11 +236,9 @@ def test_five_stored_rounds_agree_with_the_flower_clients(mode: str, tmp_path: P
                 if not isinstance(y, float):
                     assert x == y, (q, key)  # counts, ids, steps, batch sizes: exactly
                 elif mode != "coupled" or not key.startswith(("decay_", "data_")):
-                    # Round 1 agrees to ~1e-6; each round starts from a global model that
-                    # differs by that much, and Adam amplifies float32 noise in near-zero
-                    # gradients: ~1e-4 by round 5 (README, Speed). Coupled Adam's split into
-                    # parts divides by √v̂ + ε: as sensitive as a single step (not compared).
-                    assert x == pytest.approx(y, rel=1e-3, abs=1e-3), (q, key)
+                    # Coupled Adam's split into parts divides by √v̂ + ε: as sensitive as a
+                    # single step near ε, so its parts are compared in the round-1 test only.
+                    assert x == pytest.approx(y, rel=2e-5, abs=1e-6), (q, key)
     for rnd in range(1, 6):
         picked = sample_partitions(cfg.seed, rnd, range(CLIENTS), cfg.clients_per_round)
         out = dropped_partitions(cfg.seed, rnd, picked, cfg.dropout_rate)
