@@ -355,7 +355,7 @@ def _loss(model: nn.Module, fixed: dict[str, Tensor]) -> LossFn:
     def loss(
         params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, count: Tensor
     ) -> Tensor:
-        logits = functional_call(model, {**params, **fixed}, (x,))
+        logits: Tensor = functional_call(model, {**params, **fixed}, (x,))
         # F.cross_entropy(reduction="none") is −log_softmax picked at the label: the same
         # numbers, written out as batched ops with plain autograd formulas.
         rows = -logits.log_softmax(dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
