@@ -8,9 +8,11 @@ with the very same replies, only training a round's clients together.
 from __future__ import annotations
 
 import time
+from functools import cache
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from fedadamw import schema
 from fedadamw.core import wire
@@ -61,6 +63,13 @@ def train_reply(msg: Message, spec: TrainSpec, result: TrainResult, seconds: flo
     return Message(content=content, reply_to=msg)
 
 
+@cache
+def _model(name: str, dataset: str, seed: int, norm: str) -> nn.Module:
+    """The arm's model, built once per process (a simulation actor serves many messages)."""
+    data = registry.get(dataset)
+    return build_model(name, data.shape, data.num_classes, seed, norm)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (it samples clients by partition id)."""
@@ -72,10 +81,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition with the requested decay mode."""
     request, spec = read_request(msg, _partition_id(context))
     data = load_partition(request.data, spec.partition_id)  # cached per process
-    dataset = registry.get(request.data.dataset)
-    model = build_model(
-        request.model, dataset.shape, dataset.num_classes, request.data.seed, request.resnet_norm
-    )
+    model = _model(request.model, request.data.dataset, request.data.seed, request.resnet_norm)
+    # Every weight and buffer comes from the message: nothing of the previous call survives.
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     started = time.perf_counter()
     result = train_local(model, data, spec)
