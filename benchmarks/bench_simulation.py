@@ -28,6 +28,7 @@ resnet20 round time at K clients is K × one client's local training (50 CIFAR-s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -286,6 +287,7 @@ def main() -> None:
         "--flower-at-scale", action="store_true", help="also time the Flower engine above 100"
     )
     args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets' split progress bars
     if args.plain_loop:
         clients, rounds = (int(v) for v in args.plain_loop.split(","))
         print(plain_loop(clients, rounds))

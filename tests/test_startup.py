@@ -32,3 +32,6 @@ def test_the_run_command_and_the_simulation_module_import_no_torch_flower_or_ray
         "pandas": False,
     }
     assert _modules_after("import fedadamw.run.simulate, fedadamw.run.raystart")["torch"] is False
+    # The console display (progress bar, closing table) imports the recorder's report types:
+    # the parent prints the closing table without importing torch.
+    assert _modules_after("import fedadamw.run.recorder, fedadamw.run.progress")["torch"] is False
