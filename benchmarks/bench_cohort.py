@@ -5,7 +5,7 @@
 MNIST-1D split across the clients by the run config's Dirichlet partitioner (fedadamw.data.split),
 the 1-D CNN, 2 local epochs of AdamW (lr 1e-3, λ 0.01, batch 32): every client of the split
 trains once from the same global weights, on the CPU. Both paths are warmed up once untimed
-(train_cohort's first call in a process also imports torch._dynamo, ~1.5 s, shown apart);
+(the first call of each in a process is shown apart, "cold");
 the first table shows the medians of wall time and of this process's CPU time (the steadier one
 on a shared machine) over the repeats, both paths measured in the same run.
 The second compares the returned weights, per client max |w_a − w_b| / max |w_b − w_global|

@@ -1,16 +1,23 @@
-"""The ClientApp: unpack the message, train with `fedadamw`, pack the reply."""
+"""The ClientApp: unpack the message, train with `fedadamw`, pack the reply.
+
+The unpacking (`read_request`) and packing (`train_reply`, `partition_reply`) are functions of
+their own because the vectorized engine (`server.cohort_grid`) answers the very same messages
+with the very same replies, only training a round's clients together.
+"""
 
 from __future__ import annotations
 
 import time
+from functools import cache
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from fedadamw import schema
 from fedadamw.core import wire
 from fedadamw.core.models import build_model
-from fedadamw.core.training import train_local
+from fedadamw.core.training import TrainResult, TrainSpec, train_local
 from fedadamw.data import registry
 from fedadamw.data.split import load_partition
 
@@ -22,28 +29,21 @@ def _partition_id(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds (it samples clients by partition id)."""
-    reply = MetricRecord({schema.PARTITION_ID: _partition_id(context)})
+def partition_reply(msg: Message, partition_id: int) -> Message:
+    """The answer to the server's partition-id query."""
+    reply = MetricRecord({schema.PARTITION_ID: partition_id})
     return Message(content=RecordDict({"metrics": reply}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this node's partition with the requested decay mode."""
+def read_request(msg: Message, partition_id: int) -> tuple[wire.TrainRequest, TrainSpec]:
+    """What a train message asks of the client holding `partition_id` (ConfigError if bad)."""
     config = msg.content.config_records["config"]
     request = wire.TrainRequest.from_wire(config)
-    spec = request.train_spec(_partition_id(context), wire.server_round(config))
-    data = load_partition(request.data, spec.partition_id)  # cached per process
-    dataset = registry.get(request.data.dataset)
-    model = build_model(
-        request.model, dataset.shape, dataset.num_classes, request.data.seed, request.resnet_norm
-    )
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    started = time.perf_counter()
-    result = train_local(model, data, spec)
-    seconds = time.perf_counter() - started
+    return request, request.train_spec(partition_id, wire.server_round(config))
+
+
+def train_reply(msg: Message, spec: TrainSpec, result: TrainResult, seconds: float) -> Message:
+    """The reply to a train message: the new weights, the metrics and, tracked, Δ_decay."""
     metrics = MetricRecord(
         {
             schema.NUM_EXAMPLES: result.num_examples,
@@ -61,3 +61,29 @@ def train(msg: Message, context: Context) -> Message:
         # Only Δ_decay travels: the server gets Δ_data = Δ − Δ_decay exactly from the weights.
         content[schema.DECAY_PART] = ArrayRecord(result.decay_part)
     return Message(content=content, reply_to=msg)
+
+
+@cache
+def _model(name: str, dataset: str, seed: int, norm: str) -> nn.Module:
+    """The arm's model, built once per process (a simulation actor serves many messages)."""
+    data = registry.get(dataset)
+    return build_model(name, data.shape, data.num_classes, seed, norm)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (it samples clients by partition id)."""
+    return partition_reply(msg, _partition_id(context))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this node's partition with the requested decay mode."""
+    request, spec = read_request(msg, _partition_id(context))
+    data = load_partition(request.data, spec.partition_id)  # cached per process
+    model = _model(request.model, request.data.dataset, request.data.seed, request.resnet_norm)
+    # Every weight and buffer comes from the message: nothing of the previous call survives.
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    started = time.perf_counter()
+    result = train_local(model, data, spec)
+    return train_reply(msg, spec, result, time.perf_counter() - started)

@@ -57,6 +57,19 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="GPU fraction per client (default: 0.25 when CUDA is available, else 0)",
     )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the simulation process: the vmap engine's training and the "
+        "server's evaluation and measurement (default 1, one core, like each Ray client)",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="run on an existing Ray cluster (default: $RAY_ADDRESS; unset: a private local one)",
+    )
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
     run.add_argument(
         "--restart",
@@ -262,6 +275,8 @@ def _run(args: argparse.Namespace) -> int:
         gpus = _finite("--client-gpus", gpus, 0.0, inclusive=True)
     if args.max_restarts < 0:
         raise ConfigError(f"--max-restarts: {args.max_restarts} is not allowed; expected >= 0")
+    if args.threads < 1:
+        raise ConfigError(f"--threads: {args.threads} is not allowed; expected >= 1")
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     configs = [c.replace(out_dir=str(out_dir)) for c in configs]
 
@@ -278,11 +293,11 @@ def _run(args: argparse.Namespace) -> int:
         # process left 'running' are marked interrupted (we hold the lock: none is running).
         # A new store is made by the simulation once the data checks passed.
         _mark_interrupted(out_dir)
-        if gpus is None:
-            gpus = 0.25 if _cuda_available() else 0.0
         sweep_stale_ray_dirs()
-        joins_cluster = bool(os.environ.get("RAY_ADDRESS"))
-        ray_dir = None if joins_cluster else make_ray_dir()
+        address = args.ray_address
+        # A cluster of our own only where Flower's engine runs and no cluster was named.
+        own_ray = address is None and any(c.engine == "flower" for c in configs)
+        ray_dir = make_ray_dir() if own_ray else None
         spec = Spec(
             configs=[c.to_dict() for c in configs],
             out_dir=str(out_dir),
@@ -292,6 +307,8 @@ def _run(args: argparse.Namespace) -> int:
             restart=args.restart,
             ray_temp_dir=None if ray_dir is None else str(ray_dir),
             parent_pid=os.getpid(),
+            ray_address=address,
+            threads=args.threads,
         )
         _print_header(configs)
         started = time.perf_counter()
@@ -329,13 +346,6 @@ def _mark_interrupted(out_dir: Path) -> None:
     if (out_dir / "results.db").exists():
         with ResultStore(out_dir / "results.db") as store:
             store.mark_interrupted()
-
-
-def _cuda_available() -> bool:
-    """Whether torch sees a GPU, asked in a subprocess-free way only when torch is cheap."""
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _print_header(configs: list[Config]) -> None:

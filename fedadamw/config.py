@@ -43,6 +43,9 @@ MODEL_INPUTS = {
 }
 MODELS = tuple(MODEL_INPUTS)
 NORMS = ("batch", "group")
+# How a round's clients train: Flower's simulation engine (Ray actors) or the vectorized cohort
+# engine (every sampled client in lockstep in one process, `fedadamw.core.cohort`).
+ENGINES = ("flower", "vmap")
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 # Clients train in float32: a learning rate or decay beyond this overflows on the first step.
@@ -84,6 +87,8 @@ class Config:
     dropout_rate: float
     straggler_rate: float
     client_batch_sizes: str
+    engine: str
+    pairs_limit: int
 
     def __post_init__(self) -> None:
         _check(
@@ -134,6 +139,8 @@ class Config:
         _check(
             self, "client-batch-sizes", all(b >= 1 for b in sizes), "comma-separated integers >= 1"
         )
+        _check_choice(self, "engine", ENGINES)
+        _check(self, "pairs-limit", self.pairs_limit >= 2, "an integer >= 2")
         check_compatible(self)
 
     @property
@@ -271,6 +278,13 @@ def check_compatible(cfg: Config) -> None:
         raise ConfigError(
             f"partitioner: {cfg.partitioner!r} is not allowed with dataset {cfg.dataset!r}; "
             "expected natural-id (one partition per generated client)"
+        )
+    if cfg.engine == "vmap" and cfg.model == "resnet20" and cfg.resnet_norm == "batch":
+        # Lockstep batches are padded to the widest client: padded rows would enter BatchNorm's
+        # batch statistics, and its running statistics are updated in place, per module.
+        raise ConfigError(
+            "engine: 'vmap' is not allowed with model 'resnet20' and resnet-norm 'batch' "
+            "(BatchNorm); set resnet-norm=group or engine=flower"
         )
 
 

@@ -138,12 +138,14 @@ def make_app(
     restart: bool = False,
     stop: threading.Event | None = None,
     closed: threading.Event | None = None,
+    finished: threading.Event | None = None,
 ) -> ServerApp:
     """A ServerApp bound to already validated configs (the `fedadamw run` simulation path).
 
     Its process's parent holds the folder's writer lock, and a dead Ray worker stops the
     run so that it resumes on fresh workers. `closed` is set once the experiment has left
-    the store consistent (every arm it touched marked), however it ended.
+    the store consistent (every arm it touched marked), however it ended; `finished` only
+    when every arm ran to its end.
     """
     bound = ServerApp()
 
@@ -160,6 +162,8 @@ def make_app(
                 lost_worker_fatal=True,
                 take_lock=False,
             )
+            if finished is not None:
+                finished.set()
         finally:
             if closed is not None:
                 closed.set()
@@ -184,4 +188,9 @@ def main(grid: Grid, context: Context) -> None:
         # Flower would log a traceback for an exception; the submitter needs the one line.
         print(f"fedadamw: error: {exc}", file=sys.stderr, flush=True)
         return
+    if cfg.engine == "vmap":
+        # The whole federation trains in this process; the SuperNodes get no message.
+        from server.cohort_grid import CohortGrid
+
+        grid = CohortGrid(cfg.num_clients)
     run_experiment(grid, [cfg], out_dir)

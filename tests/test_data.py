@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from fedadamw.config import Config
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import (
     DataSpec,
+    _split_partitions,
     label_histogram,
     load_partition,
     load_splits,
@@ -121,6 +124,8 @@ IMPOSSIBLE: list[tuple[dict[str, object], str]] = [
     ({"partitioner": "shards", "shards-per-client": 500}, "shards-per-client: 500 is not"),
     ({"partitioner": "pathological", "classes-per-client": 11}, "mnist1d has 10 classes"),
     ({"num-clients": 4001, "partitioner": "iid"}, "num-clients: 4001 is not allowed"),
+    # 401 × 10 > 4,000: the message names both keys and the largest federation that fits.
+    ({"num-clients": 401}, "min-partition-size: 10 is not allowed with num-clients=401"),
     (
         {
             "dataset": "synthetic",
@@ -160,3 +165,24 @@ def test_clients_rebuild_the_servers_data_spec_from_the_train_message() -> None:
     request = TrainRequest.from_wire(record)
     assert request.data == DataSpec.from_config(cfg) == prepare(cfg)
     assert request.resnet_norm == "group"
+
+
+@pytest.mark.parametrize("clients", [100, 400])
+def test_many_dirichlet_clients_work_with_the_default_min_partition_size(clients: int) -> None:
+    # flwr-datasets gives up after 10 draws (some Dirichlet(0.3) share of 4,000 rows is always
+    # under 10 for 100 clients); the small shares are then topped up from the largest ones.
+    spec = _spec(**{"num-clients": clients})
+    parts = partition_indices(spec)
+    rows = np.concatenate(parts)
+    assert len(parts) == clients and min(len(p) for p in parts) >= 10
+    assert len(rows) == len(np.unique(rows)) == 4000  # still disjoint, still every row
+    again = _split_partitions(spec)  # made again, not read from a cache: seeded
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    # Against the draw without a floor: a small client gains exactly what it lacked, a large
+    # one only gives rows away; every other row stays where the Dirichlet draw put it.
+    draw = _split_partitions(dataclasses.replace(spec, min_partition_size=0))
+    for got, drawn in zip(parts, draw, strict=True):
+        gained, lost = np.setdiff1d(got, drawn), np.setdiff1d(drawn, got)
+        assert len(gained) == max(0, 10 - len(drawn))
+        assert len(gained) == 0 or len(lost) == 0
+    assert sum(max(0, 10 - len(d)) for d in draw) > 0  # the draw did need topping up

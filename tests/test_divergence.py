@@ -145,3 +145,25 @@ def test_bad_shapes_and_weights_are_refused() -> None:
         divergence_stats(np.zeros(3))
     with pytest.raises(ValueError, match="weights"):
         divergence_stats(np.ones((2, 3)), [1, -1])
+
+
+def test_at_scale_float32_products_stay_within_float_tolerance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many clients: float32 chunk products (summed in float64), upper-triangle blocks."""
+    from fedadamw.core import divergence
+
+    monkeypatch.setattr(divergence, "FLOAT32_PRODUCTS_ABOVE", 0)  # as if K²·d were huge
+    rng = np.random.default_rng(7)
+    k, d = divergence.ROW_BLOCK + 44, 1500  # two row blocks, the second one ragged
+    scale = np.exp(rng.normal(size=d))  # weights of very different sizes, as in real models
+    updates = ((0.3 * rng.normal(size=d) + rng.normal(size=(k, d))) * scale).astype(np.float32)
+    weights = rng.integers(1, 500, size=k)
+    gram, _ = divergence.segment_grams(updates, chunk=256)
+    exact = updates.astype(np.float64) @ updates.astype(np.float64).T
+    norms = np.sqrt(np.diag(exact))
+    assert np.abs(gram - gram.T).max() == 0.0  # mirrored blocks: exactly symmetric
+    assert np.abs((gram - exact) / np.outer(norms, norms)).max() < 1e-6
+    got, want = divergence.from_gram(gram, weights).stats, reference(updates, weights)
+    for name in STAT_NAMES:
+        assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-7), name

@@ -5,7 +5,8 @@ the model loaded with the global weights: the same batches in the same order, th
 budget (stragglers included), the same decay mode and parameter groups, the same loss
 bookkeeping and (with ``track_decay``) the same split as `fedadamw.core.tracked`. The K clients'
 weights are stacked into (K, P) tensors; each step gathers every client's batch from one
-concatenated data tensor, takes all K gradients with ``vmap(grad(functional_call))`` and
+concatenated data tensor, takes all K gradients in one backward pass through
+``vmap(functional_call)`` (the gradient of the sum of the clients' losses, row by row) and
 applies the optimizer's elementwise formulas, written here over the stacked tensors in torch's
 own operation order.
 
@@ -31,7 +32,9 @@ differ by 1e-5 to 1e-3 of the update, and now and then (one client of twenty in
 benchmarks/bench_cohort.py) the difference spreads to ~6e-2. That is float32's accuracy, not the
 engine's: float32 `train_local` with 1 vs 2 threads differs from itself as much (resnet20), and
 against float64 `train_local` it is as often the farther of the two. Coupled Adam's decay split
-divides by the same √v̂ + ε and is as sensitive.
+divides by the same √v̂ + ε and is as sensitive. The batched backward pass may also round a
+client's gradient differently at another position of the stack; the order is fixed (steps, then
+the given order), so a run is reproducible bit for bit.
 
 BatchNorm is not supported: its batch statistics would see the padded rows and its running
 statistics are updated in place; `train_cohort` raises ValueError for such models.
@@ -46,12 +49,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
-from torch.nn import functional as F  # noqa: N812 - torch's convention
+from torch.func import functional_call, vmap
 
 from fedadamw.core.optim import decay_param_groups
-from fedadamw.core.sampling import local_steps
-from fedadamw.core.training import TrainResult, TrainSpec, batch_seed, pick_device
+from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, pick_device
 from fedadamw.data.split import ArrayDataset
 from fedadamw.errors import ConfigError
 from fedadamw.schema import check_mode
@@ -77,22 +78,6 @@ class CohortClient:
 
     data: ArrayDataset
     spec: TrainSpec
-
-
-def batch_plan(num_examples: int, spec: TrainSpec) -> list[Tensor]:
-    """The row indices of each of a client's batches, in train_local's order and budget."""
-    if num_examples == 0:
-        raise ValueError(f"partition {spec.partition_id} has no training examples")
-    gen = torch.Generator().manual_seed(batch_seed(spec.seed, spec.partition_id, spec.server_round))
-    budget = local_steps(num_examples, spec.batch_size, spec.local_epochs, spec.work_fraction)
-    plan: list[Tensor] = []
-    for _ in range(spec.local_epochs):
-        # Drawn every epoch, also once the budget is spent, exactly as train_local draws it.
-        order = torch.randperm(num_examples, generator=gen)
-        for start in range(0, num_examples, spec.batch_size):
-            if len(plan) < budget:
-                plan.append(order[start : start + spec.batch_size])
-    return plan
 
 
 def train_cohort(
@@ -122,7 +107,10 @@ def train_cohort(
         name: _as_model_tensor(model, name, global_state.get(name), device) for name in layout.fixed
     }
     opt = _CohortOptimizer(mode, ranked, layout, stacked, device)
-    step_grad = vmap(grad_and_value(_loss(model, fixed)))
+    # Each client's loss depends on its own row of the stack only, so the gradient of their
+    # sum with respect to the stack is every client's own gradient, row by row: one backward
+    # pass through the vmapped forward (torch.func.grad would also import torch._dynamo, ~1.5 s).
+    step_loss = vmap(_loss(model, fixed))
     losses = torch.zeros(schedule.steps, len(clients), device=device)
 
     modes = {m: m.training for m in model.modules()}
@@ -131,14 +119,23 @@ def train_cohort(
         for t in range(schedule.steps):
             k, width = schedule.active[t], schedule.width[t]
             rows = schedule.index[t, :k, :width]
+            leaves = [flat[:k].detach().requires_grad_() for flat in stacked]
             params: dict[str, Tensor] = {}
-            for group, flat in zip(layout.groups, stacked, strict=True):
-                params.update(group.views(flat[:k]))
-            grads, loss = step_grad(
+            for group, leaf in zip(layout.groups, leaves, strict=True):
+                params.update(group.views(leaf))
+            loss = step_loss(
                 params, x[rows], y[rows], schedule.mask[t, :k, :width], schedule.count[t, :k]
             )
+            grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
             losses[t, :k] = loss.detach()
-            opt.step(t, k, [group.flatten(grads, k) for group in layout.groups])
+            opt.step(
+                t,
+                k,
+                [
+                    torch.zeros_like(v) if g is None else g
+                    for g, v in zip(grads, leaves, strict=True)
+                ],
+            )
     finally:
         for m, training in modes.items():
             m.train(training)
@@ -358,9 +355,12 @@ def _loss(model: nn.Module, fixed: dict[str, Tensor]) -> LossFn:
     def loss(
         params: dict[str, Tensor], x: Tensor, y: Tensor, mask: Tensor, count: Tensor
     ) -> Tensor:
-        logits = functional_call(model, {**params, **fixed}, (x,))
+        logits: Tensor = functional_call(model, {**params, **fixed}, (x,))
+        # F.cross_entropy(reduction="none") is −log_softmax picked at the label: the same
+        # numbers, written out as batched ops with plain autograd formulas.
+        rows = -logits.log_softmax(dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
         # Sum then divide, as F.cross_entropy's mean: its gradient per row is then 1/count too.
-        return (F.cross_entropy(logits, y, reduction="none") * mask).sum() / count
+        return (rows * mask).sum() / count
 
     return loss
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-_SAMPLE, _DROPOUT, _STRAGGLER, _BATCH = 0x5A3, 0xD40, 0x57A, 0xBA7
+_SAMPLE, _DROPOUT, _STRAGGLER, _BATCH, _PAIRS = 0x5A3, 0xD40, 0x57A, 0xBA7, 0x9A1
 
 
 def sample_partitions(seed: int, server_round: int, available: Iterable[int], k: int) -> list[int]:
@@ -23,6 +23,21 @@ def sample_partitions(seed: int, server_round: int, available: Iterable[int], k:
         return pool
     rng = np.random.default_rng([seed, server_round, _SAMPLE])
     return sorted(int(i) for i in rng.choice(pool, size=k, replace=False))
+
+
+def pair_partitions(
+    seed: int, server_round: int, partition_ids: Iterable[int], limit: int
+) -> list[int]:
+    """The clients whose pairwise cosines a round stores: all, or a seeded `limit` of them.
+
+    The store keeps every pair among these (a whole sub-matrix, which the dashboard draws);
+    both arms of a comparison keep the same clients' pairs. Statistics never depend on it.
+    """
+    pool = sorted(set(partition_ids))
+    if len(pool) <= limit:
+        return pool
+    rng = np.random.default_rng([seed, server_round, _PAIRS])
+    return sorted(int(i) for i in rng.choice(pool, size=limit, replace=False))
 
 
 def dropped_partitions(

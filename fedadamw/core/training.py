@@ -41,6 +41,27 @@ class TrainSpec:
     track_decay: bool = False  # split the update into data and decay parts (fedadamw.core.tracked)
 
 
+def batch_plan(num_examples: int, spec: TrainSpec) -> list[torch.Tensor]:
+    """The row indices of each of a client's batches, in order, within its step budget.
+
+    The one batch planner: `train_local` and the cohort engine (`fedadamw.core.cohort`) both
+    train exactly these batches. Every epoch draws a fresh permutation from a generator seeded
+    by (seed, partition id, round), also once the budget is spent, so a straggler's batches are
+    a prefix of the full client's.
+    """
+    if num_examples == 0:
+        raise ValueError(f"partition {spec.partition_id} has no training examples")
+    gen = torch.Generator().manual_seed(batch_seed(spec.seed, spec.partition_id, spec.server_round))
+    budget = local_steps(num_examples, spec.batch_size, spec.local_epochs, spec.work_fraction)
+    plan: list[torch.Tensor] = []
+    for _ in range(spec.local_epochs):
+        order = torch.randperm(num_examples, generator=gen)
+        for start in range(0, num_examples, spec.batch_size):
+            if len(plan) < budget:
+                plan.append(order[start : start + spec.batch_size])
+    return plan
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What local training returns: the new weights (on the CPU) and how the work went."""
@@ -66,27 +87,20 @@ def train_local(
     model.to(device).train()
     x, y = data.tensors(device)
     n = len(data)
-    if n == 0:
-        raise ValueError(f"partition {spec.partition_id} has no training examples")
     # Off, the plain torch optimizer runs: tracking costs ~6–17% (benchmarks/bench_tracked.py).
     factory = make_tracked_optimizer if spec.track_decay else make_optimizer
     optimizer = factory(decay_param_groups(model), spec.mode, spec.learning_rate, spec.weight_decay)
-    gen = torch.Generator().manual_seed(batch_seed(spec.seed, spec.partition_id, spec.server_round))
-    budget = local_steps(n, spec.batch_size, spec.local_epochs, spec.work_fraction)
-    loss_sum, seen, steps = 0.0, 0, 0
-    for _ in range(spec.local_epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        for start in range(0, n, spec.batch_size):
-            if steps >= budget:
-                break
-            idx = order[start : start + spec.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            steps += 1
+    plan = batch_plan(n, spec)
+    # One transfer of every step's row indices, not one per batch (matters on a GPU).
+    batches = torch.split(torch.cat(plan).to(device), [len(b) for b in plan])
+    loss_sum, seen = 0.0, 0
+    for idx in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(idx)
+        seen += len(idx)
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     decay_part, quantiles = None, {}
     if isinstance(optimizer, TrackedOptimizer):
@@ -96,7 +110,7 @@ def train_local(
         state=state,
         num_examples=n,
         train_loss=loss_sum / seen,
-        local_steps=steps,
+        local_steps=len(plan),
         decay_part=decay_part,
         shrink_quantiles=quantiles,
     )

@@ -137,11 +137,16 @@ def flatten_updates(
         segments[name] = slice(offset, offset + size)
         offset += size
     out = torch.empty(len(replies), offset, dtype=torch.float32, device=device)
-    for i, reply in enumerate(replies):
+    arrays: list[Mapping[str, np.ndarray]] = []
+    for reply in replies:
         assert reply.arrays is not None  # checked by check_reply
-        for name in names:
-            delta = np.asarray(reply.arrays[name], dtype=np.float64) - global_arrays[name]
-            out[i, segments[name]] = torch.from_numpy(delta.reshape(-1)).to(device, torch.float32)
+        arrays.append(reply.arrays)
+    for name in names if arrays else []:
+        # One tensor for all clients at a time (thousands of clients: few, large operations);
+        # the difference is taken in float64 and rounded once to float32.
+        rows = np.stack([np.asarray(a[name], dtype=np.float64).reshape(-1) for a in arrays])
+        delta = rows - np.asarray(global_arrays[name], dtype=np.float64).reshape(-1)
+        out[:, segments[name]] = torch.from_numpy(delta.astype(np.float32)).to(device)
     return out, segments
 
 

@@ -96,8 +96,19 @@ def server_round(config: Mapping[str, Any]) -> int:
     return value
 
 
-def _schema(cls: type) -> list[tuple[str, str | None, type]]:
+_Schema = list[tuple[str, str | None, type]]
+# Read for every message: a thousand clients a round would resolve the type hints 1,000 times.
+_SCHEMAS: dict[type, _Schema] = {}
+
+
+def _schema(cls: type) -> _Schema:
     """(field, key, type) per field; key None for a nested dataclass (written flat)."""
+    if cls not in _SCHEMAS:
+        _SCHEMAS[cls] = _build_schema(cls)
+    return _SCHEMAS[cls]
+
+
+def _build_schema(cls: type) -> _Schema:
     hints = get_type_hints(cls)
     schema: list[tuple[str, str | None, type]] = []
     for f in fields(cls):

@@ -17,6 +17,7 @@ of rebuilding it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -40,6 +41,7 @@ _CONTIGUOUS = ("iid", "exponential", "linear")
 # splits kept on disk. Bump it with any change that alters which rows a client gets, or runs
 # keep reading splits the old code made.
 SPLIT_VERSION = 1
+_TOP_UP = 0x70B  # the stream of the Dirichlet top-up's draws (seeded by the run seed)
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,12 @@ def _split_partitions(spec: DataSpec) -> tuple[np.ndarray, ...]:
             f"num-clients: {n} is not allowed; "
             f"{spec.dataset} has only {len(train)} training examples"
         )
+    elif n * least > len(train):
+        raise ConfigError(
+            f"min-partition-size: {least} is not allowed with num-clients={n}: {n} × {least} "
+            f"exceeds the {len(train)} examples of {spec.dataset}; lower min-partition-size "
+            f"or num-clients (at most {len(train) // least})"
+        )
     if spec.partitioner == "shards" and n * spec.shards_per_client > len(train):
         raise ConfigError(
             f"shards-per-client: {spec.shards_per_client} is not allowed; {n} clients × "
@@ -224,21 +232,13 @@ def _split_partitions(spec: DataSpec) -> tuple[np.ndarray, ...]:
         # flwr-datasets warns once per failed Dirichlet draw: the error below says it all.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            total = partitioner.num_partitions if natural else n
-            parts = [
-                np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)
-                for i in range(total)
-            ]
+            parts = _load_all(partitioner, partitioner.num_partitions if natural else n)
     except ValueError as exc:
-        if spec.partitioner == "dirichlet":
-            # It re-draws until every client has `min-partition-size` examples, 10 times.
-            raise ConfigError(
-                f"num-clients: {n} clients cannot each get min-partition-size={least} of the "
-                f"{len(train)} examples of {spec.dataset} in a "
-                f"Dirichlet(α={spec.dirichlet_alpha:g}) split; lower num-clients or "
-                "min-partition-size, or raise dirichlet-alpha"
-            ) from None
-        raise ConfigError(f"partitioner {spec.partitioner!r} failed: {exc}") from None
+        if spec.partitioner != "dirichlet":
+            raise ConfigError(f"partitioner {spec.partitioner!r} failed: {exc}") from None
+        # flwr-datasets re-draws until every client has `min-partition-size` examples, 10
+        # times: with many clients (100 on MNIST-1D) some share is always too small.
+        parts = _dirichlet_topped_up(spec, table)
     if natural:
         # Like LEAF, clients with too few examples are left out; the first n of the rest train.
         kept = [p for p in parts if len(p) >= least]
@@ -256,6 +256,40 @@ def _split_partitions(spec: DataSpec) -> tuple[np.ndarray, ...]:
             "or num-clients"
         )
     return tuple(parts)
+
+
+def _load_all(partitioner: Any, total: int) -> list[np.ndarray]:
+    """Every partition's row indices (through Arrow: a Python list would cost seconds)."""
+    return [
+        partitioner.load_partition(i).with_format("arrow")["idx"].to_numpy().astype(np.int64)
+        for i in range(total)
+    ]
+
+
+def _dirichlet_topped_up(spec: DataSpec, table: Any) -> list[np.ndarray]:
+    """flwr-datasets' Dirichlet draw without a floor, then small clients topped up.
+
+    Smallest first, each client below `min-partition-size` takes seeded random rows from the
+    currently largest client until it has that many. The label skew of the draw is kept
+    everywhere but in those few rows. Possible whenever num-clients × min-partition-size does
+    not exceed the examples (checked before).
+    """
+    partitioner = make_partitioner(dataclasses.replace(spec, min_partition_size=0))
+    partitioner.dataset = table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = _load_all(partitioner, spec.num_clients)
+    least = spec.min_partition_size
+    rng = np.random.default_rng([spec.seed, _TOP_UP])
+    for i in sorted(range(len(parts)), key=lambda k: (len(parts[k]), k)):
+        while len(parts[i]) < least:
+            donor = max(range(len(parts)), key=lambda k: (len(parts[k]), -k))
+            give = min(least - len(parts[i]), len(parts[donor]) - least)
+            moved = np.zeros(len(parts[donor]), dtype=bool)
+            moved[rng.choice(len(parts[donor]), size=give, replace=False)] = True
+            parts[i] = np.concatenate([parts[i], parts[donor][moved]])
+            parts[donor] = parts[donor][~moved]
+    return parts
 
 
 @cache

@@ -300,6 +300,35 @@ class ResultStore:
             )
         return int(cur.rowcount)
 
+    def copy_runs(self, source: str | Path, run_ids: Iterable[str]) -> None:
+        """Replace every row of these runs with the rows `source` (another store) holds.
+
+        One transaction. A sweep on a Ray cluster uses it both ways: a grid point's rows so far
+        go into its task's private store (to resume there), and the finished task's rows come
+        back into the experiment's store, whose one writer stays the driver.
+        """
+        ids = list(run_ids)
+        marks = ", ".join("?" * len(ids))
+        ResultStore(source).close()  # refuses a store of another schema; upgrades an older one
+        self._conn.execute("ATTACH DATABASE ? AS other", (str(source),))
+        try:
+            with self._conn:
+                for (table,) in self._conn.execute(
+                    "SELECT name FROM main.sqlite_master WHERE type='table' AND name != 'meta'"
+                ).fetchall():
+                    cols = ", ".join(
+                        r[1] for r in self._conn.execute(f"PRAGMA main.table_info({table})")
+                    )
+                    where = f"WHERE run_id IN ({marks})"
+                    self._conn.execute(f"DELETE FROM main.{table} {where}", ids)
+                    self._conn.execute(
+                        f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM other.{table} "
+                        + where,
+                        ids,
+                    )
+        finally:
+            self._conn.execute("DETACH DATABASE other")
+
     def write_round(self, rec: RoundRecord) -> None:
         """Write one round of one run in a single transaction, replacing any earlier copy."""
         key = (rec.run_id, rec.round)

@@ -1,23 +1,30 @@
-"""One run's bookkeeping: server-side evaluation and one store transaction per round."""
+"""One run's bookkeeping: server-side evaluation and one store transaction per round.
+
+torch and the data stack are imported when a recorder is made, not with this module: the
+console display imports `Progress` and `RoundReport` from here, and `fedadamw run`'s parent
+process (which only supervises and prints the closing table) must stay free of torch.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from fedadamw import schema
 from fedadamw.config import Config
-from fedadamw.core.models import model_for
-from fedadamw.core.training import evaluate, pick_device
-from fedadamw.core.updates import RoundMeasurement
-from fedadamw.data.split import DataSpec, label_histogram, load_splits
+from fedadamw.core.sampling import pair_partitions
 from fedadamw.results.writer import ResultStore, Resume, RoundRecord
 from fedadamw.run.failures import FailureLog
 from fedadamw.schema import SHRINK_COLUMNS
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedadamw.core.updates import RoundMeasurement
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,10 @@ class RunRecorder:
         self.failures = FailureLog(store.path.parent)
         self.label = label or arm
         self.progress = progress
+        from fedadamw.core.models import model_for
+        from fedadamw.core.training import pick_device
+        from fedadamw.data.split import DataSpec, load_splits
+
         self.device = pick_device()
         _, self.test = load_splits(DataSpec.from_config(cfg))
         self.model = model_for(cfg)
@@ -83,6 +94,8 @@ class RunRecorder:
             self.cfg.replace(arms=self.arm).to_json(),
             restart=restart,
         )
+        from fedadamw.data.split import DataSpec, label_histogram
+
         # The split is fixed by the config: the views read its label counts from the store.
         self.store.write_labels(self.run_id, label_histogram(DataSpec.from_config(self.cfg)))
         self._last = time.perf_counter()
@@ -94,6 +107,8 @@ class RunRecorder:
 
     def record(self, server_round: int, state: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         """Evaluate the global model of `server_round` and write the round; (loss, accuracy)."""
+        from fedadamw.core.training import evaluate
+
         self.model.load_state_dict(dict(state))
         test_loss, test_acc = evaluate(self.model, self.test, self.device)
         m, self.pending = self.pending, None
@@ -137,10 +152,14 @@ class RunRecorder:
                 rec.layers = {name: dict(d.stats) for name, d in m.layers.items()}
                 if m.parts is not None:
                     _add_parts(values, rec, m)
+                # Every pair up to `pairs-limit` clients, then the pairs of a seeded subset of
+                # that many: K²/2 rows a round would be 500,000 at 1,000 clients.
+                keep = set(pair_partitions(self.cfg.seed, server_round, pids, self.cfg.pairs_limit))
+                rows = [i for i, pid in enumerate(pids) if pid in keep]
                 rec.pairs = [
                     (pids[i], pids[j], float(m.whole.cosine[i, j]))
-                    for i in range(len(pids))
-                    for j in range(i + 1, len(pids))
+                    for a, i in enumerate(rows)
+                    for j in rows[a + 1 :]
                 ]
         self.store.write_round(rec)
         if self.progress is not None:

@@ -1,4 +1,9 @@
-"""The simulation process of `fedadamw run`: Flower's simulation engine (Ray) runs every arm.
+"""The simulation process of `fedadamw run`: it runs every arm on the engine its config names.
+
+`engine = flower`: Flower's simulation engine, with Ray started first and lean
+(`fedadamw.run.raystart`); `engine = vmap`: the same ServerApp logic on the in-process cohort
+grid (`server.cohort_grid`), no Ray; with `--ray-address` and a grid of several points, one Ray
+task per point (`fedadamw.run.cluster`).
 
 `fedadamw run` (`fedadamw.run.supervisor`) starts this module as a child process in a session of
 its own, so that the child and every Ray process it starts form one process group that the
@@ -8,6 +13,8 @@ parent can end as a whole. Here:
   thread leaves its round at the next poll (`server.grid.GuardedGrid`) and marks its arm
   ``interrupted``, and the main thread unwinds Flower's engine, which stops Ray.
 - If the parent disappears (SIGKILL), a watchdog thread does the same, then ends the group.
+- After the last group's ServerApp has finished and closed the store, the watchdog exits at
+  once (0): Ray's orderly shutdown would only cost time, and the parent ends the group.
 - Exit codes: 0 done, 2 bad input (one line printed), 75 a Ray worker died (the parent
   restarts the simulation, which resumes), 130 stopped, 1 anything else (one line printed;
   the traceback goes to `failures.log`).
@@ -25,14 +32,20 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedadamw.config import Config
 from fedadamw.errors import ConfigError, print_error
 from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
-from fedadamw.run.progress import ConsoleProgress
+
+if TYPE_CHECKING:
+    # Not at run time: the recorder imports torch, and this module is imported by the CLI
+    # (`fedadamw run`'s parent needs no torch) and starts Ray before it imports torch.
+    from fedadamw.run.raystart import RayStart
+    from fedadamw.run.recorder import Progress
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORKER_LOST, EXIT_STOPPED = 0, 1, 2, 75, 130
 # After a stop is asked for, the process exits as soon as the ServerApp has marked its arm
@@ -48,11 +61,16 @@ class Spec:
     configs: list[dict[str, Any]]
     out_dir: str
     client_cpus: float
-    client_gpus: float
+    client_gpus: float | None  # None: 0.25 when CUDA is available, else 0
     verbose: bool
     restart: bool
-    ray_temp_dir: str | None  # None: join an existing Ray cluster (RAY_ADDRESS)
+    ray_temp_dir: str | None  # None: no Ray of our own (engine=vmap, or a cluster's address)
     parent_pid: int
+    ray_address: str | None = None  # an existing Ray cluster to run on (--ray-address)
+    # torch threads of this process. One by default: on a machine whose cores are busy (Ray's
+    # actors, other jobs), more threads than free cores spin and wait; measured on 2 shared
+    # cores, a vmap round took 15–25 s with 2 threads against 1.6 s with 1.
+    threads: int = 1
 
     def write(self, path: Path) -> None:
         """Save as JSON."""
@@ -70,6 +88,10 @@ class _Stopper:
     def __init__(self, spec: Spec) -> None:
         self.event = threading.Event()
         self.closed = threading.Event()  # set by the ServerApp once the store is consistent
+        # Set once the last ServerApp finished every arm: nothing is left to do but Ray's slow
+        # orderly shutdown, which the parent makes unnecessary by killing the group.
+        self.finished = threading.Event()
+        self.before_exit: Callable[[], None] | None = None  # e.g. close the progress display
         self.spec = spec
         self.parent_pid = spec.parent_pid
         self.parent_gone = False
@@ -96,79 +118,140 @@ class _Stopper:
                 if not self.event.is_set():
                     self.stop()
                     _thread.interrupt_main()
+            if self.finished.is_set() and not self.event.is_set():
+                self.exit_now(EXIT_OK)
             if self.event.is_set():
                 stopped_at = stopped_at or time.monotonic()
                 if self.closed.is_set() or time.monotonic() - stopped_at > HARD_STOP_S:
                     self.exit_now()
 
-    def exit_now(self) -> None:
+    def exit_now(self, code: int = EXIT_STOPPED) -> None:
         """Leave at once: the store is consistent, Ray's processes are the parent's to end."""
+        if code == EXIT_OK and self.before_exit is not None:
+            self.before_exit()
         sys.stdout.flush()
         sys.stderr.flush()
         if self.parent_gone:
             _orphan_cleanup(self.spec)
-        os._exit(EXIT_STOPPED)
+        os._exit(code)
 
 
-def _simulate(spec: Spec, configs: list[Config], stopper: _Stopper) -> None:
-    """Run every group of configs that shares a federation size in one Ray start each."""
-    from flwr.simulation import run_simulation
+def _groups(configs: list[Config]) -> list[list[Config]]:
+    """Configs that share a federation (size and engine), in the order they were given."""
+    groups: dict[tuple[int, str], list[Config]] = {}
+    for cfg in configs:
+        groups.setdefault((cfg.num_clients, cfg.engine), []).append(cfg)
+    return list(groups.values())
+
+
+def _start_ray(spec: Spec) -> RayStart:
+    """Ray for Flower's engine: a lean local head, or the cluster at `spec.ray_address`."""
+    from fedadamw.run.raystart import start
+
+    # Ray warns that it will stop overriding CUDA_VISIBLE_DEVICES for CPU-only actors.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    return start(spec.ray_temp_dir, spec.verbose, spec.ray_address)
+
+
+def _quiet_flower(spec: Spec) -> None:
+    """Our per-round lines replace Flower's log; its errors go to failures.log, not the screen."""
     from flwr.supercore.logger import update_console_handler
 
-    if not spec.verbose:
-        # Our own per-round lines replace Flower's log, and client failures are recorded as
-        # rejections with one line each: Flower's tracebacks go to failures.log, not the screen.
-        update_console_handler(level=logging.CRITICAL)
-        to_file = logging.FileHandler(Path(spec.out_dir) / LOG_FILE, encoding="utf-8")
-        to_file.setLevel(logging.ERROR)
-        to_file.setFormatter(logging.Formatter("=== %(asctime)s flower %(levelname)s\n%(message)s"))
-        logging.getLogger("flwr").addHandler(to_file)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        # Ray warns that it will stop overriding CUDA_VISIBLE_DEVICES for CPU-only actors.
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    update_console_handler(level=logging.CRITICAL)
+    to_file = logging.FileHandler(Path(spec.out_dir) / LOG_FILE, encoding="utf-8")
+    to_file.setLevel(logging.ERROR)
+    to_file.setFormatter(logging.Formatter("=== %(asctime)s flower %(levelname)s\n%(message)s"))
+    logging.getLogger("flwr").addHandler(to_file)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _simulate(
+    spec: Spec, configs: list[Config], stopper: _Stopper, ray_start: RayStart | None
+) -> None:
+    """Run every group of configs that shares a federation: one Ray start (or none) each."""
+    from fedadamw.run.progress import ConsoleProgress
+
+    progress = ConsoleProgress(configs)
+    stopper.before_exit = progress.bar.stop
+    groups = _groups(configs)
+    with progress.bar:
+        for i, group in enumerate(groups):
+            if group[0].engine == "vmap":
+                _run_cohort(spec, group, progress, stopper)
+            else:
+                # Flower's engine shuts Ray down after each group: the next one starts it again.
+                ray_start = ray_start or _start_ray(spec)
+                ray_start.wait()
+                _run_flower(spec, group, progress, stopper, last=i == len(groups) - 1)
+                ray_start = None
+            if stopper.event.is_set():
+                raise KeyboardInterrupt
+            stopper.closed.clear()  # the next group's ServerApp
+
+
+def _sweep(spec: Spec, configs: list[Config], stopper: _Stopper) -> int:
+    """Every grid point as a Ray task on the cluster; the driver alone writes the store."""
+    from fedadamw.run.cluster import run_sweep
+    from fedadamw.run.progress import ConsoleProgress
+
+    progress = ConsoleProgress(configs)
+    stopper.before_exit = progress.bar.stop
+    with progress.bar:
+        return run_sweep(spec, configs, progress, stopper.event)
+
+
+def _run_cohort(spec: Spec, group: list[Config], progress: Progress, stopper: _Stopper) -> None:
+    """The vectorized engine: the same ServerApp logic on an in-process grid; no Ray at all."""
+    from server.app import run_experiment
+    from server.cohort_grid import CohortGrid
+
+    try:
+        run_experiment(
+            CohortGrid(group[0].num_clients),
+            group,
+            Path(spec.out_dir),
+            progress,
+            restart=spec.restart,
+            stop=stopper.event,
+            take_lock=False,  # the parent holds the folder's lock and shares it with us
+        )
+    finally:
+        stopper.closed.set()
+
+
+def _run_flower(
+    spec: Spec, group: list[Config], progress: Progress, stopper: _Stopper, last: bool
+) -> None:
+    """Flower's simulation engine: Ray actors run `clients/app.py` for every node."""
+    import torch
+    from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
     from server.app import make_app
 
-    init_args: dict[str, Any] = {
-        "logging_level": "INFO" if spec.verbose else "WARNING",
-        # Client failures come back as error replies (recorded rejections), so the
-        # actors' own logs stay out of the terminal unless asked for.
-        "log_to_driver": spec.verbose,
-        "include_dashboard": False,
-    }
-    if spec.ray_temp_dir is not None:
-        # Every Ray file of this run lives here, and the parent removes it at the end.
-        init_args["_temp_dir"] = spec.ray_temp_dir
-        init_args["_node_ip_address"] = "127.0.0.1"
-    progress = ConsoleProgress(configs)
-    out_dir = Path(spec.out_dir)
-    with progress.bar:
-        for size in dict.fromkeys(c.num_clients for c in configs):
-            group = [c for c in configs if c.num_clients == size]
-            run_simulation(
-                server_app=make_app(
-                    group,
-                    out_dir,
-                    progress,
-                    restart=spec.restart,
-                    stop=stopper.event,
-                    closed=stopper.closed,
-                ),
-                client_app=client_app,
-                num_supernodes=size,
-                backend_config={
-                    "client_resources": {
-                        "num_cpus": spec.client_cpus,
-                        "num_gpus": spec.client_gpus,
-                    },
-                    "init_args": init_args,
-                },
-                verbose_logging=spec.verbose,
-            )
-            if stopper.event.is_set():
-                raise KeyboardInterrupt
-            stopper.closed.clear()  # the next group's ServerApp
+    gpus = spec.client_gpus
+    if gpus is None:  # decided here, where torch is imported anyway (the CLI stays light)
+        gpus = 0.25 if torch.cuda.is_available() else 0.0
+    # Ray is already up (`_start_ray`): Flower's backend then uses it as it is.
+    run_simulation(
+        server_app=make_app(
+            group,
+            Path(spec.out_dir),
+            progress,
+            restart=spec.restart,
+            stop=stopper.event,
+            closed=stopper.closed,
+            # After the last group nothing needs Ray's orderly shutdown: the store is closed,
+            # and the parent kills Ray's processes anyway. Leave as soon as it is done.
+            finished=stopper.finished if last else None,
+        ),
+        client_app=client_app,
+        num_supernodes=group[0].num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": spec.client_cpus, "num_gpus": gpus},
+        },
+        verbose_logging=spec.verbose,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,14 +262,26 @@ def main(argv: list[str] | None = None) -> int:
     code = EXIT_FAILED
     try:
         configs = [Config.from_mapping(c) for c in spec.configs]
+        # A grid on a cluster: one Ray task per grid point (fedadamw.run.cluster).
+        sweep = spec.ray_address is not None and len(configs) > 1
+        # Ray starts first, in the background: its processes come up while this one imports
+        # torch and Flower and prepares the data (fedadamw.run.raystart).
+        flower = any(c.engine == "flower" for c in configs)
+        ray_start = _start_ray(spec) if flower and not sweep else None
+        if not spec.verbose:
+            _quiet_flower(spec)
+        import torch
+
         from fedadamw.data.split import prepare
 
-        # Generate the data and check every split here, once, before Ray starts: workers then
-        # read the disk cache, and a split that cannot be made is a one-line error.
+        torch.set_num_threads(spec.threads)
+        # Generate the data and check every split here, once: Ray's workers then read the
+        # disk cache, and a split that cannot be made is a one-line error.
         for cfg in configs:
             prepare(cfg)
-        _simulate(spec, configs, stopper)
-        code = EXIT_OK
+        code = _sweep(spec, configs, stopper) if sweep else EXIT_OK
+        if not sweep:
+            _simulate(spec, configs, stopper, ray_start)
     except KeyboardInterrupt:
         code = EXIT_STOPPED
     except (ConfigError, NonFiniteRunError) as exc:

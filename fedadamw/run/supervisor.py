@@ -165,6 +165,8 @@ class Supervisor:
 
     def _run_once(self, spec_file: Path) -> int:
         env = dict(os.environ)
+        if self.spec.ray_address is not None:
+            env["RAY_ADDRESS"] = self.spec.ray_address  # the cluster's own security applies
         if self.spec.ray_temp_dir is not None:
             # Ray's gRPC ports listen on every interface: with a token that only this run's
             # processes know (they inherit it), nobody else can use the local cluster.
