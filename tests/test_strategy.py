@@ -101,6 +101,7 @@ def _strategy(tmp_path: Path, partitions: dict[int, int], per_round: int) -> Div
     store = ResultStore(tmp_path / "results.db")
     cfg = Config.from_mapping({"num-clients": len(partitions)})
     rec = RunRecorder(store, "exp:coupled:x", cfg, "coupled")
+    rec.parameter_names = frozenset(SHAPES)  # measure the fake tensors, not the model's
     rec.start()
     return DivergenceFedAvg(rec, partitions, seed=3, clients_per_round=per_round)
 
