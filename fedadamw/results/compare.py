@@ -72,6 +72,7 @@ class Selection:
     validation: Interval  # what selected it (test accuracy where nothing was held out)
     test: Interval
     candidates: int  # points the mode ran with λ > 0 (any λ for `none`)
+    dispersion: Interval  # whole-update dispersion there (mean over rounds), for reference
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,15 @@ def _select(
         return None
     # The highest mean; ties go to the first point in sorted order (the smaller values).
     best, score = max(scored, key=lambda ps: ps[1].mean)
+    by_seed = points[best]
     return Selection(
-        label, mode, best, score, _score(points[best], "test_accuracy"), len(candidates)
+        label,
+        mode,
+        best,
+        score,
+        _score(by_seed, "test_accuracy"),
+        len(candidates),
+        _score(by_seed, "dispersion"),
     )
 
 
@@ -414,7 +422,11 @@ def _kind(row: Row) -> str:
 
 def _selection_cells(s: Selection) -> list[str]:
     cells = [s.setting, s.mode, format_point(s.point), str(s.candidates)]
-    return [*cells, _acc(s.validation), _acc(s.test)]
+    return [*cells, _acc(s.validation), _acc(s.test), _plain(s.dispersion)]
+
+
+def _plain(interval: Interval) -> str:
+    return str(interval).replace("+", "") if interval.n else "—"
 
 
 def _row_cells(r: Row) -> list[str]:
@@ -433,6 +445,7 @@ def _row_cells(r: Row) -> list[str]:
 
 
 SELECTION_HEADER = ["setting", "mode", "selected", "of", "score [95% CI]", "test acc [95% CI]"]
+SELECTION_HEADER += ["dispersion [95% CI]"]
 ROW_HEADER = ["setting", "A − B", "match", "A at", "B at", "seeds", "measure"]
 ROW_HEADER += ["A − B [95% CI]", "p", "p Holm"]
 
@@ -478,6 +491,7 @@ def _as_json(report: Report) -> dict[str, Any]:
                 "candidates": s.candidates,
                 "selection_score": _interval_dict(s.validation),
                 "test_accuracy": _interval_dict(s.test),
+                "dispersion": _interval_dict(s.dispersion),
             }
             for s in report.selections
         ],
