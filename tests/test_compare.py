@@ -101,7 +101,7 @@ def test_selects_on_validation_and_scores_the_last_rounds_on_test(tmp_path: Path
     rows = {r.measure: r for r in report.rows}
     assert set(rows) == {"test_accuracy", "dispersion"}  # decay parts are all NULL
     want = [
-        np.mean(test[("coupled", 0.1, s)][-5:]) - np.mean(test[("decoupled", 0.01, s)][-5:])
+        float(np.mean(test[("coupled", 0.1, s)][-5:]) - np.mean(test[("decoupled", 0.01, s)][-5:]))
         for s in range(4)
     ]
     acc = rows["test_accuracy"]
