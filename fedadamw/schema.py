@@ -19,6 +19,8 @@ from fedadamw.errors import ConfigError
 # decoupled factor the clients would have applied (fedadamw.core.server_decay).
 DECAY_MODES = ("decoupled", "coupled", "none", "sgd-coupled", "sgd-decoupled", "server-decay")
 NO_DECAY_MODE = "none"  # the arm without decay: λ means nothing to it
+SERVER_DECAY_MODE = "server-decay"
+CLIENT_UNDECAYED_MODES = (NO_DECAY_MODE, SERVER_DECAY_MODE)  # clients of these never decay
 
 
 def check_mode(mode: str) -> str:

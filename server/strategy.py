@@ -112,7 +112,7 @@ class DivergenceFedAvg(FedAvg):
         cfg = recorder.cfg
         self.server_decay = (
             ServerDecay(cfg.learning_rate, cfg.weight_decay, decayed_names(recorder.model))
-            if recorder.arm == "server-decay"
+            if recorder.arm == schema.SERVER_DECAY_MODE
             else None
         )
         self._dropped: list[int] = []

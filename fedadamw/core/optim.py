@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fedadamw.errors import ConfigError
-from fedadamw.schema import check_mode
+from fedadamw.schema import CLIENT_UNDECAYED_MODES, check_mode
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -73,7 +73,7 @@ def make_optimizer(
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **options)
     if mode == "coupled":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **options)
-    if mode in ("none", "server-decay"):  # server-decay: the server decays, not the client
+    if mode in CLIENT_UNDECAYED_MODES:  # server-decay: the server decays, not the client
         groups = _without_decay(params)
         return torch.optim.Adam(groups, lr=lr, weight_decay=0.0, **options)
     if options:
