@@ -106,6 +106,11 @@ def _build_parser() -> argparse.ArgumentParser:
         dest="fmt",
         help="table (default), markdown (docs/findings), csv or json (scripts, papers)",
     )
+    cmp.add_argument(
+        "--points",
+        action="store_true",
+        help="also list every point's scores (the cells of an η × λ heatmap; not in csv)",
+    )
     parts = sub.add_parser(
         "partitions", help="print the per-client label histogram of a split and plot it"
     )
@@ -175,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 final_rounds=args.final_rounds,
                 match=args.match,
                 fmt=args.fmt,
+                points=args.points,
             )
     except (ConfigError, StoreError) as exc:
         return print_error(exc)

@@ -203,6 +203,10 @@ def test_every_format_carries_the_same_numbers(tmp_path: Path) -> None:
     markdown = render(report, "markdown")
     assert "final-rounds = 5" in markdown and "over the 16 tests" in markdown
     assert markdown.count("\n| ") == 2 + 2 + 2 + 16  # two headers and rules, their rows
+    # --points: every point of each mode, the cells of its η × λ heatmap (2 η × 2 λ each).
+    assert render(report, "markdown", points=True).count("\n| ") == 2 + 2 + 2 + 16 + 2 + 8
+    cells = json.loads(render(report, "json", points=True))["points"]
+    assert len(cells) == 8 and {c["mode"] for c in cells} == {"coupled", "decoupled"}
 
 
 def test_the_table_keeps_every_number_in_a_pipe_at_120_columns(tmp_path: Path) -> None:

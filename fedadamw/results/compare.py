@@ -103,6 +103,7 @@ class Report:
     selected_on: str  # "validation" or "test"
     rows: list[Row] = field(default_factory=list)
     selections: list[Selection] = field(default_factory=list)
+    points: list[Selection] = field(default_factory=list)  # every candidate point (--points)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -189,26 +190,29 @@ def _score(by_seed: dict[int, dict[str, float]], measure: str) -> Interval:
     return t_interval([v.get(measure) for v in by_seed.values()])
 
 
-def _select(
-    setting: str, label: str, mode: str, points: dict[Point, dict[int, dict[str, float]]], on: str
-) -> Selection | None:
+def _summaries(
+    label: str, mode: str, points: dict[Point, dict[int, dict[str, float]]], on: str
+) -> list[Selection]:
+    """Every candidate point of a mode with its scores (the cells of an η × λ heatmap)."""
     candidates = _candidates(mode, points)
-    scored = [(p, _score(points[p], on)) for p in candidates]
-    scored = [(p, s) for p, s in scored if s.n > 0]
-    if not scored:
-        return None
+    return [
+        Selection(
+            label,
+            mode,
+            p,
+            _score(points[p], on),
+            _score(points[p], "test_accuracy"),
+            len(candidates),
+            _score(points[p], "dispersion"),
+        )
+        for p in candidates
+    ]
+
+
+def _select(summaries: list[Selection]) -> Selection | None:
+    scored = [s for s in summaries if s.validation.n > 0]
     # The highest mean; ties go to the first point in sorted order (the smaller values).
-    best, score = max(scored, key=lambda ps: ps[1].mean)
-    by_seed = points[best]
-    return Selection(
-        label,
-        mode,
-        best,
-        score,
-        _score(by_seed, "test_accuracy"),
-        len(candidates),
-        _score(by_seed, "dispersion"),
-    )
+    return max(scored, key=lambda s: s.validation.mean) if scored else None
 
 
 def _pair(
@@ -290,7 +294,9 @@ def compare(
         for mode in dict.fromkeys((mode_a, *modes_b)):
             if mode not in by_mode:
                 continue
-            selection = _select(setting, label, mode, by_mode[mode], on)
+            summaries = _summaries(label, mode, by_mode[mode], on)
+            report.points += summaries
+            selection = _select(summaries)
             if selection is None:
                 notes.append(
                     f"{label}: {mode} ran no λ > 0 (λ = 0 is the none arm), so it is not tuned"
@@ -362,7 +368,7 @@ def _by_shrink(
         if max(sa, sb) / min(sa, sb) > SHRINK_TOLERANCE:
             notes.append(
                 f"{label}: {a} at {format_point(pa)} (shrink {sa:.3g}) has no {b} point within "
-                f"{SHRINK_TOLERANCE:g}× (nearest {format_point(pb)}, {sb:.3g})"
+                f"{SHRINK_TOLERANCE:.3g}× (nearest {format_point(pb)}, {sb:.3g})"
             )
             continue
         sides = (by_mode[a][pa], by_mode[b][pb])
@@ -450,16 +456,16 @@ ROW_HEADER = ["setting", "A − B", "match", "A at", "B at", "seeds", "measure"]
 ROW_HEADER += ["A − B [95% CI]", "p", "p Holm"]
 
 
-def render(report: Report, fmt: str) -> str:
-    """The report as `fmt` (one of FORMATS)."""
+def render(report: Report, fmt: str, points: bool = False) -> str:
+    """The report as `fmt` (one of FORMATS); `points` adds every point's scores (not to csv)."""
     if fmt == "json":
-        return json.dumps(_as_json(report), indent=1, allow_nan=False) + "\n"
+        return json.dumps(_as_json(report, points), indent=1, allow_nan=False) + "\n"
     if fmt == "csv":
         return _as_csv(report)
     if fmt == "markdown":
-        return _as_markdown(report)
+        return _as_markdown(report, points)
     if fmt == "table":
-        return _as_table(report)
+        return _as_table(report, points)
     raise ConfigError(f"--format: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
 
 
@@ -475,7 +481,20 @@ def _interval_dict(iv: Interval) -> dict[str, float | int | None]:
     return {"mean": _num(iv.mean), "low": _num(iv.low), "high": _num(iv.high), "n": iv.n}
 
 
-def _as_json(report: Report) -> dict[str, Any]:
+def _selection_dict(s: Selection) -> dict[str, Any]:
+    return {
+        "setting": s.setting,
+        "mode": s.mode,
+        "point": _point_dict(s.point),
+        "candidates": s.candidates,
+        "selection_score": _interval_dict(s.validation),
+        "test_accuracy": _interval_dict(s.test),
+        "dispersion": _interval_dict(s.dispersion),
+    }
+
+
+def _as_json(report: Report, points: bool = False) -> dict[str, Any]:
+    extra = {"points": [_selection_dict(s) for s in report.points]} if points else {}
     return {
         "final_rounds": report.final_rounds,
         "match": report.match,
@@ -483,18 +502,8 @@ def _as_json(report: Report) -> dict[str, Any]:
         "confidence": CI_LEVEL,
         "tests": report.tests,
         "explanation": _explanation(report),
-        "selections": [
-            {
-                "setting": s.setting,
-                "mode": s.mode,
-                "point": _point_dict(s.point),
-                "candidates": s.candidates,
-                "selection_score": _interval_dict(s.validation),
-                "test_accuracy": _interval_dict(s.test),
-                "dispersion": _interval_dict(s.dispersion),
-            }
-            for s in report.selections
-        ],
+        "selections": [_selection_dict(s) for s in report.selections],
+        **extra,
         "rows": [
             {
                 "setting": r.setting,
@@ -574,10 +583,13 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "| " + " | ".join("---" for _ in header) + " |", *map(line, rows)]
 
 
-def _as_markdown(report: Report) -> str:
+def _as_markdown(report: Report, points: bool = False) -> str:
     lines = [*(f"- {t}" for t in _explanation(report)), ""]
     lines += ["**Selected points**", ""]
     lines += _md_table(SELECTION_HEADER, [_selection_cells(s) for s in report.selections])
+    if points:
+        lines += ["", "**Every point** (means over seeds)", ""]
+        lines += _md_table(SELECTION_HEADER, [_selection_cells(s) for s in report.points])
     lines += ["", "**Differences**", ""]
     if report.rows:
         lines += _md_table(ROW_HEADER, [_row_cells(r) for r in report.rows])
@@ -588,7 +600,7 @@ def _as_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _as_table(report: Report) -> str:
+def _as_table(report: Report, points: bool = False) -> str:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -603,6 +615,13 @@ def _as_table(report: Report) -> str:
     for sel in report.selections:
         selected.add_row(*_selection_cells(sel))
     console.print(selected)
+    if points:
+        every = Table(title="every point (means over seeds)", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in SELECTION_HEADER:
+            every.add_column(col, overflow="fold", no_wrap=col not in ("setting", "selected"))
+        for sel in report.points:
+            every.add_row(*_selection_cells(sel))
+        console.print(every)
     blocks: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for r in report.rows:
         blocks[(r.setting, r.mode_a, r.mode_b)].append(r)
@@ -651,10 +670,11 @@ def compare_command(
     final_rounds: int = FINAL_ROUNDS,
     match: str = "tuned",
     fmt: str = "table",
+    points: bool = False,
 ) -> int:
     """Print the comparison of `out`/results.db in `fmt`; 1 when there is nothing to compare."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
     report = compare(out / "results.db", mode_a, modes_b, final_rounds=final_rounds, match=match)
-    sys.stdout.write(render(report, fmt))
+    sys.stdout.write(render(report, fmt, points))
     return 0 if report.rows else 1
