@@ -56,6 +56,9 @@ def train_reply(msg: Message, spec: TrainSpec, result: TrainResult, seconds: flo
             **{schema.shrink_key(q): v for q, v in result.shrink_quantiles.items()},
         }
     )
+    if result.decay_step_sum is not None and result.weight_sum is not None:
+        metrics[schema.DECAY_STEP_SUM] = result.decay_step_sum
+        metrics[schema.WEIGHT_SUM] = result.weight_sum
     content = RecordDict({"arrays": ArrayRecord(result.state), "metrics": metrics})
     if result.decay_part is not None:
         # Only Δ_decay travels: the server gets Δ_data = Δ − Δ_decay exactly from the weights.

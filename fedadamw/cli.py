@@ -95,12 +95,42 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     cmp = sub.add_parser(
-        "compare", help="paired differences between two modes across seeds, with 95%% CIs"
+        "compare",
+        help="tuned-vs-tuned differences between modes across seeds: 95%% CIs, Holm p-values",
     )
     cmp.add_argument("out", metavar="OUT", help="a run's output folder (holds results.db)")
-    cmp.add_argument("--a", default="coupled", metavar="MODE", help="first mode (default coupled)")
+    cmp.add_argument("--a", default="coupled", metavar="MODE", help="mode A (default coupled)")
     cmp.add_argument(
-        "--b", default="decoupled", metavar="MODE", help="second mode (default decoupled)"
+        "--b",
+        default="decoupled",
+        metavar="MODE[,MODE...]",
+        help="mode(s) B, comma-separated: one A − B block each (default decoupled)",
+    )
+    cmp.add_argument(
+        "--match",
+        default="tuned",
+        choices=["tuned", "nominal", "shrink"],
+        help="pair each mode's tuned point (default), equal optimizer points, or points of "
+        "matched effective shrink",
+    )
+    cmp.add_argument(
+        "--final-rounds",
+        type=int,
+        default=5,
+        metavar="K",
+        help="a run's final accuracy is its mean over the last K rounds (default 5)",
+    )
+    cmp.add_argument(
+        "--format",
+        default="table",
+        choices=["table", "markdown", "csv", "json"],
+        dest="fmt",
+        help="table (default), markdown (docs/findings), csv or json (scripts, papers)",
+    )
+    cmp.add_argument(
+        "--points",
+        action="store_true",
+        help="also list every point's scores (the cells of an η × λ heatmap; not in csv)",
     )
     parts = sub.add_parser(
         "partitions", help="print the per-client label histogram of a split and plot it"
@@ -200,7 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "compare":
             from fedadamw.results.compare import compare_command
 
-            return compare_command(_existing_store(args.out), args.a, args.b)
+            return compare_command(
+                _existing_store(args.out),
+                args.a,
+                [b.strip() for b in args.b.split(",") if b.strip()],
+                final_rounds=args.final_rounds,
+                match=args.match,
+                fmt=args.fmt,
+                points=args.points,
+            )
     except (ConfigError, StoreError) as exc:
         return print_error(exc)
     except KeyboardInterrupt:

@@ -68,6 +68,7 @@ class Config:
     fraction_train: float
     num_server_rounds: int
     local_epochs: int
+    local_steps: int
     batch_size: int
     learning_rate: float
     weight_decay: float
@@ -77,6 +78,7 @@ class Config:
     classes_per_client: int
     shards_per_client: int
     min_partition_size: int
+    val_fraction: float
     synthetic_alpha: float
     synthetic_beta: float
     synthetic_iid: bool
@@ -103,6 +105,12 @@ class Config:
         _check(self, "fraction-train", 0.0 < self.fraction_train <= 1.0, "a number in (0, 1]")
         _check(self, "num-server-rounds", self.num_server_rounds >= 1, "an integer >= 1")
         _check(self, "local-epochs", self.local_epochs >= 1, "an integer >= 1")
+        _check(
+            self,
+            "local-steps",
+            self.local_steps >= 0,
+            "an integer >= 0 (0: local-epochs decides the steps)",
+        )
         _check(self, "batch-size", self.batch_size >= 1, "an integer >= 1")
         _check(
             self,
@@ -129,6 +137,7 @@ class Config:
         _check(self, "classes-per-client", self.classes_per_client >= 1, "an integer >= 1")
         _check(self, "shards-per-client", self.shards_per_client >= 1, "an integer >= 1")
         _check(self, "min-partition-size", self.min_partition_size >= 0, "an integer >= 0")
+        _check(self, "val-fraction", 0.0 <= self.val_fraction < 1.0, "a number in [0, 1)")
         _check(self, "synthetic-alpha", self.synthetic_alpha >= 0.0, "a finite number >= 0")
         _check(self, "synthetic-beta", self.synthetic_beta >= 0.0, "a finite number >= 0")
         _check_choice(self, "resnet-norm", NORMS)

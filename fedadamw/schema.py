@@ -15,7 +15,12 @@ from typing import Any
 from fedadamw.errors import ConfigError
 
 # -- decay modes (the optimizer axis; fedadamw.core.optim builds them) -----------------------
-DECAY_MODES = ("decoupled", "coupled", "none", "sgd-coupled", "sgd-decoupled")
+# `server-decay`: clients train with Adam and no decay; the server shrinks the aggregate by the
+# decoupled factor the clients would have applied (fedadamw.core.server_decay).
+DECAY_MODES = ("decoupled", "coupled", "none", "sgd-coupled", "sgd-decoupled", "server-decay")
+NO_DECAY_MODE = "none"  # the arm without decay: λ means nothing to it
+SERVER_DECAY_MODE = "server-decay"
+CLIENT_UNDECAYED_MODES = (NO_DECAY_MODE, SERVER_DECAY_MODE)  # clients of these never decay
 
 
 def check_mode(mode: str) -> str:
@@ -43,6 +48,11 @@ PARTS = {"": "whole update", "data_": "data part", "decay_": "decay part"}
 STAT_COLUMNS = tuple(f"{prefix}{name}" for prefix in ("", "decay_", "data_") for name in STAT_NAMES)
 SHRINK_QUANTILES = ("p5", "p50", "p95")
 SHRINK_COLUMNS = tuple(f"shrink_{q}" for q in SHRINK_QUANTILES)
+# Σ|decay step| / Σ|w| over decayed weights and local steps (rounds and clients, track-decay):
+# the mean shrink per step that the decay actually applied, ηλ for decoupled decay.
+EFFECTIVE_SHRINK = "effective_shrink"
+# The global model on the union of the clients' held-out validation rows (rounds).
+VAL_LOSS, VAL_ACCURACY = "val_loss", "val_accuracy"
 
 # -- a train reply's MetricRecord (numbers only: FedAvg averages every key) ------------------
 NUM_EXAMPLES = "num-examples"
@@ -54,6 +64,10 @@ BATCH_SIZE = "batch-size"  # the batch size this client used (client-batch-sizes
 WORK_FRACTION = "work-fraction"  # share of its local steps it did (stragglers < 1)
 TRAIN_SECONDS = "train-seconds"  # wall time of local training on the client
 DECAY_PART = "decay-part"  # the reply's second ArrayRecord with track-decay: Δ_decay
+# With track-decay, over decayed weights and local steps: Σₜ|decay stepₜ| and Σₜ|wₜ| (their
+# ratio is the client's effective shrink; the server sums both over clients, so it is exact).
+DECAY_STEP_SUM = "decay-step-sum"
+WEIGHT_SUM = "weight-sum"
 
 
 def shrink_key(quantile: str) -> str:
@@ -72,6 +86,11 @@ FAILED_PREFIX = "failed: "
 BOOKKEEPING_KEYS = frozenset({"arms", "out-dir", "experiment"})
 REPLICATE_KEYS = frozenset({"seed"})
 NON_SETTING_KEYS = BOOKKEEPING_KEYS | REPLICATE_KEYS
+# The optimizer's own keys: each mode has its own best values, so `fedadamw compare` tunes every
+# mode over these (on validation) instead of pairing modes at one shared value. A key that
+# another optimizer axis adds (a schedule, a server optimizer) joins by being listed here.
+OPTIMIZER_KEYS: tuple[str, ...] = ("learning-rate", "weight-decay")
+DECAY_KEY = "weight-decay"  # λ = 0 is no decay: never a decay mode's tuned value
 
 
 def setting_of(config: Mapping[str, Any], also_without: Iterable[str] = ()) -> str:

@@ -7,13 +7,15 @@ from collections.abc import Iterable, Mapping
 from logging import WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedadamw import schema
+from fedadamw.core.optim import decayed_names
 from fedadamw.core.sampling import dropped_partitions, sample_partitions
+from fedadamw.core.server_decay import ServerDecay
 from fedadamw.core.updates import ClientReply, measure_round
 from fedadamw.run.failures import NonFiniteRunError
 from fedadamw.run.recorder import RunRecorder
@@ -107,6 +109,12 @@ class DivergenceFedAvg(FedAvg):
         self.clients_per_round = clients_per_round
         self.dropout_rate = dropout_rate
         self.first_round = first_round
+        cfg = recorder.cfg
+        self.server_decay = (
+            ServerDecay(cfg.learning_rate, cfg.weight_decay, decayed_names(recorder.model))
+            if recorder.arm == schema.SERVER_DECAY_MODE
+            else None
+        )
         self._dropped: list[int] = []
         self._global: dict[str, np.ndarray] = {}
         self._sent: list[Message] = []
@@ -156,6 +164,7 @@ class DivergenceFedAvg(FedAvg):
             unpacked,
             device=self.recorder.device,
             only=self.recorder.parameter_names,  # weights, not BatchNorm's running statistics
+            server_decay=self.server_decay,  # the server-decay arm's shared step, measured
         )
         nodes = {pid: node for node, pid in self.partitions.items()}
         measured.rejections += [
@@ -192,4 +201,9 @@ class DivergenceFedAvg(FedAvg):
                 WARNING, "round %d: no update accepted; the global model is unchanged", server_round
             )
             return None, None
-        return super().aggregate_train(server_round, accepted)
+        arrays, metrics = super().aggregate_train(server_round, accepted)
+        if arrays is not None and measured.server_decay is not None:
+            # The server-decay arm: the aggregate shrinks by the clients' decoupled factor.
+            decayed = measured.server_decay.apply({k: v.numpy() for k, v in arrays.items()})
+            arrays.update({k: Array(v) for k, v in decayed.items()})
+        return arrays, metrics

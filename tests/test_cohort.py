@@ -19,6 +19,10 @@ from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, train_loc
 from fedadamw.data.split import ArrayDataset
 from fedadamw.schema import DECAY_MODES
 
+# server-decay clients train as `none`; the cohort engine does not know that mode yet (the
+# engine's owner adds it with the switch to fedadamw.core.training.batch_plan).
+COHORT_MODES = tuple(m for m in DECAY_MODES if m != "server-decay")
+
 CPU = torch.device("cpu")
 ADAM_MODES = ("decoupled", "coupled", "none")
 # Five clients: different sizes and batch sizes (a last partial batch, one client smaller than
@@ -86,7 +90,7 @@ def _assert_close(actual: Tensor, expected: Tensor, scale: Tensor, outliers: flo
     assert float(err.max()) <= (1e-2 if outliers else 1e-5)
 
 
-@pytest.mark.parametrize("mode", DECAY_MODES)
+@pytest.mark.parametrize("mode", COHORT_MODES)
 def test_every_client_gets_what_train_local_gives(mode: str) -> None:
     lr = 0.05 if mode.startswith("sgd") else 1e-2
     model = build_model("cnn1d", (40,), 10, seed=3)
@@ -173,7 +177,7 @@ def test_a_finished_client_stays_exactly_as_it_was() -> None:
     _assert_close(_flat(with_busy[0].state, names), _flat(ref.state, names), delta)
 
 
-@pytest.mark.parametrize("mode", DECAY_MODES)
+@pytest.mark.parametrize("mode", COHORT_MODES)
 @pytest.mark.parametrize("lrs", [(1e-2, 1e-2, 1e-2), (1e-2, 3e-3, 2e-2)])
 def test_the_stacked_step_is_torchs_step_given_the_same_gradients(
     mode: str, lrs: tuple[float, ...]

@@ -57,6 +57,8 @@ def test_strings_from_the_command_line_are_coerced() -> None:
         ({"partitioner": "spiral"}, "partitioner: 'spiral' is not allowed; expected one of"),
         ({"learning-rate": 0}, "learning-rate: 0.0 is not allowed"),
         ({"weight_decay": 0.1}, "unknown config key 'weight_decay'"),
+        ({"local-steps": -1}, "local-steps: -1 is not allowed; expected an integer >= 0"),
+        ({"val-fraction": 1}, "val-fraction: 1.0 is not allowed; expected a number in [0, 1)"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(

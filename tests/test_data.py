@@ -12,6 +12,7 @@ from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import (
     DataSpec,
     _split_partitions,
+    holdout,
     label_histogram,
     load_partition,
     load_splits,
@@ -74,7 +75,7 @@ def test_partition_rows_match_the_indices() -> None:
     spec = _spec()
     train, _ = load_splits("mnist1d")
     part = load_partition(spec, 3)
-    np.testing.assert_array_equal(part.y, train.y[partition_indices(spec)[3]])
+    np.testing.assert_array_equal(part.y, train.y[holdout(spec, 3)[0]])
     assert load_partition(spec, 3) is part  # cached per process, not rebuilt per message
 
 
@@ -111,7 +112,9 @@ def test_shards_give_each_client_its_number_of_label_sorted_shards() -> None:
     assert [len(p) for p in parts] == [500] * 8
     assert ((label_histogram(spec) > 0).sum(axis=1) <= 4).all()
     # With one shard each, a client holds one contiguous run of the label-sorted rows.
-    one = _spec(partitioner="shards", **{"num-clients": 10, "shards-per-client": 1})
+    one = _spec(
+        partitioner="shards", **{"num-clients": 10, "shards-per-client": 1, "val-fraction": 0.0}
+    )
     for row in label_histogram(one):
         labels = np.flatnonzero(row)
         assert row.sum() == 400 and labels.tolist() == list(range(labels[0], labels[-1] + 1))

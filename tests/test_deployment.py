@@ -34,7 +34,7 @@ from flwr.serverapp import Grid
 
 from fedadamw import deploy
 from fedadamw.config import Config
-from fedadamw.data.split import DataSpec, partition_indices
+from fedadamw.data.split import DataSpec, holdout, partition_indices
 from fedadamw.errors import ConfigError
 from fedadamw.results.reader import connect_readonly
 from fedadamw.results.writer import ResultStore
@@ -318,9 +318,9 @@ def _finished(out: Path, arms: int) -> bool:
 
 
 def _expected_sizes(clients: int = CLIENTS) -> dict[int, int]:
-    """Each partition's size, from the split the run config asks for (pyproject defaults)."""
-    cfg = Config.from_mapping({"num-clients": clients})
-    return {p: len(idx) for p, idx in enumerate(partition_indices(DataSpec.from_config(cfg)))}
+    """Each client's training rows, from the split the run config asks for (pyproject defaults)."""
+    spec = DataSpec.from_config(Config.from_mapping({"num-clients": clients}))
+    return {p: len(holdout(spec, p)[0]) for p in range(len(partition_indices(spec)))}
 
 
 # --------------------------------------------------------------------------- slow tests

@@ -109,18 +109,21 @@ def test_zero_update_has_no_direction() -> None:
     assert all(math.isfinite(v) for v in s.values())
 
 
-def test_all_zero_updates_are_defined() -> None:
-    s = divergence_stats(np.zeros((3, 4)))
-    assert s["relative_drift"] == 0.0
-    assert s["gradient_diversity"] == 0.0
-    assert s["mean_update_norm"] == 0.0
-    assert s["dispersion"] == 1.0
+def test_all_zero_updates_have_no_direction_statistics() -> None:
+    # The decay parts at λ = 0 or in mode none: NaN (stored NULL), not dispersion 1, cosine 0.
+    d = analyze(np.zeros((3, 4)))[0]
+    assert d.stats["mean_update_norm"] == 0.0
+    undefined = {k: v for k, v in d.stats.items() if k != "mean_update_norm"}
+    assert len(undefined) == 7 and all(math.isnan(v) for v in undefined.values())
+    assert np.isnan(d.cosine).all() and np.isnan(d.cosine_to_aggregate).all()
 
 
-def test_cancelling_updates_give_infinite_drift_not_nan() -> None:
+def test_cancelling_updates_give_infinite_drift_and_no_aggregate_direction() -> None:
     s = divergence_stats(np.array([[1.0, 1.0], [-1.0, -1.0]]))
     assert s["relative_drift"] == math.inf
     assert s["gradient_diversity"] == math.inf
+    assert math.isnan(s["mean_cosine_to_aggregate"])  # Δ̄ = 0 has no direction
+    assert s["mean_pairwise_cosine"] == pytest.approx(-1.0)
 
 
 def test_single_client_pairwise_stats_are_nan_by_definition() -> None:

@@ -35,10 +35,33 @@ def test_sweep_expands_to_the_grid(tmp_path: Path) -> None:
     assert describe_configs(configs)["sweep"] == {"seed": [0, 1, 2], "weight-decay": [0.001, 0.1]}
 
 
+def test_a_list_of_tables_sweeps_keys_together(tmp_path: Path) -> None:
+    from fedadamw.run.experiment import expand, load
+
+    f = tmp_path / "t.toml"
+    f.write_text(
+        'experiment = "t"\n[sweep]\noptimizer = [\n'
+        '  {arms = "coupled", learning-rate = 0.003, weight-decay = 0.001},\n'
+        '  {arms = "decoupled", learning-rate = 0.01, weight-decay = 0.1},\n]\nseed = [0, 1]\n'
+    )
+    configs = expand(load(f))
+    got = [(c.arms, c.learning_rate, c.weight_decay, c.seed) for c in configs]
+    assert got == [
+        ("coupled", 0.003, 0.001, 0),
+        ("coupled", 0.003, 0.001, 1),
+        ("decoupled", 0.01, 0.1, 0),
+        ("decoupled", 0.01, 0.1, 1),
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "sets", "message"),
     [
         ("[sweep]\nweight-decay = 0.1\n", [], "must be a non-empty list"),
+        ("[sweep]\nx = [{seed = 1}, 2]\n", [], "mixes tables and values"),
+        ("seed = 1\n[sweep]\nx = [{seed = 2}]\n", [], "both set and swept"),
+        ("[sweep]\nx = [{seed = 2}]\n", ["seed=3"], "--set seed: that key is swept"),
+        ("[sweep]\nx = [{sed = 2}]\n", [], "unknown config key 'sed'"),
         ("[sweep]\nweight-decay = [0.1, -1.0]\n", [], "weight-decay: -1.0 is not allowed"),
         ("weight-decay = 0.1\n[sweep]\nweight-decay = [0.2]\n", [], "both set and swept"),
         ("[sweep]\nseed = [1, 2]\n", ["seed=3"], "--set seed: that key is swept"),

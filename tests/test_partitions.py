@@ -9,7 +9,7 @@ import pytest
 
 from fedadamw.config import Config
 from fedadamw.data.labels import default_plot_path, describe, partitions_command
-from fedadamw.data.split import DataSpec, load_splits, partition_indices
+from fedadamw.data.split import DataSpec, holdout, load_splits, partition_indices
 from fedadamw.errors import ConfigError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,10 +23,14 @@ def test_table_rows_are_each_clients_label_counts_and_a_plot_is_written(
     assert partitions_command(cfg, plot) == 0
     assert plot.read_bytes().startswith(PNG)
     out = capsys.readouterr().out
-    # Independent count: bincount of the labels of each client's rows.
+    # Independent count: bincount of the labels of each client's training rows (its
+    # partition less the rows it holds out for validation).
     train, _ = load_splits("mnist1d")
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 4}
-    for client, idx in enumerate(partition_indices(DataSpec.from_config(cfg))):
+    spec = DataSpec.from_config(cfg)
+    for client, part in enumerate(partition_indices(spec)):
+        idx = np.setdiff1d(part, holdout(spec, client)[1])
+        assert len(idx) == len(part) - int(0.1 * len(part))
         counts = np.bincount(train.y[idx], minlength=10)
         cells = [c.strip() for c in rows[str(client)].split("│")[1:-1]]
         assert cells[1] == str(len(idx))

@@ -101,6 +101,7 @@ def _strategy(tmp_path: Path, partitions: dict[int, int], per_round: int) -> Div
     store = ResultStore(tmp_path / "results.db")
     cfg = Config.from_mapping({"num-clients": len(partitions)})
     rec = RunRecorder(store, "exp:coupled:x", cfg, "coupled")
+    rec.parameter_names = frozenset(SHAPES)  # measure the fake tensors, not the model's
     rec.start()
     return DivergenceFedAvg(rec, partitions, seed=3, clients_per_round=per_round)
 
@@ -228,3 +229,35 @@ def test_aggregate_is_the_same_bits_whatever_the_reply_order(tmp_path: Path) -> 
         assert arrays is not None
         results.append(arrays["w"].numpy())
     assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+def test_the_server_decay_arm_shrinks_fedavgs_aggregate_by_the_clients_factor(
+    tmp_path: Path,
+) -> None:
+    from fedadamw.core.server_decay import ServerDecay
+
+    rng = np.random.default_rng(2)
+    glob = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+    strategy = _strategy(tmp_path, {10 + p: p for p in range(3)}, per_round=3)
+    lr, lam = 0.02, 0.5
+    strategy.server_decay = ServerDecay(lr, lam, frozenset({"w"}))  # as for arm server-decay
+    strategy.configure_train(1, _arrays(glob), ConfigRecord({}), FakeGrid([10, 11, 12]))
+    states = {
+        p: {k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in glob.items()}
+        for p in range(3)
+    }
+    counts, steps = {0: 10, 1: 30, 2: 60}, {0: 4, 1: 9, 2: 20}
+    replies = [
+        _reply(10 + p, states[p], {**_metrics(counts[p], p), schema.LOCAL_STEPS: steps[p]})
+        for p in range(3)
+    ]
+    arrays, _ = strategy.aggregate_train(1, iter(replies))
+    assert arrays is not None
+    p = np.asarray([counts[i] for i in range(3)], float) / 100
+    factor = float(p @ (1 - lr * lam) ** np.asarray([steps[i] for i in range(3)], float))
+    fedavg = {k: sum(p[i] * states[i][k].astype(np.float64) for i in range(3)) for k in SHAPES}
+    np.testing.assert_allclose(arrays["w"].numpy(), factor * fedavg["w"], rtol=1e-5)
+    np.testing.assert_allclose(arrays["b"].numpy(), fedavg["b"], rtol=1e-5)  # not decayed
+    measured = strategy.recorder.pending
+    assert measured is not None and measured.server_decay is not None
+    assert measured.server_decay.factor == pytest.approx(factor)

@@ -18,12 +18,14 @@ from fedadamw.schema import DECAY_MODES
 
 EPS32 = float(np.finfo(np.float32).eps)
 ADAM_MODES = ("decoupled", "coupled", "none")
+CLIENT_UNDECAYED = ("none", "server-decay")  # clients of these modes never decay
 
 # The plain optimizers the tracked ones must reproduce, built straight from torch.
 REFERENCE: dict[str, Callable[[list[dict[str, Any]], float, float], torch.optim.Optimizer]] = {
     "decoupled": lambda g, lr, wd: torch.optim.AdamW(g, lr=lr, weight_decay=wd),
     "coupled": lambda g, lr, wd: torch.optim.Adam(g, lr=lr, weight_decay=wd),
     "none": lambda g, lr, wd: torch.optim.Adam(g, lr=lr),
+    "server-decay": lambda g, lr, wd: torch.optim.Adam(g, lr=lr),  # the server decays instead
     "sgd-coupled": lambda g, lr, wd: torch.optim.SGD(g, lr=lr, weight_decay=wd),
     "sgd-decoupled": lambda g, lr, wd: SGDW(g, lr=lr, weight_decay=wd),
 }
@@ -85,7 +87,7 @@ def test_tracked_follows_torch_and_splits_every_update(
             opt.zero_grad()
             torch.autograd.backward(nn.functional.cross_entropy(m(x[idx]), y[idx]))
         for i, p in enumerate(ref_params):
-            lam = wd if p.ndim >= 2 and mode != "none" else 0.0
+            lam = wd if p.ndim >= 2 and mode not in CLIENT_UNDECAYED else 0.0
             decay_ref[i] -= eta * lam * p.detach().double()
             assert p.grad is not None
             grad_ref[i] -= eta * p.grad.double()
@@ -101,16 +103,16 @@ def test_tracked_follows_torch_and_splits_every_update(
         scale = max(float(t.abs().max()) for t in (w0[i], p.detach(), data, decay))
         tol = 4 * steps * EPS32 * scale
         assert float((data + decay - moved).abs().max()) <= tol
-        if p.ndim < 2 or wd == 0.0 or mode == "none":
+        if p.ndim < 2 or wd == 0.0 or mode in CLIENT_UNDECAYED:
             assert not decay.any()
-        if mode not in ("coupled", "none"):  # the decay step is −ηₜλwₜ
+        if mode not in ("coupled", *CLIENT_UNDECAYED):  # the decay step is −ηₜλwₜ
             ref_tol = 2 * steps * EPS32 * float(decay_ref[i].abs().max())
             assert float((decay.double() - decay_ref[i]).abs().max()) <= ref_tol + 1e-30
         if mode.startswith("sgd"):  # the data step is −ηₜgₜ
             ref_tol = 2 * steps * EPS32 * float(grad_ref[i].abs().max())
             assert float((data.double() - grad_ref[i]).abs().max()) <= ref_tol
     quantiles = shrink_ratio_quantiles(tracked)
-    if wd == 0.0 or mode == "none":
+    if wd == 0.0 or mode in CLIENT_UNDECAYED:
         assert quantiles == {}
     elif mode == "coupled":  # the shrink depends on each weight's √v̂: it spreads
         assert quantiles["p95"] > 2.0 * quantiles["p5"]

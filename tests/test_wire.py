@@ -36,6 +36,8 @@ def _config() -> Config:
             "learning-rate": 0.002,
             "weight-decay": 0.3,
             "local-epochs": 3,
+            "local-steps": 9,
+            "val-fraction": 0.25,
             "batch-size": 17,
             "straggler-rate": 0.4,
             "client-batch-sizes": "8,64",
@@ -51,6 +53,8 @@ def _reference(cfg: Config, mode: str) -> dict[str, Any]:
         "weight-decay": cfg.weight_decay,
         "learning-rate": cfg.learning_rate,
         "local-epochs": cfg.local_epochs,
+        "local-steps": cfg.local_steps,
+        "val-fraction": cfg.val_fraction,
         "batch-size": cfg.batch_size,
         "seed": cfg.seed,
         "dataset": cfg.dataset,
@@ -102,6 +106,7 @@ def test_the_train_spec_is_the_clients_share_of_the_request() -> None:
         server_round=2,
         work_fraction=work_fraction(11, 2, 5, 0.4),
         track_decay=True,
+        local_steps=9,
     )
 
 

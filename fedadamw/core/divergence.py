@@ -21,15 +21,20 @@ fast, and only summed in float64 (each entry within ~1e-7 of the float64 product
 ‖Δᵢ‖‖Δⱼ‖); on a GPU and below that size every product is float64. With many clients only the
 upper triangle of blocks is multiplied (G is symmetric).
 
-Edge cases are defined, never a silent NaN:
+Edge cases are defined; NaN means "undefined by definition" (the store writes NULL, readers
+show "—", means and comparisons skip it), never an accident:
 
 - K = 0 or a non-finite update: ``ValueError`` (the server rejects such updates before this).
-- K = 1: the two pairwise statistics are NaN by definition (there is no pair; the store writes
-  NULL); the others keep their formulas (resultant_length = 1 for a non-zero update).
-- A zero update has no direction: uᵢ = 0, so its cosine with anything is 0. The identity
+- K = 1: the two pairwise statistics are NaN (there is no pair); the others keep their
+  formulas (resultant_length = 1 for a non-zero update).
+- Every update zero (e.g. the decay parts at λ = 0 or in mode ``none``, a bias's decay part):
+  nothing has a direction, so every statistic but mean_update_norm (0) is NaN, and so are the
+  cosines.
+- One zero update among non-zero ones: uᵢ = 0, so its cosine with anything is 0. The identity
   mean_pairwise_cosine = (K·R² − 1)/(K − 1) holds when no update is zero.
-- A zero aggregate Δ̄ (or ΣΔᵢ = 0): mean_cosine_to_aggregate = 0; relative_drift and
-  gradient_diversity are +inf when some update is non-zero and 0 when all are zero.
+- A zero aggregate Δ̄ with some non-zero update: the aggregate has no direction, so
+  mean_cosine_to_aggregate (and each client's cosine to it) is NaN; relative_drift is +inf, and
+  so is gradient_diversity when ΣΔᵢ = 0.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from fedadamw.schema import STAT_NAMES
 
 DEFAULT_CHUNK = 1 << 15  # columns per Gram chunk: K×2¹⁵ float64 is 2.5 MiB for K = 10
 # K²·d multiply-adds above which CPU products are float32 (about 1 s of float64 on 2 cores).
@@ -138,6 +145,11 @@ def from_gram(gram: np.ndarray, weights: Sequence[float] | np.ndarray | None = N
     inv = np.where(nonzero, 1.0 / np.where(nonzero, norms, 1.0), 0.0)
     cos = np.clip(g * inv[:, None] * inv[None, :], -1.0, 1.0)  # zero update → row of zeros
 
+    if not nonzero.any():
+        # No update has a direction: there is nothing to measure but their (zero) size.
+        undefined = dict.fromkeys(STAT_NAMES, math.nan) | {"mean_update_norm": 0.0}
+        return Divergence(undefined, np.full((k, k), math.nan), norms, np.full(k, math.nan))
+
     iu = np.triu_indices(k, 1)
     pair = cos[iu]
     mean_pair = float(pair.mean()) if k > 1 else math.nan
@@ -146,24 +158,23 @@ def from_gram(gram: np.ndarray, weights: Sequence[float] | np.ndarray | None = N
 
     gp = g @ p
     agg_sq = float(p @ gp)  # ‖Δ̄‖²
-    any_nonzero = bool(nonzero.any())
     if agg_sq > 0:
         agg_norm = math.sqrt(agg_sq)
         cos_agg = np.clip(gp * inv / agg_norm, -1.0, 1.0)
         drift_sq = np.clip(np.diag(g) - 2 * gp + agg_sq, 0.0, None)  # ‖Δᵢ − Δ̄‖²
         relative_drift = float(p @ drift_sq) / agg_sq
     else:
-        cos_agg = np.zeros(k)
-        relative_drift = math.inf if any_nonzero else 0.0
+        cos_agg = np.full(k, math.nan)  # the aggregate has no direction
+        relative_drift = math.inf
     sum_sq = float(g.sum())  # ‖Σ Δᵢ‖²
-    diversity = float(np.trace(g)) / sum_sq if sum_sq > 0 else (math.inf if any_nonzero else 0.0)
+    diversity = float(np.trace(g)) / sum_sq if sum_sq > 0 else math.inf
 
     stats = {
         "mean_pairwise_cosine": mean_pair,
         "min_pairwise_cosine": min_pair,
         "resultant_length": resultant,
         "dispersion": 1.0 - resultant,
-        "mean_cosine_to_aggregate": float(p @ cos_agg),
+        "mean_cosine_to_aggregate": float(p @ cos_agg),  # NaN with a zero aggregate
         "relative_drift": relative_drift,
         "gradient_diversity": diversity,
         "mean_update_norm": float(norms.mean()),

@@ -8,6 +8,8 @@ For step size η, decay λ and data gradient g (see docs/design.md):
 - ``sgd-coupled`` — ``torch.optim.SGD(weight_decay=λ)``: w ← w − η(g + λw).
 - ``sgd-decoupled`` — SGDW: w ← (1 − ηλ)w − ηg. Without momentum it is the same update as
   ``sgd-coupled``; a correct framework shows the same trajectory for both (a control).
+- ``server-decay`` — on the client, Adam with λ ignored (as ``none``); the server shrinks the
+  aggregate instead (`fedadamw.core.server_decay`).
 
 Decay strength: like torch's AdamW (and unlike the paper, which multiplies λ by the schedule
 multiplier only) the decoupled shrink per step is ηλ, with η the learning rate. With a constant
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from fedadamw.errors import ConfigError
-from fedadamw.schema import check_mode
+from fedadamw.schema import CLIENT_UNDECAYED_MODES, check_mode
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -71,7 +73,7 @@ def make_optimizer(
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **options)
     if mode == "coupled":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **options)
-    if mode == "none":
+    if mode in CLIENT_UNDECAYED_MODES:  # server-decay: the server decays, not the client
         groups = _without_decay(params)
         return torch.optim.Adam(groups, lr=lr, weight_decay=0.0, **options)
     if options:
@@ -86,6 +88,11 @@ def _without_decay(params: ParamsT) -> list[dict[str, Any]]:
     if items and isinstance(items[0], dict):
         return [{**g, "weight_decay": 0.0} for g in items]  # type: ignore[dict-item]
     return [{"params": items, "weight_decay": 0.0}]
+
+
+def decayed_names(model: nn.Module) -> frozenset[str]:
+    """Names of the parameters `decay_param_groups` decays (matrices and kernels)."""
+    return frozenset(n for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2)
 
 
 def decay_param_groups(model: nn.Module) -> list[dict[str, Any]]:

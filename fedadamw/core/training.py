@@ -1,7 +1,12 @@
-"""Local training and evaluation: the one training loop every client and baseline uses."""
+"""Local training and evaluation: the one training loop every client and baseline uses.
+
+Which rows each local step sees is decided in one place, `batch_plan`: `train_local` iterates
+it, and so does the vectorized cohort engine, so the two can never disagree on local work.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,27 +44,7 @@ class TrainSpec:
     server_round: int
     work_fraction: float = 1.0  # < 1 for a straggler (fedadamw.core.sampling.work_fraction)
     track_decay: bool = False  # split the update into data and decay parts (fedadamw.core.tracked)
-
-
-def batch_plan(num_examples: int, spec: TrainSpec) -> list[torch.Tensor]:
-    """The row indices of each of a client's batches, in order, within its step budget.
-
-    The one batch planner: `train_local` and the cohort engine (`fedadamw.core.cohort`) both
-    train exactly these batches. Every epoch draws a fresh permutation from a generator seeded
-    by (seed, partition id, round), also once the budget is spent, so a straggler's batches are
-    a prefix of the full client's.
-    """
-    if num_examples == 0:
-        raise ValueError(f"partition {spec.partition_id} has no training examples")
-    gen = torch.Generator().manual_seed(batch_seed(spec.seed, spec.partition_id, spec.server_round))
-    budget = local_steps(num_examples, spec.batch_size, spec.local_epochs, spec.work_fraction)
-    plan: list[torch.Tensor] = []
-    for _ in range(spec.local_epochs):
-        order = torch.randperm(num_examples, generator=gen)
-        for start in range(0, num_examples, spec.batch_size):
-            if len(plan) < budget:
-                plan.append(order[start : start + spec.batch_size])
-    return plan
+    local_steps: int = 0  # > 0: exactly this many steps (equal local work); 0: local_epochs
 
 
 @dataclass(frozen=True)
@@ -74,23 +59,64 @@ class TrainResult:
     # per-weight shrink ratio Σ|decay step| / Σ ηλ|w| (1 everywhere for decoupled decay).
     decay_part: dict[str, torch.Tensor] | None = None
     shrink_quantiles: dict[str, float] = field(default_factory=dict)
+    # With track_decay, over the decayed tensors and every step: Σₜ|decay stepₜ| and Σₜ|wₜ|
+    # (wₜ before the step). Their ratio is the effective shrink per step (ηλ for decoupled).
+    decay_step_sum: float | None = None
+    weight_sum: float | None = None
+
+
+def step_budget(num_examples: int, spec: TrainSpec) -> int:
+    """Steps a client takes this round: `local_steps`, or its epochs' worth; a straggler's share.
+
+    With `local_steps` > 0 every client takes exactly that many steps whatever its size (a
+    straggler ⌈work_fraction · local_steps⌉); else ⌈work_fraction · epochs · batches⌉.
+    """
+    if spec.local_steps > 0:
+        return max(1, math.ceil(spec.work_fraction * spec.local_steps))
+    return local_steps(num_examples, spec.batch_size, spec.local_epochs, spec.work_fraction)
+
+
+def batch_plan(num_examples: int, spec: TrainSpec) -> list[torch.Tensor]:
+    """The row indices of each local step, in order: the one place that decides local work.
+
+    Epochs are seeded permutations (by seed, partition id and round) cut into batches of
+    `batch_size` (the last one of an epoch smaller); steps run through them in order until the
+    budget (`step_budget`) is spent. With `local_epochs` that is at most `local_epochs` epochs;
+    with `local_steps` as many epochs as the steps need, so a small client sees its rows more
+    often (with replacement across epochs, never within one).
+    """
+    if num_examples == 0:
+        raise ValueError(f"partition {spec.partition_id} has no training examples")
+    gen = torch.Generator().manual_seed(batch_seed(spec.seed, spec.partition_id, spec.server_round))
+    budget = step_budget(num_examples, spec)
+    per_epoch = math.ceil(num_examples / spec.batch_size)
+    epochs = spec.local_epochs if spec.local_steps == 0 else math.ceil(budget / per_epoch)
+    plan: list[torch.Tensor] = []
+    for _ in range(epochs):
+        # Every epoch is drawn, also once a straggler's budget is spent: each epoch's order
+        # then depends on the seed alone, not on how much work the client does.
+        order = torch.randperm(num_examples, generator=gen)
+        for start in range(0, num_examples, spec.batch_size):
+            if len(plan) < budget:
+                plan.append(order[start : start + spec.batch_size])
+    return plan
 
 
 def train_local(
     model: nn.Module, data: ArrayDataset, spec: TrainSpec, device: torch.device | None = None
 ) -> TrainResult:
-    """Train `model` in place on `data` for `spec.local_epochs` epochs with the decay mode.
-
-    A straggler (`spec.work_fraction` < 1) stops after that share of its steps.
-    """
+    """Train `model` in place on `data` along `batch_plan` with the decay mode of `spec`."""
     device = device or pick_device()
     model.to(device).train()
     x, y = data.tensors(device)
     n = len(data)
+    plan = batch_plan(n, spec)
     # Off, the plain torch optimizer runs: tracking costs ~6–17% (benchmarks/bench_tracked.py).
     factory = make_tracked_optimizer if spec.track_decay else make_optimizer
-    optimizer = factory(decay_param_groups(model), spec.mode, spec.learning_rate, spec.weight_decay)
-    plan = batch_plan(n, spec)
+    groups = decay_param_groups(model)
+    optimizer = factory(groups, spec.mode, spec.learning_rate, spec.weight_decay)
+    decayed = list(groups[0]["params"])  # what decay_param_groups decays, whatever λ and mode
+    weight_sum = torch.zeros((), dtype=torch.float64, device=device)
     # One transfer of every step's row indices, not one per batch (matters on a GPU).
     batches = torch.split(torch.cat(plan).to(device), [len(b) for b in plan])
     loss_sum, seen = 0.0, 0
@@ -98,14 +124,20 @@ def train_local(
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()  # type: ignore[no-untyped-call]
+        if spec.track_decay and decayed:
+            # Σ|wₜ| before the step (as the decay step sees it); kept on the device, no sync.
+            norms = torch._foreach_norm([p.detach() for p in decayed], 1)
+            weight_sum += torch.stack(norms).sum(dtype=torch.float64)
         optimizer.step()
         loss_sum += float(loss.detach()) * len(idx)
         seen += len(idx)
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     decay_part, quantiles = None, {}
+    step_sum: float | None = None
     if isinstance(optimizer, TrackedOptimizer):
         decay_part = {n: optimizer.decay_part(p).cpu() for n, p in model.named_parameters()}
         quantiles = shrink_ratio_quantiles(optimizer)
+        step_sum = sum(float(optimizer.shrink_sums(p)[0].double().sum()) for p in decayed)
     return TrainResult(
         state=state,
         num_examples=n,
@@ -113,6 +145,8 @@ def train_local(
         local_steps=len(plan),
         decay_part=decay_part,
         shrink_quantiles=quantiles,
+        decay_step_sum=step_sum,
+        weight_sum=float(weight_sum) if spec.track_decay else None,
     )
 
 

@@ -17,6 +17,7 @@ import torch
 
 from fedadamw import schema
 from fedadamw.core.divergence import Divergence, analyze
+from fedadamw.core.server_decay import DecayStep, ServerDecay
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class PartsMeasurement:
     data: Divergence
     decay_layers: dict[str, Divergence]
     data_layers: dict[str, Divergence]
-    decay_cosine_to_neg_weights: np.ndarray  # (K,) cos(Δ_decay,i, −w_global) on decayed tensors
+    # (K,) cos(Δ_decay,i, −w_global) on decayed tensors; NaN for a zero decay part
+    decay_cosine_to_neg_weights: np.ndarray
 
 
 @dataclass
@@ -51,6 +53,11 @@ class RoundMeasurement:
     whole: Divergence | None = None
     layers: dict[str, Divergence] = field(default_factory=dict)
     parts: PartsMeasurement | None = None  # when every accepted reply carried its decay part
+    server_decay: DecayStep | None = None  # the server-decay arm's shared step of this round
+    # Σ|decay step| / Σ|w| over decayed weights and steps: the round's (summed over clients,
+    # so exact) and each accepted client's; None where clients did not report the sums.
+    effective_shrink: float | None = None
+    client_shrink: list[float | None] = field(default_factory=list)
 
     @property
     def partition_ids(self) -> list[int]:
@@ -174,14 +181,20 @@ def measure_parts(
     segments: Mapping[str, slice],
     replies: Sequence[ClientReply],
     weights: Sequence[int],
+    shared: torch.Tensor | None = None,
 ) -> PartsMeasurement:
-    """Divergence of decay parts and data parts, and each decay part's cosine with −w_global."""
+    """Divergence of decay parts and data parts, and each decay part's cosine with −w_global.
+
+    `shared` is a decay step every client's decay part also holds (the server-decay arm's D).
+    """
     decay = flatten_decay_parts(segments, replies, updates.device)
+    if shared is not None:
+        decay += shared
     decay_whole, decay_layers = analyze(decay, weights, segments)
     data_whole, data_layers = analyze(updates - decay, weights, segments)
     # Only tensors some client decayed: biases (never decayed) would only dilute the cosine.
     decayed = [s for n, s in segments.items() if bool(decay[:, s].abs().sum() > 0)]
-    cos = np.zeros(len(replies))
+    cos = np.full(len(replies), np.nan)  # a zero decay part has no direction
     if decayed:
         dd = torch.cat([decay[:, s] for s in decayed], dim=1).to(torch.float64)
         w = torch.cat(
@@ -192,7 +205,8 @@ def measure_parts(
             ]
         ).to(dd.device)
         norms = dd.norm(dim=1) * w.norm()
-        cos = torch.where(norms > 0, (dd @ -w) / norms.clamp_min(1e-300), 0.0).cpu().numpy()
+        found = torch.where(norms > 0, (dd @ -w) / norms.clamp_min(1e-300), torch.nan)
+        cos = found.cpu().numpy()
     return PartsMeasurement(decay_whole, data_whole, decay_layers, data_layers, cos)
 
 
@@ -201,10 +215,14 @@ def measure_round(
     replies: Sequence[ClientReply],
     device: torch.device | str = "cpu",
     only: Collection[str] | None = None,
+    server_decay: ServerDecay | None = None,
 ) -> RoundMeasurement:
     """Check every reply, then measure the divergence of the accepted clients' updates.
 
     Every array is checked; divergence is measured over the tensors in `only` (default: all).
+    With `server_decay` (the server-decay arm) the round's shared decay step D is computed from
+    the accepted replies, every update is measured as Δᵢ + D and every decay part as D plus the
+    client's own (`fedadamw.core.server_decay`); the caller decays the aggregate with it.
     """
     accepted: list[ClientReply] = []
     rejections: list[tuple[int | None, int | None, str]] = []
@@ -225,11 +243,56 @@ def measure_round(
     # float32 updates in, so a run is reproducible bit for bit whatever order replies arrive.
     accepted.sort(key=lambda r: r.partition_id or 0)  # all set: unknown ones were rejected
     result = RoundMeasurement(accepted=accepted, rejections=rejections)
-    if accepted:
-        updates, segments = flatten_updates(global_arrays, accepted, device, only)
-        result.whole, result.layers = analyze(updates, result.num_examples, segments)
-        if all(r.decay is not None for r in accepted):
-            result.parts = measure_parts(
-                global_arrays, updates, segments, accepted, result.num_examples
-            )
+    if not accepted:
+        return result
+    updates, segments = flatten_updates(global_arrays, accepted, device, only)
+    shared = None
+    if server_decay is not None:
+        steps = [int(r.metrics[schema.LOCAL_STEPS]) for r in accepted]
+        arrays = [r.arrays for r in accepted if r.arrays is not None]  # all: checked above
+        result.server_decay = server_decay.step_for(
+            global_arrays, arrays, result.num_examples, steps
+        )
+        shared = torch.zeros(updates.shape[1], dtype=torch.float32, device=updates.device)
+        for name, step in result.server_decay.step.items():
+            if name in segments:
+                shared[segments[name]] = torch.from_numpy(step.reshape(-1)).to(shared)
+        updates += shared  # every client's update carries the same decay step
+    result.whole, result.layers = analyze(updates, result.num_examples, segments)
+    if all(r.decay is not None for r in accepted):
+        result.parts = measure_parts(
+            global_arrays, updates, segments, accepted, result.num_examples, shared
+        )
+    result.effective_shrink, result.client_shrink = effective_shrink(accepted, result.server_decay)
     return result
+
+
+def effective_shrink(
+    accepted: Sequence[ClientReply], server: DecayStep | None = None
+) -> tuple[float | None, list[float | None]]:
+    """The round's Σ|decay step| / Σ|w| (sums over clients) and each client's; NaN for 0/0.
+
+    In the server-decay arm both are the server's shrink per step (the shared step is every
+    client's decay); otherwise the clients' reported sums (track-decay), None without them.
+    """
+    if server is not None:
+        return server.shrink_per_step, [server.shrink_per_step] * len(accepted)
+    sums = [_sums(r.metrics) for r in accepted]
+    per_client = [None if s is None else _ratio(*s) for s in sums]
+    if not sums or any(s is None for s in sums):
+        return None, per_client
+    num = sum(s[0] for s in sums if s is not None)
+    den = sum(s[1] for s in sums if s is not None)
+    return _ratio(num, den), per_client
+
+
+def _sums(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+    values = [metrics.get(schema.DECAY_STEP_SUM), metrics.get(schema.WEIGHT_SUM)]
+    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) != 2 or not all(math.isfinite(v) and v >= 0 for v in numbers):
+        return None
+    return numbers[0], numbers[1]
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan

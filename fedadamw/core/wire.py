@@ -42,6 +42,7 @@ class TrainRequest:
     learning_rate: float
     weight_decay: float
     local_epochs: int
+    local_steps: int  # > 0: every client takes exactly this many steps (local_epochs unused)
     batch_size: int
     straggler_rate: float
     client_batch_sizes: str  # as in the config: each client draws its batch size from these
@@ -87,6 +88,7 @@ class TrainRequest:
             server_round=server_round,
             work_fraction=work_fraction(seed, server_round, partition_id, self.straggler_rate),
             track_decay=self.track_decay,
+            local_steps=self.local_steps,
         )
 
 

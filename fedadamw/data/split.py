@@ -13,6 +13,11 @@ of rebuilding it.
 - `synthetic`: FedProx's Synthetic(α, β), one natural partition per generated client; the server
   evaluates on the union of the clients' test parts.
 - `cifar10`, `femnist`: the Hugging Face Hub data sets through flwr-datasets' FederatedDataset.
+
+Each client holds out a seeded share of its partition (`val-fraction`) for validation: the rows
+are drawn by (seed, partition id) alone, so every arm and every optimizer setting of a seed
+holds out the same rows; the server evaluates on the union of the held-out rows
+(`validation_set`), and anything that selects (a best λ, a best η) selects on it.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import os
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ _CONTIGUOUS = ("iid", "exponential", "linear")
 # keep reading splits the old code made.
 SPLIT_VERSION = 1
 _TOP_UP = 0x70B  # the stream of the Dirichlet top-up's draws (seeded by the run seed)
+_HOLDOUT = 0x7A1  # the stream of the validation draw (seed, partition id, _HOLDOUT)
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class DataSpec:
     synthetic_alpha: float
     synthetic_beta: float
     synthetic_iid: bool
+    val_fraction: float = 0.0  # share of each partition held out for validation
 
     @classmethod
     def from_config(cls, cfg: Config) -> DataSpec:
@@ -302,7 +310,9 @@ def partition_indices(spec: DataSpec) -> tuple[np.ndarray, ...]:
     """
     from importlib.metadata import version
 
-    text = f"{spec!r}|split v{SPLIT_VERSION}|flwr-datasets {version('flwr-datasets')}"
+    # The hold-out share does not change the partitions: one file serves every val-fraction.
+    split = replace(spec, val_fraction=0.0)
+    text = f"{split!r}|split v{SPLIT_VERSION}|flwr-datasets {version('flwr-datasets')}"
     key = hashlib.sha1(text.encode()).hexdigest()
     path = cache_dir() / f"partitions-{key[:16]}.npz"
     if path.is_file():
@@ -318,25 +328,64 @@ def partition_indices(spec: DataSpec) -> tuple[np.ndarray, ...]:
     return parts
 
 
+def holdout_size(num_examples: int, val_fraction: float) -> int:
+    """Rows a client of `num_examples` holds out: ⌊fraction · n⌋, leaving it ≥ 1 to train on.
+
+    A client too small to hold out a whole row (⌊fraction · n⌋ = 0) holds out none and trains
+    on all of its rows; one whose share would leave nothing keeps exactly one training row.
+    """
+    share = math.floor(val_fraction * num_examples + 1e-9)  # 0.1 · 30 is 3.0000000000000004
+    return max(0, min(share, num_examples - 1))
+
+
 @cache
-def load_partition(spec: DataSpec, partition_id: int) -> ArrayDataset:
-    """The training examples of one client."""
+def holdout(spec: DataSpec, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of one client, as row indices of the train split.
+
+    The validation rows are drawn by (seed, partition id) only: the same for every arm, λ and
+    learning rate of a seed. Both keep the partition's order; a larger fraction holds out a
+    superset of a smaller one's rows.
+    """
     if not 0 <= partition_id < spec.num_clients:
         raise ConfigError(
             f"partition-id: {partition_id} is not allowed; expected 0..{spec.num_clients - 1}"
         )
-    train, _ = load_splits(spec)
     idx = partition_indices(spec)[partition_id]
+    held = holdout_size(len(idx), spec.val_fraction)
+    rng = np.random.default_rng([spec.seed, partition_id, _HOLDOUT])
+    is_val = np.zeros(len(idx), dtype=bool)
+    is_val[rng.permutation(len(idx))[:held]] = True
+    return idx[~is_val], idx[is_val]
+
+
+def _rows(spec: DataSpec, idx: np.ndarray) -> ArrayDataset:
+    train, _ = load_splits(spec)
     # Fancy indexing copies just these rows (train.x may be a memory map of a hub data set).
     return ArrayDataset(np.asarray(train.x[idx]), train.y[idx])
 
 
+@cache
+def load_partition(spec: DataSpec, partition_id: int) -> ArrayDataset:
+    """The training examples of one client (its partition less its validation rows)."""
+    return _rows(spec, holdout(spec, partition_id)[0])
+
+
+@cache
+def validation_set(spec: DataSpec) -> ArrayDataset:
+    """The union of every client's validation rows, in partition order (empty at fraction 0)."""
+    rows = [holdout(spec, pid)[1] for pid in range(spec.num_clients)]
+    return _rows(spec, np.concatenate(rows) if rows else np.zeros(0, np.int64))
+
+
 def label_histogram(spec: DataSpec) -> np.ndarray:
-    """(num_clients, num_classes) counts of labels per client."""
+    """(num_clients, num_classes) counts of the training labels per client."""
     train, _ = load_splits(spec)
     classes = registry.get(spec.dataset).num_classes
     return np.stack(
-        [np.bincount(train.y[idx], minlength=classes) for idx in partition_indices(spec)]
+        [
+            np.bincount(train.y[holdout(spec, pid)[0]], minlength=classes)
+            for pid in range(spec.num_clients)
+        ]
     )
 
 

@@ -426,6 +426,16 @@ def run_summary(runs: pd.DataFrame, rounds: pd.DataFrame, stats: Sequence[str]) 
     return out
 
 
+def last_rounds_mean(rounds: pd.DataFrame, columns: Sequence[str], k: int) -> pd.DataFrame:
+    """Per run (index `run_id`), each column's mean over its last `k` trained rounds.
+
+    NULLs (NaN) are skipped; a run with fewer than `k` trained rounds averages what it has.
+    """
+    trained = rounds[rounds["round"] >= 1].sort_values(["run_id", "round"])
+    present = [c for c in columns if c in trained]
+    return trained.groupby("run_id").tail(k).groupby("run_id")[present].mean()
+
+
 def cosine_matrix(pairs: pd.DataFrame) -> tuple[list[int], np.ndarray]:
     """The symmetric K×K cosine matrix of one round from its i < j rows (diagonal 1)."""
     ids = sorted(set(pairs["partition_i"].astype(int)) | set(pairs["partition_j"].astype(int)))

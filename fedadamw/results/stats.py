@@ -1,9 +1,10 @@
-"""Confidence intervals over seeds: the one Student-t interval that tables and figures use."""
+"""Confidence intervals and tests over seeds: the one Student-t interval that tables and figures
+use, the paired t-test's p-value and Holm's adjustment for testing many differences at once."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,3 +51,39 @@ def t_interval(values: Iterable[float | None], level: float = CI_LEVEL) -> Inter
         return Interval(mean, math.nan, math.nan, 1)
     half = float(t_half_width(np.asarray([x.std(ddof=1)]), np.asarray([len(x)]), level)[0])
     return Interval(mean, mean - half, mean + half, len(x))
+
+
+def paired_t_pvalue(differences: Iterable[float | None]) -> float:
+    """Two-sided p-value of the paired t-test that the mean difference is 0 (None/NaN dropped).
+
+    NaN for fewer than two differences; with no spread at all, 1 if every difference is 0 and 0
+    otherwise (the t statistic is 0/0 or ±inf).
+    """
+    x = np.asarray([v for v in differences if v is not None and not math.isnan(v)], dtype=float)
+    if len(x) < 2:
+        return math.nan
+    sd = float(x.std(ddof=1))
+    mean = float(x.mean())
+    if sd == 0.0:
+        return 1.0 if mean == 0.0 else 0.0
+    t = mean / (sd / math.sqrt(len(x)))
+    # stdtr is Student's t CDF: 2·P(T ≤ −|t|) is the two-sided tail (scipy.stats' 2·t.sf(|t|)).
+    return float(2.0 * special.stdtr(len(x) - 1, -abs(t)))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of `pvalues` (NaN entries stay NaN and are not counted).
+
+    With m finite p-values sorted p₍₁₎ ≤ … ≤ p₍ₘ₎, the adjusted p₍ᵢ₎ is
+    max over j ≤ i of min(1, (m − j + 1)·p₍ⱼ₎): the family-wise error rate stays at most α
+    when every adjusted p below α is called significant.
+    """
+    finite = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    order = sorted(finite, key=lambda i: pvalues[i])
+    m = len(order)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out

@@ -3,7 +3,8 @@
 Tables (docs/design.md; columns named here are a contract other tools rely on):
 
 - ``runs``: one row per arm of an experiment, with its resolved config.
-- ``rounds``: per round, losses, test accuracy and every divergence statistic.
+- ``rounds``: per round, losses, test and validation accuracy, every divergence statistic and
+  the effective shrink.
 - ``clients``: per round and client, its work and its update's norm and cosine to the aggregate.
 - ``layers``: per round and parameter tensor, every divergence statistic.
 - ``pairs``: per round, the pairwise cosine matrix (i < j, by partition id).
@@ -35,12 +36,28 @@ from typing import Any
 
 import numpy as np
 
-from fedadamw.schema import FINISHED, INTERRUPTED, RUNNING, SHRINK_COLUMNS, STAT_COLUMNS
+from fedadamw.schema import (
+    EFFECTIVE_SHRINK,
+    FINISHED,
+    INTERRUPTED,
+    RUNNING,
+    SHRINK_COLUMNS,
+    STAT_COLUMNS,
+    VAL_ACCURACY,
+    VAL_LOSS,
+)
 
-# 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints; 4: label histograms
-SCHEMA_VERSION = 4
-# Stores this version can upgrade in place: the changes since then only add tables.
-_UPGRADABLE = (2, 3)
+# 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints; 4: label histograms;
+# 5: validation loss/accuracy and effective shrink
+SCHEMA_VERSION = 5
+# Stores this version can upgrade in place: the changes since then only add tables (CREATE
+# TABLE IF NOT EXISTS) and columns (`_ADDED_COLUMNS`, ALTER TABLE ADD COLUMN).
+_UPGRADABLE = (2, 3, 4)
+# Columns added to existing tables since schema 2, added in place to an older store.
+_ADDED_COLUMNS = {
+    "rounds": (f"{VAL_LOSS} REAL", f"{VAL_ACCURACY} REAL", f"{EFFECTIVE_SHRINK} REAL"),
+    "clients": (f"{EFFECTIVE_SHRINK} REAL",),
+}
 
 _STAT_COLUMNS = ", ".join(f"{name} REAL" for name in STAT_COLUMNS)
 _SHRINK_COLUMNS = ", ".join(f"{name} REAL" for name in SHRINK_COLUMNS)
@@ -56,14 +73,14 @@ CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, train_loss REAL, test_loss REAL,
     test_accuracy REAL, {_STAT_COLUMNS}, decay_cosine_to_neg_weights REAL,
     {_SHRINK_COLUMNS}, num_clients INTEGER, num_rejected INTEGER,
-    seconds REAL, PRIMARY KEY (run_id, round)
+    seconds REAL, {", ".join(_ADDED_COLUMNS["rounds"])}, PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS clients (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, partition_id INTEGER NOT NULL,
     num_examples INTEGER, train_loss REAL, local_steps INTEGER, batch_size INTEGER,
     work_fraction REAL, train_seconds REAL, update_norm REAL, cosine_to_aggregate REAL,
     decay_norm REAL,
-    decay_cosine_to_neg_weights REAL, {_SHRINK_COLUMNS},
+    decay_cosine_to_neg_weights REAL, {_SHRINK_COLUMNS}, {", ".join(_ADDED_COLUMNS["clients"])},
     PRIMARY KEY (run_id, round, partition_id)
 );
 CREATE TABLE IF NOT EXISTS layers (
@@ -185,9 +202,17 @@ class ResultStore:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         with self._conn:
             self._conn.executescript(SCHEMA)
+            self._add_columns()  # an older store: its rows stay, the new columns are NULL
             self._conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+
+    def _add_columns(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def _schema_version(self) -> int | None:
         has_meta = self._conn.execute(

@@ -11,6 +11,16 @@ to lists of values, and the run covers their Cartesian product::
     seed = [0, 1, 2]
 
 Every grid point runs every arm in `arms`, so coupled and decoupled are paired at each point.
+
+A swept list of tables sets several keys together, one table per value; its name is only a
+label. Each mode at its own tuned optimizer point, for instance::
+
+    [sweep]
+    optimizer = [
+        {arms = "coupled", learning-rate = 0.003, weight-decay = 0.001},
+        {arms = "decoupled", learning-rate = 0.01, weight-decay = 0.1},
+    ]
+    seed = [0, 1, 2]
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +64,23 @@ def load(path: str | Path) -> Experiment:
             f"--config {str(p)!r}: table [{nested[0]}] is not allowed; "
             "only [sweep] may be a table, everything else is a config key"
         )
+    swept: list[str] = []
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(
                 f"--config {str(p)!r}: sweep {key!r} must be a non-empty list, e.g. [0.01, 0.1]"
             )
-        if key in data:
-            raise ConfigError(f"--config {str(p)!r}: {key!r} is both set and swept")
+        tables = [v for v in values if isinstance(v, dict)]
+        if tables and len(tables) != len(values):
+            raise ConfigError(
+                f"--config {str(p)!r}: sweep {key!r} mixes tables and values; "
+                "a list of tables sets several keys together, one table per grid value"
+            )
+        keys = sorted({k for t in tables for k in t}) if tables else [key]
+        for k in keys:
+            if k in data or k in swept:
+                raise ConfigError(f"--config {str(p)!r}: {k!r} is both set and swept")
+        swept += keys
     return Experiment(overrides=data, sweep={k: list(v) for k, v in sweep.items()})
 
 
@@ -68,7 +88,13 @@ def expand(experiment: Experiment, sets: Sequence[str] = ()) -> list[Config]:
     """Every grid point as a validated Config (defaults ← file ← `--set` ← grid values)."""
     base = Config.from_mapping(experiment.overrides)
     assigned = dict(parse_assignment(item) for item in sets)
-    swept_and_set = sorted(set(assigned) & set(experiment.sweep))
+    swept = {
+        k
+        for name, values in experiment.sweep.items()
+        for v in values
+        for k in (v if isinstance(v, dict) else [name])
+    }
+    swept_and_set = sorted(set(assigned) & swept)
     if swept_and_set:
         raise ConfigError(
             f"--set {swept_and_set[0]}: that key is swept in the experiment file; edit its [sweep]"
@@ -78,7 +104,10 @@ def expand(experiment: Experiment, sets: Sequence[str] = ()) -> list[Config]:
     keys = list(experiment.sweep)
     configs = []
     for values in itertools.product(*(experiment.sweep[k] for k in keys)):
-        point: Mapping[str, Any] = dict(zip(keys, values, strict=True))
+        point: dict[str, Any] = {}
+        for key, value in zip(keys, values, strict=True):
+            # A table sets its keys together; its sweep name is a label.
+            point.update(value if isinstance(value, dict) else {key: value})
         configs.append(Config.from_mapping(point, base=base) if point else base)
     return configs
 

@@ -1,5 +1,8 @@
 """One run's bookkeeping: server-side evaluation and one store transaction per round.
 
+The global model is evaluated every round on the test split and on the union of the clients'
+validation rows (`fedadamw.data.split.validation_set`); selection reads the latter.
+
 torch and the data stack are imported when a recorder is made, not with this module: the
 console display imports `Progress` and `RoundReport` from here, and `fedadamw run`'s parent
 process (which only supervises and prints the closing table) must stay free of torch.
@@ -74,10 +77,12 @@ class RunRecorder:
         self.progress = progress
         from fedadamw.core.models import model_for
         from fedadamw.core.training import pick_device
-        from fedadamw.data.split import DataSpec, load_splits
+        from fedadamw.data.split import DataSpec, load_splits, validation_set
 
         self.device = pick_device()
-        _, self.test = load_splits(DataSpec.from_config(cfg))
+        spec = DataSpec.from_config(cfg)
+        _, self.test = load_splits(spec)
+        self.validation = validation_set(spec)
         self.model = model_for(cfg)
         self.parameter_names = frozenset(n for n, _ in self.model.named_parameters())
         self.pending: RoundMeasurement | None = None
@@ -111,11 +116,18 @@ class RunRecorder:
 
         self.model.load_state_dict(dict(state))
         test_loss, test_acc = evaluate(self.model, self.test, self.device)
+        val_loss, val_acc = (
+            evaluate(self.model, self.validation, self.device)
+            if len(self.validation)
+            else (None, None)  # val-fraction 0: nothing held out
+        )
         m, self.pending = self.pending, None
         now = time.perf_counter()
         values: dict[str, float | int | None] = {
             "test_loss": test_loss,
             "test_accuracy": test_acc,
+            schema.VAL_LOSS: val_loss,
+            schema.VAL_ACCURACY: val_acc,
             "seconds": now - self._last,
         }
         self._last = now
@@ -146,9 +158,11 @@ class RunRecorder:
                         "train_seconds": _opt_float(r.metrics.get(schema.TRAIN_SECONDS)),
                         "update_norm": float(m.whole.norms[i]),
                         "cosine_to_aggregate": float(m.whole.cosine_to_aggregate[i]),
+                        schema.EFFECTIVE_SHRINK: m.client_shrink[i] if m.client_shrink else None,
                     }
                     for i, r in enumerate(m.accepted)
                 ]
+                values[schema.EFFECTIVE_SHRINK] = m.effective_shrink
                 rec.layers = {name: dict(d.stats) for name, d in m.layers.items()}
                 if m.parts is not None:
                     _add_parts(values, rec, m)
@@ -202,7 +216,11 @@ def _add_parts(
         values.update({prefix + k: v for k, v in div.stats.items()})
         for name, layer in layers.items():
             rec.layers[name].update({prefix + k: v for k, v in layer.stats.items()})
-    values["decay_cosine_to_neg_weights"] = float(np.mean(parts.decay_cosine_to_neg_weights))
+    cosines = parts.decay_cosine_to_neg_weights
+    # Zero decay parts have no direction (NaN): the mean is over the others, NaN if none.
+    values["decay_cosine_to_neg_weights"] = (
+        float(np.nanmean(cosines)) if np.isfinite(cosines).any() else float("nan")
+    )
     for i, row in enumerate(rec.clients):
         row["decay_norm"] = float(parts.decay.norms[i])
         row["decay_cosine_to_neg_weights"] = float(parts.decay_cosine_to_neg_weights[i])
