@@ -19,9 +19,9 @@ from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, train_loc
 from fedadamw.data.split import ArrayDataset
 from fedadamw.schema import DECAY_MODES
 
-# server-decay clients train as `none`; the cohort engine does not know that mode yet (the
-# engine's owner adds it with the switch to fedadamw.core.training.batch_plan).
-COHORT_MODES = tuple(m for m in DECAY_MODES if m != "server-decay")
+# Every mode, server-decay included (its clients train as `none`; the server decays).
+COHORT_MODES = DECAY_MODES
+UNDECAYED = ("none", "server-decay")
 
 CPU = torch.device("cpu")
 ADAM_MODES = ("decoupled", "coupled", "none")
@@ -100,7 +100,7 @@ def test_every_client_gets_what_train_local_gives(mode: str) -> None:
     reference = _reference(model, global_state, clients)
     names = list(global_state)
     trained = [n for n, _ in model.named_parameters()]
-    outliers = 2e-3 if mode in ADAM_MODES else 0.0
+    outliers = 2e-3 if mode in ADAM_MODES + ("server-decay",) else 0.0
     assert {r.local_steps for r in reference} != {reference[0].local_steps}  # ragged steps
     for client, got, ref in zip(clients, results, reference, strict=True):
         assert got.num_examples == ref.num_examples == len(client.data)
@@ -111,11 +111,17 @@ def test_every_client_gets_what_train_local_gives(mode: str) -> None:
         _assert_close(_flat(got.state, names), _flat(ref.state, names), delta, outliers)
         if not client.spec.track_decay:
             assert got.decay_part is None and got.shrink_quantiles == {}
+            assert got.decay_step_sum is None and got.weight_sum is None
             continue
         assert got.decay_part is not None and ref.decay_part is not None
         assert list(got.decay_part) == trained
+        # The effective shrink's sums: Σₜ|decay stepₜ| and Σₜ|wₜ| over the decayed weights.
+        assert ref.decay_step_sum is not None and ref.weight_sum is not None
+        assert got.weight_sum == pytest.approx(ref.weight_sum, rel=1e-5)
+        rel = 1e-3 if mode == "coupled" else 1e-5
+        assert got.decay_step_sum == pytest.approx(ref.decay_step_sum, rel=rel, abs=1e-12)
         decay, ref_decay = _flat(got.decay_part, trained), _flat(ref.decay_part, trained)
-        if mode == "none":
+        if mode in UNDECAYED:
             assert not decay.any() and got.shrink_quantiles == ref.shrink_quantiles == {}
             continue
         # Coupled Adam splits each step under √v̂ + ε: as ill-conditioned as the step itself.
@@ -246,3 +252,24 @@ def test_what_the_engine_cannot_reproduce_is_refused() -> None:
     with pytest.raises(ValueError, match="missing"):
         train_cohort(model, {}, [CohortClient(data, spec)], CPU)
     assert train_cohort(model, model.state_dict(), [], CPU) == []
+
+
+def test_equal_local_work_every_client_takes_local_steps() -> None:
+    """local-steps: every client takes exactly that many steps, as train_local does."""
+    model = build_model("cnn1d", (40,), 10, seed=3)
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    clients = [
+        dataclasses.replace(c, spec=dataclasses.replace(c.spec, local_steps=7))
+        for c in _clients("decoupled", 1e-2)
+    ]
+    results = train_cohort(model, global_state, clients, CPU)
+    reference = _reference(model, global_state, clients)
+    names = list(global_state)
+    # The straggler (work 0.4) takes ⌈0.4 · 7⌉ = 3 steps; the others 7, small clients included.
+    assert [r.local_steps for r in reference] == [7, 7, 3, 7, 7]
+    for got, ref in zip(results, reference, strict=True):
+        assert got.local_steps == ref.local_steps
+        delta = _flat(ref.state, names) - _flat(global_state, names)
+        # Client 4 (9 rows, batch 4) repeats its rows over 3 epochs: its gradients near zero
+        # (the Adam noise of _assert_close) are more frequent; ~0.2% of weights, max ~4e-4.
+        _assert_close(_flat(got.state, names), _flat(ref.state, names), delta, 5e-3)

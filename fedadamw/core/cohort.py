@@ -55,7 +55,7 @@ from fedadamw.core.optim import decay_param_groups
 from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, pick_device
 from fedadamw.data.split import ArrayDataset
 from fedadamw.errors import ConfigError
-from fedadamw.schema import check_mode
+from fedadamw.schema import CLIENT_UNDECAYED_MODES, NO_DECAY_MODE, check_mode
 
 # torch's Adam/AdamW defaults, which `fedadamw.core.optim.make_optimizer` uses: read from torch.
 _ADAM_DEFAULTS = inspect.signature(torch.optim.Adam.__init__).parameters
@@ -143,6 +143,7 @@ def train_cohort(
     weights = [flat.cpu() for flat in stacked]  # one transfer each, then per-client copies
     decay = opt.decay_parts()
     quantiles = opt.shrink_quantiles()
+    step_sums, weight_sums = opt.effective_shrink_sums()
     losses_cpu = losses.cpu().tolist()  # float32 values, exactly as float(loss) reads them
     names = list(model.state_dict())
     results: list[TrainResult | None] = [None] * len(clients)
@@ -173,6 +174,8 @@ def train_cohort(
             local_steps=len(schedule.sizes[rank]),
             decay_part=decay_part,
             shrink_quantiles=quantiles[rank] if spec.track_decay else {},
+            decay_step_sum=step_sums[rank] if spec.track_decay else None,
+            weight_sum=weight_sums[rank] if spec.track_decay else None,
         )
     return [r for r in results if r is not None]
 
@@ -409,6 +412,8 @@ class _CohortOptimizer:
         weights: list[Tensor],
         device: torch.device,
     ) -> None:
+        # The server-decay arm's clients train as `none`: its decay is the server's.
+        mode = NO_DECAY_MODE if mode in CLIENT_UNDECAYED_MODES else mode
         self.mode, self.layout, self.weights = mode, layout, weights
         lrs = [c.spec.learning_rate for c in clients]
         wds = [0.0 if mode == "none" else c.spec.weight_decay for c in clients]
@@ -437,12 +442,17 @@ class _CohortOptimizer:
         self.shrink_den = torch.zeros_like(decayed) if self.track else decayed[:, :0]
         coupled_adam = self.track and mode == "coupled"
         self.m_decay = torch.zeros_like(decayed) if coupled_adam else decayed[:, :0]
+        # Σₜ Σ|wₜ| over the decayed tensors per client, whatever λ and mode (as train_local).
+        self.sum_weights = any(c.spec.track_decay for c in clients)
+        self.weight_abs = torch.zeros(len(clients), dtype=torch.float64, device=device)
 
     def step(self, t: int, k: int, grads: list[Tensor]) -> None:
         """Step the first `k` clients (those still training) with their gradients at step t."""
         for i, (g, group) in enumerate(zip(grads, self.layout.groups, strict=True)):
             decay = group.decayed and self.any_decay
             w = self.weights[i][:k]
+            if group.decayed and self.sum_weights and w.shape[1]:
+                self.weight_abs[:k] += w.abs().sum(dim=1, dtype=torch.float64)
             if decay and self.track:
                 self._track_before(w, k)
             if self.mode in ADAM_MODES:
@@ -511,6 +521,16 @@ class _CohortOptimizer:
             else:
                 out.append(torch.zeros(w.shape, dtype=w.dtype))
         return out
+
+    def effective_shrink_sums(self) -> tuple[list[float], list[float]]:
+        """Per client, (Σₜ|decay stepₜ|, Σₜ|wₜ|) over its decayed weights (train_local's sums)."""
+        k = self.weights[0].shape[0]
+        steps = (
+            self.shrink_num.double().sum(dim=1).cpu().tolist()
+            if self.track and self.shrink_num.shape[1]
+            else [0.0] * k
+        )
+        return steps, self.weight_abs.cpu().tolist()
 
     def shrink_quantiles(self) -> list[dict[str, float]]:
         """Per client, `fedadamw.core.tracked.shrink_ratio_quantiles` of its decayed weights."""
