@@ -100,7 +100,7 @@ def test_every_client_gets_what_train_local_gives(mode: str) -> None:
     reference = _reference(model, global_state, clients)
     names = list(global_state)
     trained = [n for n, _ in model.named_parameters()]
-    outliers = 2e-3 if mode in ADAM_MODES + ("server-decay",) else 0.0
+    outliers = 2e-3 if mode in (*ADAM_MODES, "server-decay") else 0.0
     assert {r.local_steps for r in reference} != {reference[0].local_steps}  # ragged steps
     for client, got, ref in zip(clients, results, reference, strict=True):
         assert got.num_examples == ref.num_examples == len(client.data)

@@ -2,8 +2,8 @@
 
 Layers, bottom to top (docs/design.md):
 
-0. `errors`, `schema`, `fileio`, `config`, `data.registry`, `data.sources` — names, validation and
-   raw data, nothing heavier than numpy;
+0. `errors`, `schema`, `fileio`, `text`, `config`, `data.registry`, `data.sources` — names,
+   validation and raw data, nothing heavier than numpy;
 1. `data` — splits and label views;
 2. `core` (torch: optimizers, training, divergence) and `results` (the store; never torch);
 3. `run` — experiments, the recorder, the supervised simulation;
@@ -32,6 +32,7 @@ RANKS = {
     "fedadamw.errors": 0,
     "fedadamw.schema": 0,
     "fedadamw.fileio": 0,
+    "fedadamw.text": 0,
     "fedadamw.config": 0,
     "fedadamw.data.registry": 0,
     "fedadamw.data.sources": 0,

@@ -12,8 +12,9 @@ import pytest
 from fedadamw.config import default_config
 from fedadamw.results.writer import ResultStore, RoundRecord
 from fedadamw.run.experiment import describe, run_id_for, swept_keys
-from fedadamw.run.progress import ConsoleProgress, duration, print_summary, summary_rows
+from fedadamw.run.progress import ConsoleProgress, print_summary, summary_rows
 from fedadamw.run.recorder import RoundReport
+from fedadamw.text import duration
 
 # t quantile with 2 degrees of freedom, in closed form (three seeds)
 T2 = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025)

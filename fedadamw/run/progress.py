@@ -25,6 +25,7 @@ from fedadamw.config import Config
 from fedadamw.results.stats import t_interval
 from fedadamw.run.experiment import describe, run_id_for, swept_keys
 from fedadamw.run.recorder import Progress, RoundReport
+from fedadamw.text import duration
 
 RECENT_ROUNDS = 10  # the ETA assumes the next rounds take as long as the last ones
 WIDE = 10_000  # a pipe or a log has no width: let every line and table take what it needs
@@ -35,18 +36,6 @@ def console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False, width=None if sys.stdout.isatty() else WIDE)
-
-
-def duration(seconds: float) -> str:
-    """A short human duration: '42 s', '3 min 05 s', '1 h 02 min'."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "—"
-    s = round(seconds)
-    if s < 60:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
 @dataclass(frozen=True)

@@ -136,18 +136,6 @@ def wrap(text: str, width: int = 34, sep: str = " · ") -> str:
     return "<br>".join(lines)
 
 
-def duration(seconds: float) -> str:
-    """A short human duration for the page: '42 s', '3 min 05 s', '1 h 02 min'."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "—"
-    s = round(seconds)
-    if s < 60:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
-
-
 def mode_color(mode: str) -> str:
     """The colour of a decay mode, the same in every figure."""
     if mode in MODE_COLORS:

@@ -29,10 +29,11 @@ from fedadamw.results.reader import (
     varying_keys,
 )
 from fedadamw.schema import PENDING, RUNNING, SHRINK_COLUMNS
+from fedadamw.text import duration
 from fedadamw.viz import figures
 from fedadamw.viz.labels import ClientLabels, stored_labels
 from fedadamw.viz.stores import Stores
-from fedadamw.viz.style import duration, stat_label
+from fedadamw.viz.style import stat_label
 
 LabelSource = Callable[[str], ClientLabels]  # a run's config_json → its clients' labels
 
