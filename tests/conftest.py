@@ -26,3 +26,14 @@ def private_data_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
             os.environ.pop("FEDADAMW_CACHE", None)
         else:
             os.environ["FEDADAMW_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny tensors (faster, and spares shared cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

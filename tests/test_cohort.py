@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -32,13 +31,8 @@ BATCH_SIZES = (16, 32, 10, 16, 4)
 WORK = (1.0, 1.0, 0.4, 1.0, 1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and spares the cores other test runs share."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one torch thread is faster, and spares the cores other test runs share.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int, shape: tuple[int, ...], seed: int) -> ArrayDataset:

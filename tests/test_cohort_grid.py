@@ -9,7 +9,6 @@ real runs). Without Ray these tests take seconds.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +50,8 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one torch thread is faster, and spares the cores other test runs share.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ClientAppGrid(CohortGrid):

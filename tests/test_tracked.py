@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,13 +31,8 @@ REFERENCE: dict[str, Callable[[list[dict[str, Any]], float, float], torch.optim.
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and spares the cores other test runs share."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one torch thread is faster, and spares the cores other test runs share.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp() -> nn.Module:
