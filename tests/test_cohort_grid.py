@@ -31,7 +31,7 @@ from fedadamw.core.training import TrainSpec, train_local
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import ArrayDataset, load_partition
 from fedadamw.errors import ConfigError
-from fedadamw.schema import DECAY_MODES
+from fedadamw.schema import CLIENT_UNDECAYED_MODES, DECAY_MODES
 from server.app import run_experiment
 from server.cohort_grid import NODE_ID_BASE, CohortGrid
 
@@ -141,7 +141,7 @@ def test_round_one_updates_equal_the_flower_clients(mode: str) -> None:
         if pid in amplified:
             continue
         assert ma[schema.TRAIN_LOSS] == pytest.approx(mb[schema.TRAIN_LOSS], rel=1e-5)
-        if mode == "none":
+        if mode in CLIENT_UNDECAYED_MODES:  # none, server-decay: clients have no decay part
             continue
         decay_a = _flat(a.array_records[schema.DECAY_PART])
         decay_b = _flat(b.array_records[schema.DECAY_PART])
@@ -196,12 +196,16 @@ def _rows(db: Path, query: str) -> list[sqlite3.Row]:
     return rows
 
 
+# Stored columns computed from coupled Adam's decay/data split.
+SPLIT_KEYS = ("decay_", "data_", "shrink_", schema.EFFECTIVE_SHRINK)
+
+
 @pytest.mark.parametrize("mode", DECAY_MODES)
 def test_five_stored_rounds_agree_with_the_flower_clients(mode: str, tmp_path: Path) -> None:
     cfg = _cfg(
         **{
             # The reference job: at lr 1e-2 Adam's amplification of rounding noise
-            # compounds over rounds to ~1e-3 (README, Engines); here it stays near 1e-6.
+            # compounds over rounds to ~1e-3 (README, Engines); here it stays below ~2e-4.
             "learning-rate": 1e-3,
             "arms": mode,
             "num-server-rounds": 5,
@@ -230,10 +234,15 @@ def test_five_stored_rounds_agree_with_the_flower_clients(mode: str, tmp_path: P
                     continue
                 if not isinstance(y, float):
                     assert x == y, (q, key)  # counts, ids, steps, batch sizes: exactly
-                elif mode != "coupled" or not key.startswith(("decay_", "data_")):
+                elif mode != "coupled" or not key.startswith(SPLIT_KEYS):
                     # Coupled Adam's split into parts divides by √v̂ + ε: as sensitive as a
-                    # single step near ε, so its parts are compared in the round-1 test only.
-                    assert x == pytest.approx(y, rel=2e-5, abs=1e-6), (q, key)
+                    # single step near ε, so its parts (and the shrink measured from them)
+                    # are compared in the round-1 test only.
+                    # Rounds agree to ~1e-8 until Adam sends one client's rounding noise in
+                    # a near-zero gradient to a full step (the round-1 test's exception):
+                    # then ~1e-5 to 2e-4 (measured with one torch thread); a wrong batch, mask
+                    # or formula moves these statistics by ~1e-1.
+                    assert x == pytest.approx(y, rel=2e-3, abs=1e-4), (q, key)
     for rnd in range(1, 6):
         picked = sample_partitions(cfg.seed, rnd, range(CLIENTS), cfg.clients_per_round)
         out = dropped_partitions(cfg.seed, rnd, picked, cfg.dropout_rate)
