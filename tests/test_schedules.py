@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -194,7 +195,7 @@ def test_decay_params_against_torchs_adamw_on_the_same_groups(which: str) -> Non
     train_local(mine, data, spec, CPU)
     ref = copy.deepcopy(model)
     params = list(ref.parameters())
-    groups = (
+    groups: list[dict[str, Any]] = (
         [{"params": params}]
         if which == "all"
         else [
@@ -231,7 +232,7 @@ def test_all_decays_a_bias_with_no_gradient() -> None:
         layer = nn.Linear(3, 2)
         before = layer.bias.detach().clone()
         opt = make_optimizer(decay_param_groups(layer, which), "decoupled", 0.1, 0.5)
-        (0.0 * layer(torch.ones(1, 3))).sum().backward()  # type: ignore[no-untyped-call]
+        (0.0 * layer(torch.ones(1, 3))).sum().backward()
         opt.step()
         np.testing.assert_allclose(
             layer.bias.detach().double().numpy(), before.double().numpy() * factor, rtol=1e-7
