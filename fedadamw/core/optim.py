@@ -13,7 +13,8 @@ For step size η, decay λ and data gradient g (see docs/design.md):
 
 Decay strength: like torch's AdamW (and unlike the paper, which multiplies λ by the schedule
 multiplier only) the decoupled shrink per step is ηλ, with η the learning rate. With a constant
-learning rate the two conventions differ only by the constant factor η in λ.
+learning rate the two conventions differ only by the constant factor η in λ; `decay-scaling =
+paper` (fedadamw.core.schedules.torch_decay) hands these optimizers λ/η to get the paper's.
 """
 
 from __future__ import annotations
