@@ -2,13 +2,13 @@
 
 `train_cohort` gives, per client, what `fedadamw.core.training.train_local` gives on a fresh copy of
 the model loaded with the global weights: the same batches in the same order, the same step
-budget (stragglers included), the same decay mode and parameter groups, the same loss
-bookkeeping and (with ``track_decay``) the same split as `fedadamw.core.tracked`. The K clients'
-weights are stacked into (K, P) tensors; each step gathers every client's batch from one
-concatenated data tensor, takes all K gradients in one backward pass through
-``vmap(functional_call)`` (the gradient of the sum of the clients' losses, row by row) and
-applies the optimizer's elementwise formulas, written here over the stacked tensors in torch's
-own operation order.
+budget (stragglers included), the same decay mode and parameter groups, each step's learning
+rate and decay from the same `step_settings` (the schedules), the same loss bookkeeping and
+(with ``track_decay``) the same split as `fedadamw.core.tracked`. The K clients' weights are
+stacked into (K, P) tensors; each step gathers every client's batch from one concatenated data
+tensor, takes all K gradients in one backward pass through ``vmap(functional_call)`` (the
+gradient of the sum of the clients' losses, row by row) and applies the optimizer's elementwise
+formulas, written here over the stacked tensors in torch's own operation order.
 
 Lockstep with ragged clients:
 
