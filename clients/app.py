@@ -56,6 +56,8 @@ def train_reply(msg: Message, spec: TrainSpec, result: TrainResult, seconds: flo
             **{schema.shrink_key(q): v for q, v in result.shrink_quantiles.items()},
         }
     )
+    if result.client_decay is not None:  # normalized decay: each client its own λ
+        metrics[schema.CLIENT_WEIGHT_DECAY] = result.client_decay
     if result.decay_step_sum is not None and result.weight_sum is not None:
         metrics[schema.DECAY_STEP_SUM] = result.decay_step_sum
         metrics[schema.WEIGHT_SUM] = result.weight_sum

@@ -21,7 +21,14 @@ from typing import Any
 
 from fedadamw.data.registry import REGISTRY
 from fedadamw.errors import ConfigError
-from fedadamw.schema import DECAY_MODES
+from fedadamw.schema import (
+    DECAY_MODES,
+    DECAY_PARAMS,
+    DECAY_SCALINGS,
+    DECAY_SCHEDULES,
+    LR_SCHEDULES,
+    SERVER_DECAY_MODE,
+)
 
 PARTITIONERS = (
     "iid",
@@ -91,6 +98,16 @@ class Config:
     client_batch_sizes: str
     engine: str
     pairs_limit: int
+    # issue 12a: schedules (fedadamw.core.schedules) and which tensors decay
+    lr_schedule: str
+    warmup_rounds: int
+    step_rounds: int
+    step_gamma: float
+    restart_rounds: int
+    restart_mult: float
+    decay_schedule: str
+    decay_scaling: str
+    decay_params: str
 
     def __post_init__(self) -> None:
         _check(
@@ -150,6 +167,7 @@ class Config:
         )
         _check_choice(self, "engine", ENGINES)
         _check(self, "pairs-limit", self.pairs_limit >= 2, "an integer >= 2")
+        _check_schedules(self)
         check_compatible(self)
 
     @property
@@ -294,6 +312,40 @@ def check_compatible(cfg: Config) -> None:
         raise ConfigError(
             "engine: 'vmap' is not allowed with model 'resnet20' and resnet-norm 'batch' "
             "(BatchNorm); set resnet-norm=group or engine=flower"
+        )
+
+
+def _check_schedules(cfg: Config) -> None:
+    """The keys of issue 12a: schedules, decay schedules, decay scaling, decayed tensors."""
+    _check_choice(cfg, "lr-schedule", LR_SCHEDULES)
+    _check(cfg, "warmup-rounds", cfg.warmup_rounds >= 0, "an integer >= 0")
+    _check(cfg, "step-rounds", cfg.step_rounds >= 1, "an integer >= 1")
+    _check(cfg, "step-gamma", 0.0 < cfg.step_gamma <= 1.0, "a number in (0, 1]")
+    _check(cfg, "restart-rounds", cfg.restart_rounds >= 1, "an integer >= 1")
+    _check(cfg, "restart-mult", cfg.restart_mult >= 1.0, "a number >= 1")
+    _check_choice(cfg, "decay-schedule", DECAY_SCHEDULES)
+    _check_choice(cfg, "decay-scaling", DECAY_SCALINGS)
+    _check_choice(cfg, "decay-params", DECAY_PARAMS)
+    warmup = cfg.lr_schedule == "warmup-cosine" or cfg.decay_schedule == "after-warmup"
+    if warmup and not 1 <= cfg.warmup_rounds < cfg.num_server_rounds:
+        # The warmup needs a step, and a cosine (or λ_post) after it needs one too.
+        raise ConfigError(
+            f"warmup-rounds: {cfg.warmup_rounds!r} is not allowed with lr-schedule "
+            f"{cfg.lr_schedule!r} and decay-schedule {cfg.decay_schedule!r}; expected an "
+            f"integer in [1, num-server-rounds = {cfg.num_server_rounds})"
+        )
+    plain = (
+        cfg.lr_schedule == "constant"
+        and cfg.decay_schedule == "constant"
+        and cfg.decay_scaling == "torch"
+        and cfg.decay_params == "matrices"
+    )
+    if SERVER_DECAY_MODE in cfg.arm_list and not plain:
+        # The server's factor f = Σ pᵢ(1 − ηλ)^τᵢ assumes one constant ηλ on matrices.
+        raise ConfigError(
+            f"arms: {SERVER_DECAY_MODE!r} is not allowed with lr-schedule {cfg.lr_schedule!r}, "
+            f"decay-schedule {cfg.decay_schedule!r}, decay-scaling {cfg.decay_scaling!r}, "
+            f"decay-params {cfg.decay_params!r}; expected constant, constant, torch, matrices"
         )
 
 

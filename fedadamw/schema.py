@@ -100,3 +100,20 @@ def setting_of(config: Mapping[str, Any], also_without: Iterable[str] = ()) -> s
     """
     drop = NON_SETTING_KEYS | set(also_without)
     return json.dumps({k: v for k, v in sorted(config.items()) if k not in drop})
+
+
+# -- issue 12a: schedules and which tensors decay (fedadamw.core.schedules) -------------------
+LR_SCHEDULES = ("constant", "cosine", "warmup-cosine", "step", "cosine-restarts")
+DECAY_SCHEDULES = ("constant", "lr-compensated", "after-warmup", "normalized")
+DECAY_SCALINGS = ("torch", "paper")  # decoupled shrink per step: ηₜλ, or multiplierₜ·λ
+DECAY_PARAMS = ("matrices", "all")  # ndim ≥ 2 only (biases, norm weights kept), or every tensor
+DECOUPLED_MODES = ("decoupled", "sgd-decoupled")  # the modes whose shrink decay-scaling defines
+CLIENT_WEIGHT_DECAY = "client-weight-decay"  # reply metric: the base λ this client used
+CLIENT_DECAY_COLUMN = "weight_decay"  # clients column of that λ (normalized: per client)
+PARAM_COUNTS_TABLE = "param_counts"  # per run: decayed / undecayed tensors and weights
+PARAM_COUNT_COLUMNS = (
+    "decayed_tensors",
+    "decayed_weights",
+    "undecayed_tensors",
+    "undecayed_weights",
+)

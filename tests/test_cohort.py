@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from fedadamw.core.cohort import CohortClient, _CohortOptimizer, _Layout, train_cohort
 from fedadamw.core.models import build_model
 from fedadamw.core.optim import decay_param_groups
+from fedadamw.core.schedules import Schedule
 from fedadamw.core.tracked import make_tracked_optimizer, shrink_ratio_quantiles
-from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, train_local
+from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, step_settings, train_local
 from fedadamw.data.split import ArrayDataset
 from fedadamw.schema import DECAY_MODES
 
@@ -86,10 +87,24 @@ def _assert_close(actual: Tensor, expected: Tensor, scale: Tensor, outliers: flo
 
 @pytest.mark.parametrize("mode", COHORT_MODES)
 def test_every_client_gets_what_train_local_gives(mode: str) -> None:
+    _check_against_train_local(mode, {})
+
+
+@pytest.mark.parametrize("mode", ["decoupled", "coupled", "sgd-decoupled"])
+@pytest.mark.parametrize("scheduled", ["restarts", "warmup", "normalized"])
+def test_with_schedules_every_client_gets_what_train_local_gives(mode: str, scheduled: str) -> None:
+    """ηₜ and λₜ per step (clients of different round lengths): the same one function."""
+    _check_against_train_local(mode, SCHEDULED[scheduled])
+
+
+def _check_against_train_local(mode: str, extra: dict[str, object]) -> None:
     lr = 0.05 if mode.startswith("sgd") else 1e-2
     model = build_model("cnn1d", (40,), 10, seed=3)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    clients = _clients(mode, lr)
+    clients = [
+        CohortClient(c.data, dataclasses.replace(c.spec, **extra))  # type: ignore[arg-type]
+        for c in _clients(mode, lr)
+    ]
     results = train_cohort(model, global_state, clients, CPU)
     reference = _reference(model, global_state, clients)
     names = list(global_state)
@@ -177,25 +192,53 @@ def test_a_finished_client_stays_exactly_as_it_was() -> None:
     _assert_close(_flat(with_busy[0].state, names), _flat(ref.state, names), delta)
 
 
+# Schedules that change ηₜ and λₜ every step (round 2 of 3, 7 steps a round): the cohort's
+# per-step coefficients against torch's optimizers with their param groups set per step.
+SCHEDULED = {
+    "constant": {},
+    "restarts": {
+        "schedule": Schedule("cosine-restarts", 3, restart_rounds=1, restart_mult=2.0),
+        "decay_schedule": "lr-compensated",
+        "decay_params": "all",
+    },
+    "warmup": {
+        "schedule": Schedule("warmup-cosine", 3, warmup_rounds=1),
+        "decay_schedule": "after-warmup",
+        "decay_scaling": "paper",
+    },
+    "normalized": {"schedule": Schedule("cosine", 3), "decay_schedule": "normalized"},
+}
+
+
 @pytest.mark.parametrize("mode", COHORT_MODES)
 @pytest.mark.parametrize("lrs", [(1e-2, 1e-2, 1e-2), (1e-2, 3e-3, 2e-2)])
+@pytest.mark.parametrize("scheduled", list(SCHEDULED))
 def test_the_stacked_step_is_torchs_step_given_the_same_gradients(
-    mode: str, lrs: tuple[float, ...]
+    mode: str, lrs: tuple[float, ...], scheduled: str
 ) -> None:
     """With gradients shared, no rounding differs upstream: the optimizer arithmetic alone."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     steps = (7, 4, 1)  # sorted, most first, as train_cohort stacks its clients
-    specs = [TrainSpec(mode, lr, 0.1, 1, 8, 0, i, 1, track_decay=True) for i, lr in enumerate(lrs)]
-    layout = _Layout.of(model)
+    extra = SCHEDULED[scheduled]
+    specs = [
+        TrainSpec(mode, lr, 0.1, 1, 8, 0, i, 2, track_decay=True, local_steps=7, **extra)  # type: ignore[arg-type]
+        for i, lr in enumerate(lrs)
+    ]
+    sizes = (8, 20, 50)  # normalized decay: a different λ per client
+    which = str(extra.get("decay_params", "matrices"))
+    layout = _Layout.of(model, which)
     stacked = [g.stack(model.state_dict(), len(specs), CPU) for g in layout.groups]
-    clients = [CohortClient(_data(8, (6,), 0), s) for s in specs]
-    opt = _CohortOptimizer(mode, clients, layout, stacked, CPU)
+    clients = [CohortClient(_data(n, (6,), 0), s) for n, s in zip(sizes, specs, strict=True)]
+    opt = _CohortOptimizer(mode, clients, layout, stacked, CPU, steps)
     refs = [copy.deepcopy(model) for _ in specs]
     ref_opts = [
-        make_tracked_optimizer(decay_param_groups(m), mode, s.learning_rate, s.weight_decay)
+        make_tracked_optimizer(decay_param_groups(m, which), mode, s.learning_rate, s.weight_decay)
         for m, s in zip(refs, specs, strict=True)
     ]
+    settings = [step_settings(n, s, k) for n, s, k in zip(sizes, specs, steps, strict=True)]
+    if scheduled != "constant":
+        assert len({x for per in settings for x in per}) > 3  # ηₜ (and λₜ) do change
     gen = torch.Generator().manual_seed(1)
     for t in range(max(steps)):
         k = sum(n > t for n in steps)
@@ -208,6 +251,10 @@ def test_the_stacked_step_is_torchs_step_given_the_same_gradients(
         for c in range(k):
             for n, p in refs[c].named_parameters():
                 p.grad = grads[n][c].clone()
+            lr, wd = settings[c][t]  # as train_local sets them
+            for ref_group in ref_opts[c].param_groups:
+                ref_group["lr"] = lr
+            ref_opts[c].param_groups[0]["weight_decay"] = wd
             ref_opts[c].step()
         opt.step(t, k, [g.flatten(grads, k) for g in layout.groups])
     decay = opt.decay_parts()

@@ -259,6 +259,52 @@ def test_five_stored_rounds_agree_with_the_flower_clients(mode: str, tmp_path: P
     assert dropped  # the setting exercises dropout
 
 
+def test_a_scheduled_run_stores_each_clients_lambda_and_the_decayed_counts(
+    tmp_path: Path,
+) -> None:
+    """Restarts, normalized λ per client, every tensor decayed: both engines store the same."""
+    cfg = _cfg(
+        **{
+            "learning-rate": 1e-3,
+            "arms": "decoupled",
+            "num-server-rounds": 3,
+            "lr-schedule": "cosine-restarts",
+            "restart-rounds": 1,
+            "decay-schedule": "normalized",
+            "decay-params": "all",
+        }
+    )
+    run_experiment(CohortGrid(CLIENTS), [cfg], tmp_path / "vmap")
+    run_experiment(ClientAppGrid(CLIENTS), [cfg], tmp_path / "flower")
+    request = TrainRequest.from_config(cfg, "decoupled")
+    model = model_for(cfg)
+    weights = sum(p.numel() for p in model.parameters())
+    for engine in ("vmap", "flower"):
+        db = tmp_path / engine / "results.db"
+        counts = _rows(db, f"SELECT * FROM {schema.PARAM_COUNTS_TABLE}")
+        assert [tuple(r)[1:] for r in counts] == [(len(list(model.parameters())), weights, 0, 0)]
+        clients = _rows(
+            db, "SELECT round, partition_id, num_examples, batch_size, weight_decay FROM clients"
+        )
+        assert len(clients) == 3 * CLIENTS
+        for r in clients:
+            spec = request.train_spec(r["partition_id"], r["round"])
+            # λ_norm·√(b/(B·T)) from the client's own batch size and training rows.
+            want = 0.05 * np.sqrt(r["batch_size"] / (r["num_examples"] * cfg.local_epochs))
+            assert r["batch_size"] == spec.batch_size
+            assert r["weight_decay"] == pytest.approx(want, rel=1e-12)
+        assert len({r["weight_decay"] for r in clients}) > 1  # per client, not one λ
+    q = "SELECT round, partition_id, train_loss, update_norm FROM clients ORDER BY 1, 2"
+    vmap, flower = (
+        _rows(tmp_path / "vmap" / "results.db", q),
+        _rows(tmp_path / "flower" / "results.db", q),
+    )
+    for a, b in zip(vmap, flower, strict=True):
+        assert tuple(a)[:2] == tuple(b)[:2]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-5)
+        assert a["update_norm"] == pytest.approx(b["update_norm"], rel=2e-5)
+
+
 def test_what_vmap_cannot_run_is_refused_when_the_config_is_made() -> None:
     with pytest.raises(ConfigError, match=r"^engine: 'vmap' is not allowed with model 'resnet20'"):
         Config.from_mapping(

@@ -259,6 +259,8 @@ def test_a_schema_4_store_is_upgraded_in_place(tmp_path: Path) -> None:
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     for table in ("rounds", "clients"):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {schema.EFFECTIVE_SHRINK}")
+    conn.execute(f"ALTER TABLE clients DROP COLUMN {schema.CLIENT_DECAY_COLUMN}")  # schema 6
+    conn.execute(f"DROP TABLE {schema.PARAM_COUNTS_TABLE}")  # schema 6
     conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -270,7 +272,9 @@ def test_a_schema_4_store_is_upgraded_in_place(tmp_path: Path) -> None:
     rows = conn.execute("SELECT round, test_accuracy, val_accuracy FROM rounds").fetchall()
     assert [tuple(r) for r in rows] == [(1, 0.4, None), (2, 0.5, 0.45)]
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 5
+    assert int(version) == SCHEMA_VERSION == 6
     columns = {r[1] for r in conn.execute("PRAGMA table_info(clients)")}
-    assert schema.EFFECTIVE_SHRINK in columns
+    assert {schema.EFFECTIVE_SHRINK, schema.CLIENT_DECAY_COLUMN} <= columns
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert schema.PARAM_COUNTS_TABLE in tables
     conn.close()

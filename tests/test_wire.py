@@ -10,6 +10,7 @@ import pytest
 from fedadamw.config import Config
 from fedadamw.core import wire
 from fedadamw.core.sampling import client_batch_size, work_fraction
+from fedadamw.core.schedules import Schedule
 from fedadamw.core.training import TrainSpec
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import DataSpec
@@ -42,6 +43,11 @@ def _config() -> Config:
             "straggler-rate": 0.4,
             "client-batch-sizes": "8,64",
             "track-decay": True,
+            "lr-schedule": "cosine-restarts",
+            "restart-rounds": 3,
+            "decay-schedule": "normalized",
+            "decay-scaling": "paper",
+            "decay-params": "all",
         }
     )
 
@@ -72,6 +78,17 @@ def _reference(cfg: Config, mode: str) -> dict[str, Any]:
         "straggler-rate": cfg.straggler_rate,
         "client-batch-sizes": cfg.client_batch_sizes,
         "track-decay": cfg.track_decay,
+        # issue 12a
+        "num-server-rounds": cfg.num_server_rounds,
+        "lr-schedule": cfg.lr_schedule,
+        "warmup-rounds": cfg.warmup_rounds,
+        "step-rounds": cfg.step_rounds,
+        "step-gamma": cfg.step_gamma,
+        "restart-rounds": cfg.restart_rounds,
+        "restart-mult": cfg.restart_mult,
+        "decay-schedule": cfg.decay_schedule,
+        "decay-scaling": cfg.decay_scaling,
+        "decay-params": cfg.decay_params,
     }
 
 
@@ -107,6 +124,10 @@ def test_the_train_spec_is_the_clients_share_of_the_request() -> None:
         work_fraction=work_fraction(11, 2, 5, 0.4),
         track_decay=True,
         local_steps=9,
+        schedule=Schedule("cosine-restarts", cfg.num_server_rounds, 0, 10, 0.1, 3, 2.0),
+        decay_schedule="normalized",
+        decay_scaling="paper",
+        decay_params="all",
     )
 
 
@@ -146,6 +167,6 @@ def test_a_key_the_client_does_not_know_is_refused() -> None:
     wire: dict[str, Any] = TrainRequest.from_config(_config(), "decoupled").to_wire()
     wire["server-round"] = 3
     assert TrainRequest.from_wire(wire).mode == "decoupled"
-    wire["lr-schedule"] = "cosine"  # sent by a newer server
-    with pytest.raises(ConfigError, match="does not know: lr-schedule"):
+    wire["future-schedule"] = "cosine"  # sent by a newer server
+    with pytest.raises(ConfigError, match="does not know: future-schedule"):
         TrainRequest.from_wire(wire)

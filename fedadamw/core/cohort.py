@@ -2,13 +2,13 @@
 
 `train_cohort` gives, per client, what `fedadamw.core.training.train_local` gives on a fresh copy of
 the model loaded with the global weights: the same batches in the same order, the same step
-budget (stragglers included), the same decay mode and parameter groups, the same loss
-bookkeeping and (with ``track_decay``) the same split as `fedadamw.core.tracked`. The K clients'
-weights are stacked into (K, P) tensors; each step gathers every client's batch from one
-concatenated data tensor, takes all K gradients in one backward pass through
-``vmap(functional_call)`` (the gradient of the sum of the clients' losses, row by row) and
-applies the optimizer's elementwise formulas, written here over the stacked tensors in torch's
-own operation order.
+budget (stragglers included), the same decay mode and parameter groups, each step's learning
+rate and decay from the same `step_settings` (the schedules), the same loss bookkeeping and
+(with ``track_decay``) the same split as `fedadamw.core.tracked`. The K clients' weights are
+stacked into (K, P) tensors; each step gathers every client's batch from one concatenated data
+tensor, takes all K gradients in one backward pass through ``vmap(functional_call)`` (the
+gradient of the sum of the clients' losses, row by row) and applies the optimizer's elementwise
+formulas, written here over the stacked tensors in torch's own operation order.
 
 Lockstep with ragged clients:
 
@@ -52,7 +52,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from fedadamw.core.optim import decay_param_groups
-from fedadamw.core.training import TrainResult, TrainSpec, batch_plan, pick_device
+from fedadamw.core.training import (
+    TrainResult,
+    TrainSpec,
+    batch_plan,
+    client_decay,
+    pick_device,
+    step_settings,
+)
 from fedadamw.data.split import ArrayDataset
 from fedadamw.errors import ConfigError
 from fedadamw.schema import CLIENT_UNDECAYED_MODES, NO_DECAY_MODE, check_mode
@@ -101,12 +108,12 @@ def train_cohort(
     x = torch.cat([a[0] for a in arrays]).to(device)
     y = torch.cat([a[1] for a in arrays]).to(device)
 
-    layout = _Layout.of(model)
+    layout = _Layout.of(model, clients[0].spec.decay_params)
     stacked = [group.stack(global_state, len(clients), device) for group in layout.groups]
     fixed = {
         name: _as_model_tensor(model, name, global_state.get(name), device) for name in layout.fixed
     }
-    opt = _CohortOptimizer(mode, ranked, layout, stacked, device)
+    opt = _CohortOptimizer(mode, ranked, layout, stacked, device, [len(plans[k]) for k in order])
     # Each client's loss depends on its own row of the stack only, so the gradient of their
     # sum with respect to the stack is every client's own gradient, row by row: one backward
     # pass through the vmapped forward (torch.func.grad would also import torch._dynamo, ~1.5 s).
@@ -176,6 +183,7 @@ def train_cohort(
             shrink_quantiles=quantiles[rank] if spec.track_decay else {},
             decay_step_sum=step_sums[rank] if spec.track_decay else None,
             weight_sum=weight_sums[rank] if spec.track_decay else None,
+            client_decay=client_decay(len(clients[k].data), spec),
         )
     return [r for r in results if r is not None]
 
@@ -189,6 +197,9 @@ def _check_cohort(
         raise ValueError(f"clients: one cohort trains one decay mode, got {', '.join(modes)}")
     mode = modes[0]
     check_mode(mode)
+    decay_params = sorted({c.spec.decay_params for c in clients})
+    if len(decay_params) != 1:
+        raise ValueError(f"clients: one cohort decays one set of tensors, got {decay_params}")
     for c in clients:
         if c.spec.weight_decay < 0.0:
             raise ConfigError(
@@ -319,10 +330,10 @@ class _Layout:
     trained: list[str]  # in the model's order, as train_local reports decay parts
 
     @classmethod
-    def of(cls, model: nn.Module) -> _Layout:
+    def of(cls, model: nn.Module, decay_params: str = "matrices") -> _Layout:
         """The layout of `model`, with `decay_param_groups`'s choice of decayed tensors."""
         names = {id(p): n for n, p in model.named_parameters()}
-        groups = decay_param_groups(model)
+        groups = decay_param_groups(model, decay_params)
         for g in groups:
             if g.get("weight_decay", None) not in (None, 0.0):
                 raise ValueError(
@@ -375,11 +386,6 @@ def _coef(values: Sequence[float], device: torch.device) -> Coef:
     return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
 
 
-def _rows(c: Coef, k: int) -> Coef:
-    """The coefficients of the first `k` clients."""
-    return c if isinstance(c, float) else c[:k]
-
-
 def _add(x: Tensor, y: Tensor, alpha: Coef) -> Tensor:
     """x + alpha·y (torch's `add(alpha=)` when alpha is shared)."""
     return torch.add(x, y, alpha=alpha) if isinstance(alpha, float) else torch.addcmul(x, y, alpha)
@@ -401,6 +407,47 @@ def _addcdiv_(x: Tensor, num: Tensor, den: Tensor, value: Coef) -> None:
         x.addcdiv_(num * value, den)
 
 
+@dataclass(frozen=True)
+class _Coefs:
+    """One step's coefficients for the clients still training, as torch's optimizers write them.
+
+    Each is computed in Python floats exactly as torch computes it from a group's lr and
+    weight_decay; shared by every client it stays a Python float (torch's scalar kernels), else
+    it is a (k, 1) float32 column.
+    """
+
+    lr64: Coef  # Adam's step size lr/(1 − β1^t) is computed in doubles, rounded once (torch)
+    neg_lr: Coef
+    wd: Coef
+    shrink: Coef
+    lr_wd: Coef
+    neg_lr_wd: Coef
+
+    @classmethod
+    def of(cls, settings: list[tuple[float, float]], device: torch.device) -> _Coefs:
+        """The coefficients of these clients' (lr, weight_decay) at one step."""
+        lrs = [lr for lr, _ in settings]
+        lr = _coef(lrs, device)
+        lr64 = (
+            lr
+            if isinstance(lr, float)
+            else torch.tensor(lrs, dtype=torch.float64, device=device).unsqueeze(1)
+        )
+        return cls(
+            lr64=lr64,
+            neg_lr=_coef([-lr for lr, _ in settings], device),
+            wd=_coef([wd for _, wd in settings], device),
+            shrink=_coef([1.0 - lr * wd for lr, wd in settings], device),
+            lr_wd=_coef([lr * wd for lr, wd in settings], device),
+            neg_lr_wd=_coef([-lr * wd for lr, wd in settings], device),
+        )
+
+    def per_client(self, of_lr: Callable[[Coef], Coef]) -> Coef:
+        """A coefficient that depends on each client's lr: float64 math, one float32 rounding."""
+        value = of_lr(self.lr64)
+        return value if isinstance(value, float) else value.to(torch.float32)
+
+
 class _CohortOptimizer:
     """The decay modes' elementwise steps over (K, P) stacked weights, and the decay split."""
 
@@ -411,27 +458,17 @@ class _CohortOptimizer:
         layout: _Layout,
         weights: list[Tensor],
         device: torch.device,
+        steps: Sequence[int],
     ) -> None:
         # The server-decay arm's clients train as `none`: its decay is the server's.
         mode = NO_DECAY_MODE if mode in CLIENT_UNDECAYED_MODES else mode
-        self.mode, self.layout, self.weights = mode, layout, weights
-        lrs = [c.spec.learning_rate for c in clients]
-        wds = [0.0 if mode == "none" else c.spec.weight_decay for c in clients]
-        self.any_decay = any(w != 0.0 for w in wds)
-        # Each coefficient is computed in Python floats exactly as torch's optimizers write it.
-        # Adam's step size lr/(1 − β1^t) is computed in doubles and rounded once to float32, as
-        # torch does with its Python floats: keep the learning rates as float64 on the device.
-        lr = _coef(lrs, device)
-        self.lr64: Coef = (
-            lr
-            if isinstance(lr, float)
-            else torch.tensor(lrs, dtype=torch.float64, device=device).unsqueeze(1)
-        )
-        self.neg_lr = _coef([-lr for lr in lrs], device)
-        self.wd = _coef(wds, device)
-        self.shrink = _coef([1.0 - lr * wd for lr, wd in zip(lrs, wds, strict=True)], device)
-        self.lr_wd = _coef([lr * wd for lr, wd in zip(lrs, wds, strict=True)], device)
-        self.neg_lr_wd = _coef([-lr * wd for lr, wd in zip(lrs, wds, strict=True)], device)
+        self.mode, self.layout, self.weights, self.device = mode, layout, weights, device
+        # Every client's (ηₜ, λₜ) per step from train_local's own function (the schedules).
+        self.settings = [
+            step_settings(len(c.data), c.spec, n) for c, n in zip(clients, steps, strict=True)
+        ]
+        self.any_decay = any(wd != 0.0 for steps in self.settings for _, wd in steps)
+        self._coefs: dict[tuple[tuple[float, float], ...], _Coefs] = {}
         adam = mode in ADAM_MODES
         self.exp_avg = [torch.zeros_like(w) for w in weights] if adam else []
         self.exp_avg_sq = [torch.zeros_like(w) for w in weights] if adam else []
@@ -448,67 +485,71 @@ class _CohortOptimizer:
 
     def step(self, t: int, k: int, grads: list[Tensor]) -> None:
         """Step the first `k` clients (those still training) with their gradients at step t."""
+        c = self._at(t, k)
         for i, (g, group) in enumerate(zip(grads, self.layout.groups, strict=True)):
             decay = group.decayed and self.any_decay
             w = self.weights[i][:k]
             if group.decayed and self.sum_weights and w.shape[1]:
                 self.weight_abs[:k] += w.abs().sum(dim=1, dtype=torch.float64)
             if decay and self.track:
-                self._track_before(w, k)
+                self._track_before(w, k, c)
             if self.mode in ADAM_MODES:
-                denom = self._adam(i, t, k, w, g, decay)
+                denom = self._adam(i, t, k, w, g, decay, c)
                 if decay and self.track and self.mode == "coupled":
-                    self._track_coupled_after(t, k, denom)
+                    self._track_coupled_after(t, k, denom, c)
             else:
-                self._sgd(k, w, g, decay)
+                self._sgd(w, g, decay, c)
 
-    def _adam(self, i: int, t: int, k: int, w: Tensor, g: Tensor, decay: bool) -> Tensor:
+    def _at(self, t: int, k: int) -> _Coefs:
+        """The coefficients of step t for the first `k` clients (cached: schedules repeat)."""
+        key = tuple(self.settings[c][t] for c in range(k))
+        coefs = self._coefs.get(key)
+        if coefs is None:
+            coefs = self._coefs[key] = _Coefs.of(list(key), self.device)
+        return coefs
+
+    def _adam(self, i: int, t: int, k: int, w: Tensor, g: Tensor, decay: bool, c: _Coefs) -> Tensor:
         """torch's `_single_tensor_adam` (amsgrad off); returns the step's denominator."""
         m, v = self.exp_avg[i][:k], self.exp_avg_sq[i][:k]
         step = t + 1  # every client still training has taken t steps before this one
         if decay and self.mode == "decoupled":
-            w.mul_(_rows(self.shrink, k))
+            w.mul_(c.shrink)
         elif decay:
-            g = _add(g, w, _rows(self.wd, k))
+            g = _add(g, w, c.wd)
         m.lerp_(g, 1 - BETA1)
         v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
         bias_correction1 = 1 - BETA1**step
         bias_correction2_sqrt = (1 - BETA2**step) ** 0.5
-        neg_step_size = self._per_client(lambda lr: -(lr / bias_correction1))
+        neg_step_size = c.per_client(lambda lr: -(lr / bias_correction1))
         denom = torch.div(v.sqrt(), bias_correction2_sqrt).add_(EPS)
-        _addcdiv_(w, m, denom, _rows(neg_step_size, k))
+        _addcdiv_(w, m, denom, neg_step_size)
         return denom
 
-    def _sgd(self, k: int, w: Tensor, g: Tensor, decay: bool) -> None:
+    def _sgd(self, w: Tensor, g: Tensor, decay: bool, c: _Coefs) -> None:
         """torch.optim.SGD without momentum (coupled) and fedadamw.core.optim.SGDW (decoupled)."""
         if decay and self.mode == "sgd-coupled":
-            g = _add(g, w, _rows(self.wd, k))
+            g = _add(g, w, c.wd)
         elif decay:
-            w.mul_(_rows(self.shrink, k))
-        _add_(w, g, _rows(self.neg_lr, k))
+            w.mul_(c.shrink)
+        _add_(w, g, c.neg_lr)
 
-    def _per_client(self, of_lr: Callable[[Coef], Coef]) -> Coef:
-        """A coefficient that depends on each client's lr: float64 math, one float32 rounding."""
-        value = of_lr(self.lr64)
-        return value if isinstance(value, float) else value.to(torch.float32)
-
-    def _track_before(self, w: Tensor, k: int) -> None:
+    def _track_before(self, w: Tensor, k: int, c: _Coefs) -> None:
         """fedadamw.core.tracked's pre-step sums, on the weights wₜ before the step."""
-        self.shrink_den[:k].add_(w.abs().mul_(_rows(self.lr_wd, k)))
+        self.shrink_den[:k].add_(w.abs().mul_(c.lr_wd))
         if self.mode == "coupled":  # the first moment of λwₜ alone, as torch updates exp_avg
-            self.m_decay[:k].lerp_(w * _rows(self.wd, k), 1.0 - BETA1)
+            self.m_decay[:k].lerp_(w * c.wd, 1.0 - BETA1)
         else:  # decoupled Adam and both SGD modes: the decay step is −ηλwₜ
-            step = w * _rows(self.neg_lr_wd, k)
+            step = w * c.neg_lr_wd
             self.decay[:k].add_(step)
             self.shrink_num[:k].add_(step.abs_())
 
-    def _track_coupled_after(self, t: int, k: int, denom: Tensor) -> None:
+    def _track_coupled_after(self, t: int, k: int, denom: Tensor, c: _Coefs) -> None:
         """Coupled Adam: the decay share −ηₜ·m̂_decay/(√v̂+ε) of the step just taken."""
         step = t + 1
         bias_correction1 = 1.0 - BETA1**step
-        neg_step_size = self._per_client(lambda lr: -lr / bias_correction1)
+        neg_step_size = c.per_client(lambda lr: -lr / bias_correction1)
         part = self.m_decay[:k] / denom
-        part.mul_(_rows(neg_step_size, k))
+        part.mul_(neg_step_size)
         self.decay[:k].add_(part)
         self.shrink_num[:k].add_(part.abs_())
 

@@ -13,7 +13,8 @@ For step size η, decay λ and data gradient g (see docs/design.md):
 
 Decay strength: like torch's AdamW (and unlike the paper, which multiplies λ by the schedule
 multiplier only) the decoupled shrink per step is ηλ, with η the learning rate. With a constant
-learning rate the two conventions differ only by the constant factor η in λ.
+learning rate the two conventions differ only by the constant factor η in λ; `decay-scaling =
+paper` (fedadamw.core.schedules.torch_decay) hands these optimizers λ/η to get the paper's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from fedadamw.errors import ConfigError
-from fedadamw.schema import CLIENT_UNDECAYED_MODES, check_mode
+from fedadamw.schema import CLIENT_UNDECAYED_MODES, DECAY_PARAMS, check_mode
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -90,17 +91,38 @@ def _without_decay(params: ParamsT) -> list[dict[str, Any]]:
     return [{"params": items, "weight_decay": 0.0}]
 
 
-def decayed_names(model: nn.Module) -> frozenset[str]:
-    """Names of the parameters `decay_param_groups` decays (matrices and kernels)."""
-    return frozenset(n for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2)
+def _decays(p: torch.Tensor, decay_params: str) -> bool:
+    """Whether `decay_params` decays tensor `p` (see `decay_param_groups`)."""
+    if decay_params not in DECAY_PARAMS:
+        raise ConfigError(
+            f"decay-params: {decay_params!r} is not allowed; expected one of "
+            + ", ".join(DECAY_PARAMS)
+        )
+    return decay_params == "all" or p.ndim >= 2
 
 
-def decay_param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Two groups: matrices and kernels (ndim ≥ 2) are decayed; biases are not.
+def decayed_names(model: nn.Module, decay_params: str = "matrices") -> frozenset[str]:
+    """Names of the parameters `decay_param_groups` decays."""
+    return frozenset(
+        n for n, p in model.named_parameters() if p.requires_grad and _decays(p, decay_params)
+    )
 
-    This is the usual choice (nanoGPT's `configure_optimizers`); both arms of a comparison
-    decay exactly the same tensors, so the mode is the only difference between them.
+
+def decay_param_groups(model: nn.Module, decay_params: str = "matrices") -> list[dict[str, Any]]:
+    """Two groups, decayed then kept: `decay_params` ``matrices`` or ``all`` tensors decay.
+
+    ``matrices`` (the usual choice, nanoGPT's `configure_optimizers`) decays matrices and
+    kernels (ndim ≥ 2), not biases or normalization weights; ``all`` decays every tensor and
+    leaves the second group empty. Both arms of a comparison decay exactly the same tensors, so
+    the mode is the only difference between them.
     """
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    keep = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if _decays(p, decay_params)]
+    keep = [p for p in trained if not _decays(p, decay_params)]
     return [{"params": decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def param_counts(model: nn.Module, decay_params: str) -> tuple[int, int, int, int]:
+    """(decayed tensors, decayed weights, undecayed tensors, undecayed weights) of `model`."""
+    decay, keep = (g["params"] for g in decay_param_groups(model, decay_params))
+    return len(decay), sum(p.numel() for p in decay), len(keep), sum(p.numel() for p in keep)

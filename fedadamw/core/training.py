@@ -16,8 +16,18 @@ from torch.nn import functional as F  # noqa: N812 - torch's convention
 
 from fedadamw.core.optim import decay_param_groups, make_optimizer
 from fedadamw.core.sampling import local_steps
+from fedadamw.core.schedules import (
+    CONSTANT,
+    Schedule,
+    decay_at,
+    global_step,
+    lr_multiplier,
+    normalized_decay,
+    torch_decay,
+)
 from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
 from fedadamw.data.split import ArrayDataset
+from fedadamw.schema import CLIENT_UNDECAYED_MODES
 
 
 def pick_device() -> torch.device:
@@ -45,6 +55,11 @@ class TrainSpec:
     work_fraction: float = 1.0  # < 1 for a straggler (fedadamw.core.sampling.work_fraction)
     track_decay: bool = False  # split the update into data and decay parts (fedadamw.core.tracked)
     local_steps: int = 0  # > 0: exactly this many steps (equal local work); 0: local_epochs
+    # issue 12a: the run's schedules (fedadamw.core.schedules) and which tensors decay
+    schedule: Schedule = CONSTANT
+    decay_schedule: str = "constant"
+    decay_scaling: str = "torch"
+    decay_params: str = "matrices"
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,7 @@ class TrainResult:
     # (wₜ before the step). Their ratio is the effective shrink per step (ηλ for decoupled).
     decay_step_sum: float | None = None
     weight_sum: float | None = None
+    client_decay: float | None = None  # the base λ it decayed with (`client_decay`)
 
 
 def step_budget(num_examples: int, spec: TrainSpec) -> int:
@@ -74,6 +90,44 @@ def step_budget(num_examples: int, spec: TrainSpec) -> int:
     if spec.local_steps > 0:
         return max(1, math.ceil(spec.work_fraction * spec.local_steps))
     return local_steps(num_examples, spec.batch_size, spec.local_epochs, spec.work_fraction)
+
+
+def round_length(num_examples: int, spec: TrainSpec) -> int:
+    """s: a round's length in steps on the schedule's clock (`fedadamw.core.schedules`).
+
+    `local_steps` when > 0, else the full budget of `local_epochs` epochs: a straggler's
+    round is as long, it only stops early.
+    """
+    if spec.local_steps > 0:
+        return spec.local_steps
+    return local_steps(num_examples, spec.batch_size, spec.local_epochs, 1.0)
+
+
+def client_decay(num_examples: int, spec: TrainSpec) -> float:
+    """The base λ this client decays with: `weight_decay`, or its normalized λ."""
+    if spec.decay_schedule == "normalized":
+        return normalized_decay(
+            spec.weight_decay, spec.batch_size, num_examples, spec.local_epochs, spec.local_steps
+        )
+    return spec.weight_decay
+
+
+def step_settings(num_examples: int, spec: TrainSpec, steps: int) -> list[tuple[float, float]]:
+    """(lr, weight_decay of the decayed group) of each of the client's `steps` local steps.
+
+    The one place that turns the schedules into torch's per-step hyperparameters: `train_local`
+    and the cohort engine both apply exactly these. Undecayed modes get weight_decay 0.
+    """
+    s = round_length(num_examples, spec)
+    base = client_decay(num_examples, spec)
+    out = []
+    for j in range(steps):
+        t = global_step(spec.server_round, j, s)
+        lr = spec.learning_rate * lr_multiplier(spec.schedule, t, s)
+        decay = decay_at(spec.decay_schedule, base, spec.schedule, t, s)
+        wd = torch_decay(spec.mode, spec.decay_scaling, decay, spec.learning_rate)
+        out.append((lr, 0.0 if spec.mode in CLIENT_UNDECAYED_MODES else wd))
+    return out
 
 
 def batch_plan(num_examples: int, spec: TrainSpec) -> list[torch.Tensor]:
@@ -113,14 +167,19 @@ def train_local(
     plan = batch_plan(n, spec)
     # Off, the plain torch optimizer runs: tracking costs ~6–17% (benchmarks/bench_tracked.py).
     factory = make_tracked_optimizer if spec.track_decay else make_optimizer
-    groups = decay_param_groups(model)
+    groups = decay_param_groups(model, spec.decay_params)
     optimizer = factory(groups, spec.mode, spec.learning_rate, spec.weight_decay)
     decayed = list(groups[0]["params"])  # what decay_param_groups decays, whatever λ and mode
+    settings = step_settings(n, spec, len(plan))
     weight_sum = torch.zeros((), dtype=torch.float64, device=device)
     # One transfer of every step's row indices, not one per batch (matters on a GPU).
     batches = torch.split(torch.cat(plan).to(device), [len(b) for b in plan])
     loss_sum, seen = 0.0, 0
-    for idx in batches:
+    for idx, (lr, wd) in zip(batches, settings, strict=True):
+        # This step's ηₜ for every group and λₜ for the decayed one (the kept group stays 0).
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.param_groups[0]["weight_decay"] = wd
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()  # type: ignore[no-untyped-call]
@@ -147,6 +206,7 @@ def train_local(
         shrink_quantiles=quantiles,
         decay_step_sum=step_sum,
         weight_sum=float(weight_sum) if spec.track_decay else None,
+        client_decay=client_decay(n, spec),
     )
 
 

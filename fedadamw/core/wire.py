@@ -19,6 +19,7 @@ from typing import Any, TypeVar, get_type_hints
 
 from fedadamw.config import Config, batch_size_list
 from fedadamw.core.sampling import client_batch_size, work_fraction
+from fedadamw.core.schedules import Schedule
 from fedadamw.core.training import TrainSpec
 from fedadamw.data.split import DataSpec
 from fedadamw.errors import ConfigError
@@ -47,6 +48,17 @@ class TrainRequest:
     straggler_rate: float
     client_batch_sizes: str  # as in the config: each client draws its batch size from these
     track_decay: bool
+    # issue 12a: the schedules need the run's length; which tensors decay
+    num_server_rounds: int
+    lr_schedule: str
+    warmup_rounds: int
+    step_rounds: int
+    step_gamma: float
+    restart_rounds: int
+    restart_mult: float
+    decay_schedule: str
+    decay_scaling: str
+    decay_params: str
 
     @classmethod
     def from_config(cls, cfg: Config, mode: str) -> TrainRequest:
@@ -89,6 +101,18 @@ class TrainRequest:
             work_fraction=work_fraction(seed, server_round, partition_id, self.straggler_rate),
             track_decay=self.track_decay,
             local_steps=self.local_steps,
+            schedule=Schedule(
+                self.lr_schedule,
+                self.num_server_rounds,
+                self.warmup_rounds,
+                self.step_rounds,
+                self.step_gamma,
+                self.restart_rounds,
+                self.restart_mult,
+            ),
+            decay_schedule=self.decay_schedule,
+            decay_scaling=self.decay_scaling,
+            decay_params=self.decay_params,
         )
 
 

@@ -1,6 +1,7 @@
 """Every table of a results store as tidy CSV or Parquet files (`fedadamw export`).
 
-One file per table (`runs`, `rounds`, `clients`, `layers`, `pairs`, `rejections`, `labels`),
+One file per table (`runs`, `rounds`, `clients`, `layers`, `pairs`, `rejections`, `labels`,
+`param_counts`),
 one row per observation as the store keys it (run × round × client, run × round × layer, …).
 Every row carries its run's experiment, arm, mode and status and every key of the run's
 config as a column under the key's own name (`weight-decay`, `seed`, …), so a file filters
@@ -45,6 +46,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "pairs": ("run_id", "round", "partition_i", "partition_j"),
     "rejections": ("run_id", "round", "partition_id"),
     "labels": ("run_id", "partition_id", "label"),
+    "param_counts": ("run_id",),  # issue 12a: decayed / undecayed tensors and weights
 }
 # Run columns every other table's rows carry, in front of the config keys.
 RUN_COLUMNS = ("experiment", "arm", "mode", "status")

@@ -37,9 +37,12 @@ from typing import Any
 import numpy as np
 
 from fedadamw.schema import (
+    CLIENT_DECAY_COLUMN,
     EFFECTIVE_SHRINK,
     FINISHED,
     INTERRUPTED,
+    PARAM_COUNT_COLUMNS,
+    PARAM_COUNTS_TABLE,
     RUNNING,
     SHRINK_COLUMNS,
     STAT_COLUMNS,
@@ -48,15 +51,15 @@ from fedadamw.schema import (
 )
 
 # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints; 4: label histograms;
-# 5: validation loss/accuracy and effective shrink
-SCHEMA_VERSION = 5
+# 5: validation loss/accuracy and effective shrink; 6: each client's λ, decayed-tensor counts
+SCHEMA_VERSION = 6
 # Stores this version can upgrade in place: the changes since then only add tables (CREATE
 # TABLE IF NOT EXISTS) and columns (`_ADDED_COLUMNS`, ALTER TABLE ADD COLUMN).
-_UPGRADABLE = (2, 3, 4)
+_UPGRADABLE = (2, 3, 4, 5)
 # Columns added to existing tables since schema 2, added in place to an older store.
 _ADDED_COLUMNS = {
     "rounds": (f"{VAL_LOSS} REAL", f"{VAL_ACCURACY} REAL", f"{EFFECTIVE_SHRINK} REAL"),
-    "clients": (f"{EFFECTIVE_SHRINK} REAL",),
+    "clients": (f"{EFFECTIVE_SHRINK} REAL", f"{CLIENT_DECAY_COLUMN} REAL"),
 }
 
 _STAT_COLUMNS = ", ".join(f"{name} REAL" for name in STAT_COLUMNS)
@@ -100,6 +103,9 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE INDEX IF NOT EXISTS rejections_round ON rejections (run_id, round);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {PARAM_COUNTS_TABLE} (
+    run_id TEXT PRIMARY KEY, {", ".join(f"{c} INTEGER NOT NULL" for c in PARAM_COUNT_COLUMNS)}
 );
 CREATE TABLE IF NOT EXISTS labels (
     run_id TEXT NOT NULL, partition_id INTEGER NOT NULL, label INTEGER NOT NULL,
@@ -298,6 +304,14 @@ class ResultStore:
         with self._conn:
             self._conn.execute("DELETE FROM labels WHERE run_id=?", (run_id,))
             self._conn.executemany("INSERT INTO labels VALUES (?, ?, ?, ?)", rows)
+
+    def write_param_counts(self, run_id: str, counts: tuple[int, int, int, int]) -> None:
+        """How many tensors and weights the run decays and keeps (`PARAM_COUNT_COLUMNS`)."""
+        with self._conn:
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO {PARAM_COUNTS_TABLE} VALUES (?, ?, ?, ?, ?)",
+                (run_id, *counts),
+            )
 
     def _delete_rounds(self, run_id: str, after: int) -> None:
         for table in ROUND_TABLES:

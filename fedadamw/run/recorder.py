@@ -99,8 +99,11 @@ class RunRecorder:
             self.cfg.replace(arms=self.arm).to_json(),
             restart=restart,
         )
+        from fedadamw.core.optim import param_counts
         from fedadamw.data.split import DataSpec, label_histogram
 
+        # Which tensors decay is fixed by the config and the model (nanoGPT logs the counts).
+        self.store.write_param_counts(self.run_id, param_counts(self.model, self.cfg.decay_params))
         # The split is fixed by the config: the views read its label counts from the store.
         self.store.write_labels(self.run_id, label_histogram(DataSpec.from_config(self.cfg)))
         self._last = time.perf_counter()
@@ -159,6 +162,9 @@ class RunRecorder:
                         "update_norm": float(m.whole.norms[i]),
                         "cosine_to_aggregate": float(m.whole.cosine_to_aggregate[i]),
                         schema.EFFECTIVE_SHRINK: m.client_shrink[i] if m.client_shrink else None,
+                        schema.CLIENT_DECAY_COLUMN: _opt_float(
+                            r.metrics.get(schema.CLIENT_WEIGHT_DECAY)
+                        ),
                     }
                     for i, r in enumerate(m.accepted)
                 ]
