@@ -21,7 +21,7 @@ from typing import Any
 
 from fedadamw.data.registry import REGISTRY
 from fedadamw.errors import ConfigError
-from fedadamw.schema import DECAY_MODES
+from fedadamw.schema import DECAY_MODES, SERVER_DECAY_MODE, SERVER_OPTIMIZERS
 
 PARTITIONERS = (
     "iid",
@@ -91,6 +91,14 @@ class Config:
     client_batch_sizes: str
     engine: str
     pairs_limit: int
+    # issue 12b: server optimizers and FedProx
+    server_optimizer: str
+    server_learning_rate: float
+    server_momentum: float
+    server_tau: float
+    server_beta1: float
+    server_beta2: float
+    proximal_mu: float
 
     def __post_init__(self) -> None:
         _check(
@@ -150,6 +158,19 @@ class Config:
         )
         _check_choice(self, "engine", ENGINES)
         _check(self, "pairs-limit", self.pairs_limit >= 2, "an integer >= 2")
+        # issue 12b: server optimizers and FedProx
+        _check_choice(self, "server-optimizer", SERVER_OPTIMIZERS)
+        _check(
+            self,
+            "server-learning-rate",
+            0.0 < self.server_learning_rate <= FLOAT32_MAX,
+            "a finite number > 0 that float32 can hold (<= 3.4e38)",
+        )
+        _check(self, "server-momentum", 0.0 <= self.server_momentum < 1.0, "a number in [0, 1)")
+        _check(self, "server-tau", self.server_tau > 0.0, "a finite number > 0")
+        _check(self, "server-beta1", 0.0 <= self.server_beta1 < 1.0, "a number in [0, 1)")
+        _check(self, "server-beta2", 0.0 <= self.server_beta2 < 1.0, "a number in [0, 1)")
+        _check(self, "proximal-mu", self.proximal_mu >= 0.0, "a finite number >= 0")
         check_compatible(self)
 
     @property
@@ -294,6 +315,14 @@ def check_compatible(cfg: Config) -> None:
         raise ConfigError(
             "engine: 'vmap' is not allowed with model 'resnet20' and resnet-norm 'batch' "
             "(BatchNorm); set resnet-norm=group or engine=flower"
+        )
+
+    # issue 12b: the server-decay arm shrinks FedAvg's aggregate; a server optimizer that
+    # steps from the aggregate (momentum, adaptive) would step from the undecayed one.
+    if SERVER_DECAY_MODE in cfg.arm_list and cfg.server_optimizer not in ("fedavg", "fedprox"):
+        raise ConfigError(
+            f"server-optimizer: {cfg.server_optimizer!r} is not allowed with the "
+            f"{SERVER_DECAY_MODE!r} arm; expected fedavg or fedprox, or drop that arm"
         )
 
 

@@ -32,6 +32,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+# -- server optimizers and Adam's state across rounds (issue 12b) ----------------------------
+# Flower's own strategies (server/strategy.py); `fedprox` adds (μ/2)‖w − w_global‖² locally.
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox")
+FEDPROX = "fedprox"
+PROXIMAL_MU = "proximal-mu"  # the train config key Flower's FedProx writes
+
 # -- divergence statistics (fedadamw.core.divergence computes them) --------------------------
 STAT_NAMES: tuple[str, ...] = (
     "mean_pairwise_cosine",

@@ -42,6 +42,9 @@ def _config() -> Config:
             "straggler-rate": 0.4,
             "client-batch-sizes": "8,64",
             "track-decay": True,
+            # issue 12b
+            "server-optimizer": "fedprox",
+            "proximal-mu": 0.03,
         }
     )
 
@@ -72,6 +75,8 @@ def _reference(cfg: Config, mode: str) -> dict[str, Any]:
         "straggler-rate": cfg.straggler_rate,
         "client-batch-sizes": cfg.client_batch_sizes,
         "track-decay": cfg.track_decay,
+        # issue 12b: FedProx's μ (0 for every other server optimizer)
+        "proximal-mu": cfg.proximal_mu if cfg.server_optimizer == "fedprox" else 0.0,
     }
 
 
@@ -107,6 +112,7 @@ def test_the_train_spec_is_the_clients_share_of_the_request() -> None:
         work_fraction=work_fraction(11, 2, 5, 0.4),
         track_decay=True,
         local_steps=9,
+        proximal_mu=0.03,
     )
 
 

@@ -45,6 +45,7 @@ class TrainSpec:
     work_fraction: float = 1.0  # < 1 for a straggler (fedadamw.core.sampling.work_fraction)
     track_decay: bool = False  # split the update into data and decay parts (fedadamw.core.tracked)
     local_steps: int = 0  # > 0: exactly this many steps (equal local work); 0: local_epochs
+    proximal_mu: float = 0.0  # FedProx: μ(w − w_global) joins every step's data gradient
 
 
 @dataclass(frozen=True)
@@ -120,10 +121,13 @@ def train_local(
     # One transfer of every step's row indices, not one per batch (matters on a GPU).
     batches = torch.split(torch.cat(plan).to(device), [len(b) for b in plan])
     loss_sum, seen = 0.0, 0
+    anchor = proximal_anchor(model, spec.proximal_mu)
     for idx in batches:
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()  # type: ignore[no-untyped-call]
+        if anchor:
+            add_proximal_grad(anchor, spec.proximal_mu)
         if spec.track_decay and decayed:
             # Σ|wₜ| before the step (as the decay step sees it); kept on the device, no sync.
             norms = torch._foreach_norm([p.detach() for p in decayed], 1)
@@ -148,6 +152,28 @@ def train_local(
         decay_step_sum=step_sum,
         weight_sum=float(weight_sum) if spec.track_decay else None,
     )
+
+
+def proximal_anchor(model: nn.Module, mu: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """FedProx: (parameter, copy of the global weights) pairs; empty when μ = 0."""
+    if mu == 0.0:
+        return []
+    return [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def add_proximal_grad(anchor: list[tuple[torch.Tensor, torch.Tensor]], mu: float) -> None:
+    """Add ∇(μ/2)‖w − w_global‖² = μ(w − w_global) to each gradient (FedProx, Li et al. 2020).
+
+    Added to the gradient rather than to the loss, so the reported train loss stays the data
+    loss and the vectorized cohort engine adds the same term the same way.
+    """
+    for p, w0 in anchor:
+        diff = (p - w0).mul_(mu)
+        if p.grad is None:
+            p.grad = diff
+        else:
+            p.grad.add_(diff)
 
 
 @torch.no_grad()

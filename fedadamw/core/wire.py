@@ -22,6 +22,7 @@ from fedadamw.core.sampling import client_batch_size, work_fraction
 from fedadamw.core.training import TrainSpec
 from fedadamw.data.split import DataSpec
 from fedadamw.errors import ConfigError
+from fedadamw.schema import FEDPROX
 
 SERVER_ROUND = "server-round"  # added to every train config by Flower's strategy
 # Fields whose key is not their kebab-case name: deployed clients read these keys.
@@ -47,12 +48,17 @@ class TrainRequest:
     straggler_rate: float
     client_batch_sizes: str  # as in the config: each client draws its batch size from these
     track_decay: bool
+    # issue 12b: FedProx's μ (0 unless server-optimizer = fedprox; Flower's FedProx writes it)
+    proximal_mu: float
 
     @classmethod
     def from_config(cls, cfg: Config, mode: str) -> TrainRequest:
         """The request of one arm (`mode`) of a run config."""
-        rest = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in ("data", "mode")}
-        return cls(data=DataSpec.from_config(cfg), mode=mode, **rest)
+        own = ("data", "mode", "proximal_mu")
+        rest = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in own}
+        # The proximal term belongs to FedProx alone: every other server optimizer sends 0.
+        mu = cfg.proximal_mu if cfg.server_optimizer == FEDPROX else 0.0
+        return cls(data=DataSpec.from_config(cfg), mode=mode, proximal_mu=mu, **rest)
 
     def to_wire(self) -> dict[str, Any]:
         """The flat kebab-case ConfigRecord content."""
@@ -89,6 +95,7 @@ class TrainRequest:
             work_fraction=work_fraction(seed, server_round, partition_id, self.straggler_rate),
             track_decay=self.track_decay,
             local_steps=self.local_steps,
+            proximal_mu=self.proximal_mu,
         )
 
 
