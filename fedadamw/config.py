@@ -21,7 +21,7 @@ from typing import Any
 
 from fedadamw.data.registry import REGISTRY
 from fedadamw.errors import ConfigError
-from fedadamw.schema import DECAY_MODES, SERVER_DECAY_MODE, SERVER_OPTIMIZERS
+from fedadamw.schema import DECAY_MODES, OPTIMIZER_STATES, SERVER_DECAY_MODE, SERVER_OPTIMIZERS
 
 PARTITIONERS = (
     "iid",
@@ -99,6 +99,8 @@ class Config:
     server_beta1: float
     server_beta2: float
     proximal_mu: float
+    # issue 12b: Adam's state across rounds
+    optimizer_state: str
 
     def __post_init__(self) -> None:
         _check(
@@ -171,6 +173,7 @@ class Config:
         _check(self, "server-beta1", 0.0 <= self.server_beta1 < 1.0, "a number in [0, 1)")
         _check(self, "server-beta2", 0.0 <= self.server_beta2 < 1.0, "a number in [0, 1)")
         _check(self, "proximal-mu", self.proximal_mu >= 0.0, "a finite number >= 0")
+        _check_choice(self, "optimizer-state", OPTIMIZER_STATES)
         check_compatible(self)
 
     @property
@@ -323,6 +326,32 @@ def check_compatible(cfg: Config) -> None:
         raise ConfigError(
             f"server-optimizer: {cfg.server_optimizer!r} is not allowed with the "
             f"{SERVER_DECAY_MODE!r} arm; expected fedavg or fedprox, or drop that arm"
+        )
+    _check_optimizer_state(cfg)
+
+
+def _check_optimizer_state(cfg: Config) -> None:
+    """Keeping Adam's moments needs Adam, a client process that lasts, and an exact split."""
+    state = cfg.optimizer_state
+    if state == "reset":
+        return
+    if cfg.engine == "vmap":
+        # The cohort engine keeps no per-partition store of moments (yet).
+        raise ConfigError(
+            f"engine: 'vmap' is not allowed with optimizer-state {state!r}; "
+            "set optimizer-state=reset or engine=flower"
+        )
+    sgd = [a for a in cfg.arm_list if a.startswith("sgd")]
+    if sgd:
+        raise ConfigError(
+            f"optimizer-state: {state!r} is not allowed with arms {', '.join(sgd)} (no Adam "
+            "moments to keep); expected reset, or Adam arms only"
+        )
+    if state == "local" and cfg.track_decay and "coupled" in cfg.arm_list:
+        # The decay part of a first moment carried over from an earlier round is unknown.
+        raise ConfigError(
+            "optimizer-state: 'local' is not allowed with track-decay and a coupled arm "
+            "(the carried first moment has no decay/data split); expected reset or server-averaged"
         )
 
 

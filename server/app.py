@@ -32,8 +32,9 @@ from fedadamw.run.orchestrate import ArmTask, Session
 from fedadamw.run.outdir import resolve_under_root
 from fedadamw.run.recorder import Progress
 from server.grid import GuardedGrid
+from server.metrics import scalar
 from server.optimizers import make_strategy
-from server.strategy import NODE_WAIT_S, scalar
+from server.strategy import NODE_WAIT_S
 
 
 def resolve_out_dir(cfg: Config) -> Path:

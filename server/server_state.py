@@ -7,11 +7,15 @@ They are stored as "attribute/name" arrays (npz, no pickle) beside the global mo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from flwr.app import Message
 
-_DICT_STATE = ("m_t", "v_t")
+from fedadamw import schema
+
+# avg_v: optimizer-state server-averaged, the clients' mean second moments (and step count).
+_DICT_STATE = ("m_t", "v_t", "avg_v")
 _LIST_STATE = ("momentum_vector",)
 
 
@@ -26,6 +30,40 @@ def optimizer_state(strategy: object) -> dict[str, np.ndarray]:
         value = getattr(strategy, attr, None)
         if value:
             out.update({f"{attr}/{i}": np.array(v) for i, v in enumerate(value)})
+    return out
+
+
+def pop_moments(replies: Sequence[Message]) -> tuple[list[dict[str, np.ndarray]], list[float]]:
+    """Take each reply's second moments out (FedAvg wants one ArrayRecord); with its weight."""
+    moments: list[dict[str, np.ndarray]] = []
+    weights: list[float] = []
+    for m in replies:
+        if schema.ADAM_V in m.content.array_records:
+            record = m.content.array_records[schema.ADAM_V]
+            moments.append({k: a.numpy() for k, a in record.items()})
+            metrics = next(iter(m.content.metric_records.values()))
+            weights.append(float(metrics[schema.NUM_EXAMPLES]))  # type: ignore[arg-type]
+            del m.content[schema.ADAM_V]
+    return moments, weights
+
+
+def average_moments(
+    records: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """FedAdamW's server step: the clients' v (and step counts) weighted like the model.
+
+    Summed in float64 in the order given (partition order), cast back to each array's dtype;
+    the step count is the weighted mean, rounded.
+    """
+    p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    out: dict[str, np.ndarray] = {}
+    for key in records[0]:
+        total = sum(
+            w * np.asarray(r[key], dtype=np.float64) for w, r in zip(p, records, strict=True)
+        )
+        mean = np.asarray(total)
+        dtype = np.asarray(records[0][key]).dtype
+        out[key] = np.asarray(np.round(mean) if key == "step" else mean).astype(dtype)
     return out
 
 

@@ -15,7 +15,7 @@ from logging import WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -27,31 +27,15 @@ from fedadamw.core.server_decay import ServerDecay
 from fedadamw.core.updates import ClientReply, measure_round
 from fedadamw.run.failures import NonFiniteRunError
 from fedadamw.run.recorder import RunRecorder
-from server.server_state import optimizer_state, restore_optimizer_state
+from server.metrics import aggregate_client_metrics
+from server.server_state import (
+    average_moments,
+    optimizer_state,
+    pop_moments,
+    restore_optimizer_state,
+)
 
 NODE_WAIT_S = 120.0  # how long to wait for SuperNodes to (re)connect before giving up
-
-
-def scalar(record: MetricRecord, key: str) -> float:
-    """One numeric metric (a MetricRecord value may also be a list)."""
-    value = record[key]
-    if isinstance(value, list):
-        raise ValueError(f"metric {key!r} is a list, expected a number")
-    return float(value)
-
-
-def aggregate_client_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Loss is example-weighted; counts are summed; ids are not averaged (FedAvg would)."""
-    records = [next(iter(r.metric_records.values())) for r in replies]
-    n = np.asarray([scalar(m, weighted_by_key) for m in records])
-    loss = np.asarray([scalar(m, schema.TRAIN_LOSS) for m in records])
-    return MetricRecord(
-        {
-            schema.TRAIN_LOSS: float((n * loss).sum() / n.sum()),
-            schema.NUM_EXAMPLES: int(n.sum()),
-            schema.LOCAL_STEPS: int(sum(scalar(m, schema.LOCAL_STEPS) for m in records)),
-        }
-    )
 
 
 def to_client_reply(
@@ -72,6 +56,7 @@ def to_client_reply(
         content = msg.content
         records = dict(content.array_records)
         decay_record = records.pop(schema.DECAY_PART, None)
+        records.pop(schema.ADAM_V, None)  # server-averaged: the strategy averages these
         if len(records) != 1 or len(content.metric_records) != 1:
             raise ValueError("expected one ArrayRecord of weights and one MetricRecord")
         arrays = {k: v.numpy() for k, v in next(iter(records.values())).items()}
@@ -132,6 +117,7 @@ class DivergenceMixin(FedAvg):
         )
         self._dropped: list[int] = []
         self._global: dict[str, np.ndarray] = {}
+        self.avg_v: dict[str, np.ndarray] | None = None  # server-averaged: the mean v sent out
         self._sent: list[Message] = []
 
     def configure_train(
@@ -162,6 +148,10 @@ class DivergenceMixin(FedAvg):
             for m in super().configure_train(server_round, arrays, config, grid)
             if self.partitions.get(m.metadata.dst_node_id) in wanted
         ]
+        if self.avg_v:  # server-averaged: every sampled client starts from the mean v
+            mean_v = ArrayRecord({k: Array(v) for k, v in self.avg_v.items()})
+            for m in self._sent:
+                m.content[schema.ADAM_V] = mean_v
         return self._sent
 
     def aggregate_train(
@@ -199,10 +189,13 @@ class DivergenceMixin(FedAvg):
         # In measure_round's partition order: FedAvg sums in this order, and float addition is
         # not associative, so arrival order must not leak into the aggregate.
         accepted = [message_of[id(r)] for r in measured.accepted]
+        moments, weights = pop_moments(accepted)  # server-averaged: each client's v
         for m in accepted:
             # FedAvg expects exactly one ArrayRecord per reply; the decay part is measured above.
             if schema.DECAY_PART in m.content.array_records:
                 del m.content[schema.DECAY_PART]
+        if moments and self.recorder.cfg.optimizer_state == schema.SERVER_AVERAGED:
+            self.avg_v = average_moments(moments, weights)  # FedAdamW: sent back next round
         failed = [r for r in measured.rejections if r[0] not in self._dropped]
         if not accepted and failed and all("non-finite" in reason for *_, reason in failed):
             cfg = self.recorder.cfg

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import fields
 from typing import Any
 
@@ -45,6 +47,7 @@ def _config() -> Config:
             # issue 12b
             "server-optimizer": "fedprox",
             "proximal-mu": 0.03,
+            "optimizer-state": "server-averaged",
         }
     )
 
@@ -77,6 +80,11 @@ def _reference(cfg: Config, mode: str) -> dict[str, Any]:
         "track-decay": cfg.track_decay,
         # issue 12b: FedProx's μ (0 for every other server optimizer)
         "proximal-mu": cfg.proximal_mu if cfg.server_optimizer == "fedprox" else 0.0,
+        "optimizer-state": cfg.optimizer_state,
+        # whose Adam state a client keeps: one per run (config and arm), never shared
+        "run-key": hashlib.sha256(
+            json.dumps({**cfg.to_dict(), "arms": mode}, sort_keys=True).encode()
+        ).hexdigest()[:16],
     }
 
 
@@ -113,6 +121,7 @@ def test_the_train_spec_is_the_clients_share_of_the_request() -> None:
         track_decay=True,
         local_steps=9,
         proximal_mu=0.03,
+        optimizer_state="server-averaged",
     )
 
 

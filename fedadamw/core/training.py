@@ -46,6 +46,7 @@ class TrainSpec:
     track_decay: bool = False  # split the update into data and decay parts (fedadamw.core.tracked)
     local_steps: int = 0  # > 0: exactly this many steps (equal local work); 0: local_epochs
     proximal_mu: float = 0.0  # FedProx: μ(w − w_global) joins every step's data gradient
+    optimizer_state: str = "reset"  # not reset: Adam's moments come in and go out (`moments`)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class TrainResult:
     # (wₜ before the step). Their ratio is the effective shrink per step (ηλ for decoupled).
     decay_step_sum: float | None = None
     weight_sum: float | None = None
+    # optimizer-state local / server-averaged: Adam's state after training ("exp_avg/name",
+    # "exp_avg_sq/name", "step") and the step count it started from.
+    moments: dict[str, torch.Tensor] | None = None
+    start_step: int = 0
 
 
 def step_budget(num_examples: int, spec: TrainSpec) -> int:
@@ -104,9 +109,17 @@ def batch_plan(num_examples: int, spec: TrainSpec) -> list[torch.Tensor]:
 
 
 def train_local(
-    model: nn.Module, data: ArrayDataset, spec: TrainSpec, device: torch.device | None = None
+    model: nn.Module,
+    data: ArrayDataset,
+    spec: TrainSpec,
+    device: torch.device | None = None,
+    moments: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train `model` in place on `data` along `batch_plan` with the decay mode of `spec`."""
+    """Train `model` in place on `data` along `batch_plan` with the decay mode of `spec`.
+
+    `moments` (optimizer-state local / server-averaged) is Adam's state to start from, as
+    `TrainResult.moments` returns it; missing entries start fresh.
+    """
     device = device or pick_device()
     model.to(device).train()
     x, y = data.tensors(device)
@@ -117,6 +130,7 @@ def train_local(
     groups = decay_param_groups(model)
     optimizer = factory(groups, spec.mode, spec.learning_rate, spec.weight_decay)
     decayed = list(groups[0]["params"])  # what decay_param_groups decays, whatever λ and mode
+    start_step = load_moments(optimizer, model, moments or {}, device)
     weight_sum = torch.zeros((), dtype=torch.float64, device=device)
     # One transfer of every step's row indices, not one per batch (matters on a GPU).
     batches = torch.split(torch.cat(plan).to(device), [len(b) for b in plan])
@@ -151,7 +165,49 @@ def train_local(
         shrink_quantiles=quantiles,
         decay_step_sum=step_sum,
         weight_sum=float(weight_sum) if spec.track_decay else None,
+        moments=None if spec.optimizer_state == "reset" else save_moments(optimizer, model),
+        start_step=start_step,
     )
+
+
+def load_moments(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    moments: dict[str, torch.Tensor],
+    device: torch.device,
+) -> int:
+    """Put Adam's saved state into a fresh optimizer; the step count it starts from (0: fresh).
+
+    torch's Adam keeps `step` as a float32 CPU scalar tensor and the moments beside each
+    parameter; a missing first moment (server-averaged: m is reset) starts at zero.
+    """
+    if "step" not in moments:
+        return 0
+    step = float(moments["step"])
+    for name, p in model.named_parameters():
+        if f"exp_avg_sq/{name}" not in moments:
+            continue
+        v = moments[f"exp_avg_sq/{name}"].to(device=device, dtype=p.dtype).clone()
+        m = moments.get(f"exp_avg/{name}")
+        optimizer.state[p] = {
+            "step": torch.tensor(step, dtype=torch.float32),
+            "exp_avg": torch.zeros_like(p) if m is None else m.to(device, p.dtype).clone(),
+            "exp_avg_sq": v.reshape(p.shape),
+        }
+    return int(step)
+
+
+def save_moments(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adam's state after training as named CPU tensors (`load_moments` reads them back)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" not in state:
+            continue
+        out["step"] = state["step"].detach().to("cpu", torch.float32).clone()
+        out[f"exp_avg/{name}"] = state["exp_avg"].detach().to("cpu", copy=True)
+        out[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].detach().to("cpu", copy=True)
+    return out
 
 
 def proximal_anchor(model: nn.Module, mu: float) -> list[tuple[torch.Tensor, torch.Tensor]]:

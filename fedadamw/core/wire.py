@@ -13,6 +13,8 @@ fills it from the Config field of the same name.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, TypeVar, get_type_hints
@@ -50,15 +52,20 @@ class TrainRequest:
     track_decay: bool
     # issue 12b: FedProx's μ (0 unless server-optimizer = fedprox; Flower's FedProx writes it)
     proximal_mu: float
+    # issue 12b: Adam's state across rounds, and whose state it is: a client keeps moments per
+    # run key (every arm and grid point of one Flower run talks to the same client processes).
+    optimizer_state: str
+    run_key: str
 
     @classmethod
     def from_config(cls, cfg: Config, mode: str) -> TrainRequest:
         """The request of one arm (`mode`) of a run config."""
-        own = ("data", "mode", "proximal_mu")
+        own = ("data", "mode", "proximal_mu", "run_key")
         rest = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in own}
         # The proximal term belongs to FedProx alone: every other server optimizer sends 0.
         mu = cfg.proximal_mu if cfg.server_optimizer == FEDPROX else 0.0
-        return cls(data=DataSpec.from_config(cfg), mode=mode, proximal_mu=mu, **rest)
+        key = run_key(cfg, mode)
+        return cls(DataSpec.from_config(cfg), mode=mode, proximal_mu=mu, run_key=key, **rest)
 
     def to_wire(self) -> dict[str, Any]:
         """The flat kebab-case ConfigRecord content."""
@@ -96,7 +103,14 @@ class TrainRequest:
             track_decay=self.track_decay,
             local_steps=self.local_steps,
             proximal_mu=self.proximal_mu,
+            optimizer_state=self.optimizer_state,
         )
+
+
+def run_key(cfg: Config, mode: str) -> str:
+    """A short hash of the run's config with its arm: whose Adam state a client keeps."""
+    text = json.dumps({**cfg.to_dict(), "arms": mode}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def server_round(config: Mapping[str, Any]) -> int:

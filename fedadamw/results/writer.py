@@ -40,6 +40,7 @@ from fedadamw.schema import (
     EFFECTIVE_SHRINK,
     FINISHED,
     INTERRUPTED,
+    OPTIMIZER_STEPS_COLUMN,
     RUNNING,
     SHRINK_COLUMNS,
     STAT_COLUMNS,
@@ -48,7 +49,8 @@ from fedadamw.schema import (
 )
 
 # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints; 4: label histograms;
-# 5: validation loss/accuracy and effective shrink; 6: the server optimizer's state in checkpoints
+# 5: validation loss/accuracy and effective shrink; 6: the server optimizer's state in checkpoints,
+# each client's Adam step count at the start of its round
 SCHEMA_VERSION = 6
 # Stores this version can upgrade in place: the changes since then only add tables (CREATE
 # TABLE IF NOT EXISTS) and columns (`_ADDED_COLUMNS`, ALTER TABLE ADD COLUMN).
@@ -56,7 +58,7 @@ _UPGRADABLE = (2, 3, 4, 5)
 # Columns added to existing tables since schema 2, added in place to an older store.
 _ADDED_COLUMNS = {
     "rounds": (f"{VAL_LOSS} REAL", f"{VAL_ACCURACY} REAL", f"{EFFECTIVE_SHRINK} REAL"),
-    "clients": (f"{EFFECTIVE_SHRINK} REAL",),
+    "clients": (f"{EFFECTIVE_SHRINK} REAL", f"{OPTIMIZER_STEPS_COLUMN} INTEGER"),
     # 6 (issue 12b): the server optimizer's state (momentum, FedAdam's m and v) as npz bytes
     "checkpoints": ("server_state BLOB",),
 }

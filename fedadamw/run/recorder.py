@@ -160,6 +160,9 @@ class RunRecorder:
                         "batch_size": _opt_int(r.metrics.get(schema.BATCH_SIZE)),
                         "work_fraction": _opt_float(r.metrics.get(schema.WORK_FRACTION)),
                         "train_seconds": _opt_float(r.metrics.get(schema.TRAIN_SECONDS)),
+                        schema.OPTIMIZER_STEPS_COLUMN: _opt_int(
+                            r.metrics.get(schema.OPTIMIZER_STEPS)
+                        ),
                         "update_norm": float(m.whole.norms[i]),
                         "cosine_to_aggregate": float(m.whole.cosine_to_aggregate[i]),
                         schema.EFFECTIVE_SHRINK: m.client_shrink[i] if m.client_shrink else None,
