@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from functools import cache
 
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
@@ -53,6 +54,7 @@ def train_reply(msg: Message, spec: TrainSpec, result: TrainResult, seconds: flo
             schema.BATCH_SIZE: spec.batch_size,
             schema.WORK_FRACTION: spec.work_fraction,
             schema.TRAIN_SECONDS: seconds,
+            schema.OPTIMIZER_STEPS: result.start_step,
             **{schema.shrink_key(q): v for q, v in result.shrink_quantiles.items()},
         }
     )
@@ -65,7 +67,36 @@ def train_reply(msg: Message, spec: TrainSpec, result: TrainResult, seconds: flo
     if result.decay_part is not None:
         # Only Δ_decay travels: the server gets Δ_data = Δ − Δ_decay exactly from the weights.
         content[schema.DECAY_PART] = ArrayRecord(result.decay_part)
+    if spec.optimizer_state == schema.SERVER_AVERAGED and result.moments is not None:
+        # FedAdamW: only the second moments (and their step count) go to the server.
+        content[schema.ADAM_V] = ArrayRecord(
+            {k: v for k, v in result.moments.items() if not k.startswith("exp_avg/")}
+        )
     return Message(content=content, reply_to=msg)
+
+
+def incoming_moments(
+    msg: Message, context: Context, request: wire.TrainRequest
+) -> dict[str, torch.Tensor] | None:
+    """Adam's state this client starts from: its own (local), the server's mean v, or none."""
+    if request.optimizer_state == "local":
+        kept = context.state.array_records.get(_state_key(request))
+        return None if kept is None else kept.to_torch_state_dict()
+    if request.optimizer_state == schema.SERVER_AVERAGED:
+        mean = msg.content.array_records.get(schema.ADAM_V)
+        return None if mean is None else mean.to_torch_state_dict()
+    return None
+
+
+def keep_moments(context: Context, request: wire.TrainRequest, result: TrainResult) -> None:
+    """optimizer-state local: the moments stay in this node's Context until it is sampled again."""
+    if request.optimizer_state == "local" and result.moments is not None:
+        context.state[_state_key(request)] = ArrayRecord(result.moments)
+
+
+def _state_key(request: wire.TrainRequest) -> str:
+    # Every arm and grid point of one Flower run reaches the same nodes: one state per run.
+    return f"adam-state-{request.run_key}"
 
 
 @cache
@@ -90,5 +121,6 @@ def train(msg: Message, context: Context) -> Message:
     # Every weight and buffer comes from the message: nothing of the previous call survives.
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     started = time.perf_counter()
-    result = train_local(model, data, spec)
+    result = train_local(model, data, spec, moments=incoming_moments(msg, context, request))
+    keep_moments(context, request, result)
     return train_reply(msg, spec, result, time.perf_counter() - started)

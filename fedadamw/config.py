@@ -27,7 +27,9 @@ from fedadamw.schema import (
     DECAY_SCALINGS,
     DECAY_SCHEDULES,
     LR_SCHEDULES,
+    OPTIMIZER_STATES,
     SERVER_DECAY_MODE,
+    SERVER_OPTIMIZERS,
 )
 
 PARTITIONERS = (
@@ -108,6 +110,16 @@ class Config:
     decay_schedule: str
     decay_scaling: str
     decay_params: str
+    # issue 12b: server optimizers and FedProx
+    server_optimizer: str
+    server_learning_rate: float
+    server_momentum: float
+    server_tau: float
+    server_beta1: float
+    server_beta2: float
+    proximal_mu: float
+    # issue 12b: Adam's state across rounds
+    optimizer_state: str
 
     def __post_init__(self) -> None:
         _check(
@@ -168,6 +180,20 @@ class Config:
         _check_choice(self, "engine", ENGINES)
         _check(self, "pairs-limit", self.pairs_limit >= 2, "an integer >= 2")
         _check_schedules(self)
+        # issue 12b: server optimizers and FedProx
+        _check_choice(self, "server-optimizer", SERVER_OPTIMIZERS)
+        _check(
+            self,
+            "server-learning-rate",
+            0.0 < self.server_learning_rate <= FLOAT32_MAX,
+            "a finite number > 0 that float32 can hold (<= 3.4e38)",
+        )
+        _check(self, "server-momentum", 0.0 <= self.server_momentum < 1.0, "a number in [0, 1)")
+        _check(self, "server-tau", self.server_tau > 0.0, "a finite number > 0")
+        _check(self, "server-beta1", 0.0 <= self.server_beta1 < 1.0, "a number in [0, 1)")
+        _check(self, "server-beta2", 0.0 <= self.server_beta2 < 1.0, "a number in [0, 1)")
+        _check(self, "proximal-mu", self.proximal_mu >= 0.0, "a finite number >= 0")
+        _check_choice(self, "optimizer-state", OPTIMIZER_STATES)
         check_compatible(self)
 
     @property
@@ -312,6 +338,40 @@ def check_compatible(cfg: Config) -> None:
         raise ConfigError(
             "engine: 'vmap' is not allowed with model 'resnet20' and resnet-norm 'batch' "
             "(BatchNorm); set resnet-norm=group or engine=flower"
+        )
+
+    # issue 12b: the server-decay arm shrinks FedAvg's aggregate; a server optimizer that
+    # steps from the aggregate (momentum, adaptive) would step from the undecayed one.
+    if SERVER_DECAY_MODE in cfg.arm_list and cfg.server_optimizer not in ("fedavg", "fedprox"):
+        raise ConfigError(
+            f"server-optimizer: {cfg.server_optimizer!r} is not allowed with the "
+            f"{SERVER_DECAY_MODE!r} arm; expected fedavg or fedprox, or drop that arm"
+        )
+    _check_optimizer_state(cfg)
+
+
+def _check_optimizer_state(cfg: Config) -> None:
+    """Keeping Adam's moments needs Adam, a client process that lasts, and an exact split."""
+    state = cfg.optimizer_state
+    if state == "reset":
+        return
+    if cfg.engine == "vmap":
+        # The cohort engine keeps no per-partition store of moments (yet).
+        raise ConfigError(
+            f"engine: 'vmap' is not allowed with optimizer-state {state!r}; "
+            "set optimizer-state=reset or engine=flower"
+        )
+    sgd = [a for a in cfg.arm_list if a.startswith("sgd")]
+    if sgd:
+        raise ConfigError(
+            f"optimizer-state: {state!r} is not allowed with arms {', '.join(sgd)} (no Adam "
+            "moments to keep); expected reset, or Adam arms only"
+        )
+    if state == "local" and cfg.track_decay and "coupled" in cfg.arm_list:
+        # The decay part of a first moment carried over from an earlier round is unknown.
+        raise ConfigError(
+            "optimizer-state: 'local' is not allowed with track-decay and a coupled arm "
+            "(the carried first moment has no decay/data split); expected reset or server-averaged"
         )
 
 

@@ -32,6 +32,20 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+# -- server optimizers and Adam's state across rounds (issue 12b) ----------------------------
+# Flower's own strategies (server/strategy.py); `fedprox` adds (μ/2)‖w − w_global‖² locally.
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox")
+FEDPROX = "fedprox"
+PROXIMAL_MU = "proximal-mu"  # the train config key Flower's FedProx writes
+# Adam's moments between rounds: fresh every round, kept by each client (Flower's Context.state),
+# or second moments averaged by the server (FedAdamW, Liu et al. 2025).
+OPTIMIZER_STATES = ("reset", "local", "server-averaged")
+SERVER_AVERAGED = "server-averaged"
+ADAM_V = "adam-v"  # the ArrayRecord of second moments (reply and, averaged, train message)
+ADAM_STEP = "adam-step"  # its array holding the Adam step count that goes with them
+OPTIMIZER_STEPS = "optimizer-steps"  # reply metric: the Adam step count a client started from
+OPTIMIZER_STEPS_COLUMN = "optimizer_steps"  # its clients column (0: fresh moments)
+
 # -- divergence statistics (fedadamw.core.divergence computes them) --------------------------
 STAT_NAMES: tuple[str, ...] = (
     "mean_pairwise_cosine",

@@ -32,7 +32,9 @@ from fedadamw.run.orchestrate import ArmTask, Session
 from fedadamw.run.outdir import resolve_under_root
 from fedadamw.run.recorder import Progress
 from server.grid import GuardedGrid
-from server.strategy import NODE_WAIT_S, DivergenceFedAvg, scalar
+from server.metrics import scalar
+from server.optimizers import make_strategy
+from server.strategy import NODE_WAIT_S
 
 
 def resolve_out_dir(cfg: Config) -> Path:
@@ -102,16 +104,14 @@ def run_experiment(
 
 
 def _train(grid: Grid, task: ArmTask, partitions: dict[int, int]) -> None:
-    """Flower's FedAvg loop over the rounds the arm still needs."""
+    """The server optimizer's Flower loop over the rounds the arm still needs."""
     cfg, done = task.cfg, task.done
-    strategy = DivergenceFedAvg(
-        task.recorder,
-        partitions,
-        cfg.seed,
-        min(cfg.clients_per_round, len(partitions)),
-        dropout_rate=cfg.dropout_rate,
-        first_round=done,
+    strategy = make_strategy(
+        cfg, task.recorder, partitions, min(cfg.clients_per_round, len(partitions)), done
     )
+    # A resumed run continues with the momentum / moments its last stored round left.
+    strategy.load_server_state(task.resume.server_state)
+    task.recorder.server_state = dict(task.resume.server_state)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0 and done > 0:

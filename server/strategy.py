@@ -1,13 +1,21 @@
-"""FedAvg that samples clients by partition id and measures how far their updates diverge."""
+"""Flower's strategies, each sampling clients by partition id and measuring their divergence.
+
+`DivergenceMixin` holds everything this framework adds to a strategy (seeded sampling,
+dropout, reply checks, the divergence measurement, partition-order aggregation input, the
+server-decay hook, recording and the server optimizer's checkpointed state); it is applied
+once to each of Flower's strategies (`server.optimizers.STRATEGIES`), so every server
+optimizer stores the same statistics.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
 from logging import WARNING
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -19,30 +27,15 @@ from fedadamw.core.server_decay import ServerDecay
 from fedadamw.core.updates import ClientReply, measure_round
 from fedadamw.run.failures import NonFiniteRunError
 from fedadamw.run.recorder import RunRecorder
+from server.metrics import aggregate_client_metrics
+from server.server_state import (
+    average_moments,
+    optimizer_state,
+    pop_moments,
+    restore_optimizer_state,
+)
 
 NODE_WAIT_S = 120.0  # how long to wait for SuperNodes to (re)connect before giving up
-
-
-def scalar(record: MetricRecord, key: str) -> float:
-    """One numeric metric (a MetricRecord value may also be a list)."""
-    value = record[key]
-    if isinstance(value, list):
-        raise ValueError(f"metric {key!r} is a list, expected a number")
-    return float(value)
-
-
-def aggregate_client_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Loss is example-weighted; counts are summed; ids are not averaged (FedAvg would)."""
-    records = [next(iter(r.metric_records.values())) for r in replies]
-    n = np.asarray([scalar(m, weighted_by_key) for m in records])
-    loss = np.asarray([scalar(m, schema.TRAIN_LOSS) for m in records])
-    return MetricRecord(
-        {
-            schema.TRAIN_LOSS: float((n * loss).sum() / n.sum()),
-            schema.NUM_EXAMPLES: int(n.sum()),
-            schema.LOCAL_STEPS: int(sum(scalar(m, schema.LOCAL_STEPS) for m in records)),
-        }
-    )
 
 
 def to_client_reply(
@@ -63,6 +56,7 @@ def to_client_reply(
         content = msg.content
         records = dict(content.array_records)
         decay_record = records.pop(schema.DECAY_PART, None)
+        records.pop(schema.ADAM_V, None)  # server-averaged: the strategy averages these
         if len(records) != 1 or len(content.metric_records) != 1:
             raise ValueError("expected one ArrayRecord of weights and one MetricRecord")
         arrays = {k: v.numpy() for k, v in next(iter(records.values())).items()}
@@ -73,16 +67,20 @@ def to_client_reply(
     return ClientReply(node, pid, arrays, metrics, decay=decay)
 
 
-class DivergenceFedAvg(FedAvg):
-    """FedAvg whose sampled clients are seeded by partition id and whose updates are measured.
+class DivergenceMixin(FedAvg):
+    """A Flower strategy whose sampled clients are seeded by partition id and whose updates are
+    measured; put first in the bases of a Flower strategy (`server.optimizers`).
 
-    `configure_train` lets FedAvg address every connected node and keeps the seeded subset;
-    `aggregate_train` checks each reply, measures the divergence of the accepted updates
-    (`fedadamw.core.updates.measure_round`) and hands only accepted replies to FedAvg.
+    `configure_train` lets the strategy address every connected node and keeps the seeded
+    subset; `aggregate_train` checks each reply, measures the divergence of the accepted updates
+    (`fedadamw.core.updates.measure_round`) and hands only accepted replies, in partition order,
+    to the strategy's own aggregation (FedAvg, then its server step).
 
-    A resumed run starts FedAvg's loop again at its round 1: `first_round` (the last round
+    A resumed run starts the strategy's loop again at its round 1: `first_round` (the last round
     already in the store) is added to the round number wherever a round is seen, so every
-    seeded draw and every stored row carries the run's true round.
+    seeded draw, every stored row and FedAdam's bias correction carry the run's true round.
+    The server optimizer's state (`server_state`) goes into each round's checkpoint and is
+    loaded back with `load_server_state`.
     """
 
     def __init__(
@@ -93,15 +91,17 @@ class DivergenceFedAvg(FedAvg):
         clients_per_round: int,
         dropout_rate: float = 0.0,
         first_round: int = 0,
+        **strategy_kwargs: Any,
     ) -> None:
         super().__init__(
-            fraction_train=1.0,  # FedAvg addresses all nodes; configure_train keeps the sample
+            fraction_train=1.0,  # Flower addresses all nodes; configure_train keeps the sample
             fraction_evaluate=0.0,  # the server evaluates the global model itself
             min_train_nodes=1,
             # discover_partitions already waited (bounded) for every node; FedAvg would wait
             # forever for a node that died since, so the run goes on with the survivors.
             min_available_nodes=1,
             train_metrics_aggr_fn=aggregate_client_metrics,
+            **strategy_kwargs,
         )
         self.recorder = recorder
         self.partitions = dict(partitions)  # node id -> partition id
@@ -117,6 +117,7 @@ class DivergenceFedAvg(FedAvg):
         )
         self._dropped: list[int] = []
         self._global: dict[str, np.ndarray] = {}
+        self.avg_v: dict[str, np.ndarray] | None = None  # server-averaged: the mean v sent out
         self._sent: list[Message] = []
 
     def configure_train(
@@ -147,6 +148,10 @@ class DivergenceFedAvg(FedAvg):
             for m in super().configure_train(server_round, arrays, config, grid)
             if self.partitions.get(m.metadata.dst_node_id) in wanted
         ]
+        if self.avg_v:  # server-averaged: every sampled client starts from the mean v
+            mean_v = ArrayRecord({k: Array(v) for k, v in self.avg_v.items()})
+            for m in self._sent:
+                m.content[schema.ADAM_V] = mean_v
         return self._sent
 
     def aggregate_train(
@@ -184,10 +189,13 @@ class DivergenceFedAvg(FedAvg):
         # In measure_round's partition order: FedAvg sums in this order, and float addition is
         # not associative, so arrival order must not leak into the aggregate.
         accepted = [message_of[id(r)] for r in measured.accepted]
+        moments, weights = pop_moments(accepted)  # server-averaged: each client's v
         for m in accepted:
             # FedAvg expects exactly one ArrayRecord per reply; the decay part is measured above.
             if schema.DECAY_PART in m.content.array_records:
                 del m.content[schema.DECAY_PART]
+        if moments and self.recorder.cfg.optimizer_state == schema.SERVER_AVERAGED:
+            self.avg_v = average_moments(moments, weights)  # FedAdamW: sent back next round
         failed = [r for r in measured.rejections if r[0] not in self._dropped]
         if not accepted and failed and all("non-finite" in reason for *_, reason in failed):
             cfg = self.recorder.cfg
@@ -200,10 +208,30 @@ class DivergenceFedAvg(FedAvg):
             log(
                 WARNING, "round %d: no update accepted; the global model is unchanged", server_round
             )
+            self.recorder.server_state = self.server_state()
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)
+        if arrays is not None:
+            # FedAdam's bias correction is a float64 scalar: numpy would promote the model to
+            # float64, and the next round's replies would no longer match its dtypes.
+            arrays = ArrayRecord(
+                {k: Array(np.asarray(v.numpy(), self._global[k].dtype)) for k, v in arrays.items()}
+            )
         if arrays is not None and measured.server_decay is not None:
             # The server-decay arm: the aggregate shrinks by the clients' decoupled factor.
             decayed = measured.server_decay.apply({k: v.numpy() for k, v in arrays.items()})
             arrays.update({k: Array(v) for k, v in decayed.items()})
+        self.recorder.server_state = self.server_state()
         return arrays, metrics
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """The server optimizer's state as named arrays ("m_t/conv.weight"); empty for FedAvg."""
+        return optimizer_state(self)
+
+    def load_server_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from `server_state`'s arrays (a resumed run's checkpoint)."""
+        restore_optimizer_state(self, state)
+
+
+class DivergenceFedAvg(DivergenceMixin, FedAvg):
+    """FedAvg (McMahan et al. 2017), measured."""

@@ -314,3 +314,53 @@ def test_equal_local_work_every_client_takes_local_steps() -> None:
         # Client 4 (9 rows, batch 4) repeats its rows over 3 epochs: its gradients near zero
         # (the Adam noise of _assert_close) are more frequent; ~0.2% of weights, max ~4e-4.
         _assert_close(_flat(got.state, names), _flat(ref.state, names), delta, 5e-3)
+
+
+@pytest.mark.parametrize("mode", ["decoupled", "coupled", "sgd-decoupled"])
+def test_fedprox_cohort_gives_what_train_local_gives(mode: str) -> None:
+    """FedProx's μ(w − w_global) enters both engines' steps alike (and changes the result)."""
+    lr = 0.05 if mode.startswith("sgd") else 1e-2
+    model = build_model("cnn1d", (40,), 10, seed=3)
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    clients = [
+        dataclasses.replace(c, spec=dataclasses.replace(c.spec, proximal_mu=0.5))
+        for c in _clients(mode, lr)
+    ]
+    names = list(global_state)
+    results = train_cohort(model, global_state, clients, CPU)
+    plain = _reference(model, global_state, _clients(mode, lr))
+    outliers = 2e-3 if mode in ADAM_MODES else 0.0
+    for got, ref, free in zip(
+        results, _reference(model, global_state, clients), plain, strict=True
+    ):
+        delta = _flat(ref.state, names) - _flat(global_state, names)
+        _assert_close(_flat(got.state, names), _flat(ref.state, names), delta, outliers)
+        # The term acts: without it the weights differ by far more than the tolerance.
+        assert float((_flat(free.state, names) - _flat(ref.state, names)).abs().max()) > 1e-4
+
+
+def test_fedprox_sgd_step_is_the_closed_form() -> None:
+    """Two plain SGD steps: w₂ = w₁ − η(g(w₁) + μ(w₁ − w₀)), the proximal part by hand."""
+    model = build_model("logreg", (4,), 3, seed=0)
+    w0 = {k: v.clone().double() for k, v in model.state_dict().items()}
+    data = _data(8, (4,), seed=1)
+    data = ArrayDataset(data.x, data.y % 3)
+    lr, mu = 0.1, 2.0
+    spec = TrainSpec("sgd-decoupled", lr, 0.0, 2, 8, 0, 0, 1, proximal_mu=mu)
+    trained = copy.deepcopy(model)
+    train_local(trained, data, spec, CPU)
+    # Reference in float64: full-batch steps (batch 8 = every row), in the plan's row order.
+    ref = copy.deepcopy(model).double()
+    x = torch.from_numpy(data.x).double()
+    y = torch.from_numpy(data.y).long()
+    for idx in batch_plan(len(data), spec):
+        ref.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()  # type: ignore[no-untyped-call]
+        with torch.no_grad():
+            for name, p in ref.named_parameters():
+                assert p.grad is not None
+                p.sub_(lr * (p.grad + mu * (p - w0[name])))
+    for name, p in ref.state_dict().items():
+        np.testing.assert_allclose(
+            trained.state_dict()[name].double().numpy(), p.numpy(), rtol=0, atol=1e-6
+        )

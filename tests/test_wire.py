@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import fields
 from typing import Any
 
@@ -48,6 +50,10 @@ def _config() -> Config:
             "decay-schedule": "normalized",
             "decay-scaling": "paper",
             "decay-params": "all",
+            # issue 12b
+            "server-optimizer": "fedprox",
+            "proximal-mu": 0.03,
+            "optimizer-state": "server-averaged",
         }
     )
 
@@ -89,6 +95,13 @@ def _reference(cfg: Config, mode: str) -> dict[str, Any]:
         "decay-schedule": cfg.decay_schedule,
         "decay-scaling": cfg.decay_scaling,
         "decay-params": cfg.decay_params,
+        # issue 12b: FedProx's μ (0 for every other server optimizer)
+        "proximal-mu": cfg.proximal_mu if cfg.server_optimizer == "fedprox" else 0.0,
+        "optimizer-state": cfg.optimizer_state,
+        # whose Adam state a client keeps: one per run (config and arm), never shared
+        "run-key": hashlib.sha256(
+            json.dumps({**cfg.to_dict(), "arms": mode}, sort_keys=True).encode()
+        ).hexdigest()[:16],
     }
 
 
@@ -128,6 +141,8 @@ def test_the_train_spec_is_the_clients_share_of_the_request() -> None:
         decay_schedule="normalized",
         decay_scaling="paper",
         decay_params="all",
+        proximal_mu=0.03,
+        optimizer_state="server-averaged",
     )
 
 

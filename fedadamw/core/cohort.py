@@ -118,6 +118,10 @@ def train_cohort(
     # sum with respect to the stack is every client's own gradient, row by row: one backward
     # pass through the vmapped forward (torch.func.grad would also import torch._dynamo, ~1.5 s).
     step_loss = vmap(_loss(model, fixed))
+    # FedProx: every client starts from the global weights, so its anchor is its first row.
+    mu = _coef([c.spec.proximal_mu for c in ranked], device)
+    proximal = any(c.spec.proximal_mu != 0.0 for c in ranked)
+    anchor = [flat.detach().clone() for flat in stacked] if proximal else []
     losses = torch.zeros(schedule.steps, len(clients), device=device)
 
     modes = {m: m.training for m in model.modules()}
@@ -135,14 +139,12 @@ def train_cohort(
             )
             grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
             losses[t, :k] = loss.detach()
-            opt.step(
-                t,
-                k,
-                [
-                    torch.zeros_like(v) if g is None else g
-                    for g, v in zip(grads, leaves, strict=True)
-                ],
-            )
+            full = [
+                torch.zeros_like(v) if g is None else g for g, v in zip(grads, leaves, strict=True)
+            ]
+            if anchor:
+                full = _add_proximal(full, leaves, anchor, mu, k)
+            opt.step(t, k, full)
     finally:
         for m, training in modes.items():
             m.train(training)
@@ -446,6 +448,21 @@ class _Coefs:
         """A coefficient that depends on each client's lr: float64 math, one float32 rounding."""
         value = of_lr(self.lr64)
         return value if isinstance(value, float) else value.to(torch.float32)
+
+
+def _rows(c: Coef, k: int) -> Coef:
+    """The coefficients of the first `k` clients."""
+    return c if isinstance(c, float) else c[:k]
+
+
+def _add_proximal(
+    grads: list[Tensor], leaves: list[Tensor], anchor: list[Tensor], mu: Coef, k: int
+) -> list[Tensor]:
+    """g + μ(w − w_global) per client row: FedProx's term as `train_local` adds it."""
+    mu_k = _rows(mu, k)
+    return [
+        g + (w.detach() - a[:k]).mul_(mu_k) for g, w, a in zip(grads, leaves, anchor, strict=True)
+    ]
 
 
 class _CohortOptimizer:

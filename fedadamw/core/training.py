@@ -60,6 +60,8 @@ class TrainSpec:
     decay_schedule: str = "constant"
     decay_scaling: str = "torch"
     decay_params: str = "matrices"
+    proximal_mu: float = 0.0  # FedProx: μ(w − w_global) joins every step's data gradient
+    optimizer_state: str = "reset"  # not reset: Adam's moments come in and go out (`moments`)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,10 @@ class TrainResult:
     decay_step_sum: float | None = None
     weight_sum: float | None = None
     client_decay: float | None = None  # the base λ it decayed with (`client_decay`)
+    # optimizer-state local / server-averaged: Adam's state after training ("exp_avg/name",
+    # "exp_avg_sq/name", "step") and the step count it started from.
+    moments: dict[str, torch.Tensor] | None = None
+    start_step: int = 0
 
 
 def step_budget(num_examples: int, spec: TrainSpec) -> int:
@@ -157,9 +163,17 @@ def batch_plan(num_examples: int, spec: TrainSpec) -> list[torch.Tensor]:
 
 
 def train_local(
-    model: nn.Module, data: ArrayDataset, spec: TrainSpec, device: torch.device | None = None
+    model: nn.Module,
+    data: ArrayDataset,
+    spec: TrainSpec,
+    device: torch.device | None = None,
+    moments: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train `model` in place on `data` along `batch_plan` with the decay mode of `spec`."""
+    """Train `model` in place on `data` along `batch_plan` with the decay mode of `spec`.
+
+    `moments` (optimizer-state local / server-averaged) is Adam's state to start from, as
+    `TrainResult.moments` returns it; missing entries start fresh.
+    """
     device = device or pick_device()
     model.to(device).train()
     x, y = data.tensors(device)
@@ -171,10 +185,12 @@ def train_local(
     optimizer = factory(groups, spec.mode, spec.learning_rate, spec.weight_decay)
     decayed = list(groups[0]["params"])  # what decay_param_groups decays, whatever λ and mode
     settings = step_settings(n, spec, len(plan))
+    start_step = load_moments(optimizer, model, moments or {}, device)
     weight_sum = torch.zeros((), dtype=torch.float64, device=device)
     # One transfer of every step's row indices, not one per batch (matters on a GPU).
     batches = torch.split(torch.cat(plan).to(device), [len(b) for b in plan])
     loss_sum, seen = 0.0, 0
+    anchor = proximal_anchor(model, spec.proximal_mu)
     for idx, (lr, wd) in zip(batches, settings, strict=True):
         # This step's ηₜ for every group and λₜ for the decayed one (the kept group stays 0).
         for group in optimizer.param_groups:
@@ -183,6 +199,8 @@ def train_local(
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()  # type: ignore[no-untyped-call]
+        if anchor:
+            add_proximal_grad(anchor, spec.proximal_mu)
         if spec.track_decay and decayed:
             # Σ|wₜ| before the step (as the decay step sees it); kept on the device, no sync.
             norms = torch._foreach_norm([p.detach() for p in decayed], 1)
@@ -207,7 +225,71 @@ def train_local(
         decay_step_sum=step_sum,
         weight_sum=float(weight_sum) if spec.track_decay else None,
         client_decay=client_decay(n, spec),
+        moments=None if spec.optimizer_state == "reset" else save_moments(optimizer, model),
+        start_step=start_step,
     )
+
+
+def load_moments(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    moments: dict[str, torch.Tensor],
+    device: torch.device,
+) -> int:
+    """Put Adam's saved state into a fresh optimizer; the step count it starts from (0: fresh).
+
+    torch's Adam keeps `step` as a float32 CPU scalar tensor and the moments beside each
+    parameter; a missing first moment (server-averaged: m is reset) starts at zero.
+    """
+    if "step" not in moments:
+        return 0
+    step = float(moments["step"])
+    for name, p in model.named_parameters():
+        if f"exp_avg_sq/{name}" not in moments:
+            continue
+        v = moments[f"exp_avg_sq/{name}"].to(device=device, dtype=p.dtype).clone()
+        m = moments.get(f"exp_avg/{name}")
+        optimizer.state[p] = {
+            "step": torch.tensor(step, dtype=torch.float32),
+            "exp_avg": torch.zeros_like(p) if m is None else m.to(device, p.dtype).clone(),
+            "exp_avg_sq": v.reshape(p.shape),
+        }
+    return int(step)
+
+
+def save_moments(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adam's state after training as named CPU tensors (`load_moments` reads them back)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" not in state:
+            continue
+        out["step"] = state["step"].detach().to("cpu", torch.float32).clone()
+        out[f"exp_avg/{name}"] = state["exp_avg"].detach().to("cpu", copy=True)
+        out[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].detach().to("cpu", copy=True)
+    return out
+
+
+def proximal_anchor(model: nn.Module, mu: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """FedProx: (parameter, copy of the global weights) pairs; empty when μ = 0."""
+    if mu == 0.0:
+        return []
+    return [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def add_proximal_grad(anchor: list[tuple[torch.Tensor, torch.Tensor]], mu: float) -> None:
+    """Add ∇(μ/2)‖w − w_global‖² = μ(w − w_global) to each gradient (FedProx, Li et al. 2020).
+
+    Added to the gradient rather than to the loss, so the reported train loss stays the data
+    loss and the vectorized cohort engine adds the same term the same way.
+    """
+    for p, w0 in anchor:
+        diff = (p - w0).mul_(mu)
+        if p.grad is None:
+            p.grad = diff
+        else:
+            p.grad.add_(diff)
 
 
 @torch.no_grad()

@@ -13,6 +13,8 @@ fills it from the Config field of the same name.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, TypeVar, get_type_hints
@@ -23,6 +25,7 @@ from fedadamw.core.schedules import Schedule
 from fedadamw.core.training import TrainSpec
 from fedadamw.data.split import DataSpec
 from fedadamw.errors import ConfigError
+from fedadamw.schema import FEDPROX
 
 SERVER_ROUND = "server-round"  # added to every train config by Flower's strategy
 # Fields whose key is not their kebab-case name: deployed clients read these keys.
@@ -59,12 +62,22 @@ class TrainRequest:
     decay_schedule: str
     decay_scaling: str
     decay_params: str
+    # issue 12b: FedProx's μ (0 unless server-optimizer = fedprox; Flower's FedProx writes it)
+    proximal_mu: float
+    # issue 12b: Adam's state across rounds, and whose state it is: a client keeps moments per
+    # run key (every arm and grid point of one Flower run talks to the same client processes).
+    optimizer_state: str
+    run_key: str
 
     @classmethod
     def from_config(cls, cfg: Config, mode: str) -> TrainRequest:
         """The request of one arm (`mode`) of a run config."""
-        rest = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in ("data", "mode")}
-        return cls(data=DataSpec.from_config(cfg), mode=mode, **rest)
+        own = ("data", "mode", "proximal_mu", "run_key")
+        rest = {f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in own}
+        # The proximal term belongs to FedProx alone: every other server optimizer sends 0.
+        mu = cfg.proximal_mu if cfg.server_optimizer == FEDPROX else 0.0
+        key = run_key(cfg, mode)
+        return cls(DataSpec.from_config(cfg), mode=mode, proximal_mu=mu, run_key=key, **rest)
 
     def to_wire(self) -> dict[str, Any]:
         """The flat kebab-case ConfigRecord content."""
@@ -113,7 +126,15 @@ class TrainRequest:
             decay_schedule=self.decay_schedule,
             decay_scaling=self.decay_scaling,
             decay_params=self.decay_params,
+            proximal_mu=self.proximal_mu,
+            optimizer_state=self.optimizer_state,
         )
+
+
+def run_key(cfg: Config, mode: str) -> str:
+    """A short hash of the run's config with its arm: whose Adam state a client keeps."""
+    text = json.dumps({**cfg.to_dict(), "arms": mode}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def server_round(config: Mapping[str, Any]) -> int:

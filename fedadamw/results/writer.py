@@ -41,6 +41,7 @@ from fedadamw.schema import (
     EFFECTIVE_SHRINK,
     FINISHED,
     INTERRUPTED,
+    OPTIMIZER_STEPS_COLUMN,
     PARAM_COUNT_COLUMNS,
     PARAM_COUNTS_TABLE,
     RUNNING,
@@ -51,7 +52,8 @@ from fedadamw.schema import (
 )
 
 # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints; 4: label histograms;
-# 5: validation loss/accuracy and effective shrink; 6: each client's λ, decayed-tensor counts
+# 5: validation loss/accuracy and effective shrink; 6: each client's λ and Adam step count at
+# the start of its round, decayed-tensor counts, the server optimizer's state in checkpoints
 SCHEMA_VERSION = 6
 # Stores this version can upgrade in place: the changes since then only add tables (CREATE
 # TABLE IF NOT EXISTS) and columns (`_ADDED_COLUMNS`, ALTER TABLE ADD COLUMN).
@@ -59,7 +61,13 @@ _UPGRADABLE = (2, 3, 4, 5)
 # Columns added to existing tables since schema 2, added in place to an older store.
 _ADDED_COLUMNS = {
     "rounds": (f"{VAL_LOSS} REAL", f"{VAL_ACCURACY} REAL", f"{EFFECTIVE_SHRINK} REAL"),
-    "clients": (f"{EFFECTIVE_SHRINK} REAL", f"{CLIENT_DECAY_COLUMN} REAL"),
+    "clients": (
+        f"{EFFECTIVE_SHRINK} REAL",
+        f"{CLIENT_DECAY_COLUMN} REAL",
+        f"{OPTIMIZER_STEPS_COLUMN} INTEGER",
+    ),
+    # 6 (issue 12b): the server optimizer's state (momentum, FedAdam's m and v) as npz bytes
+    "checkpoints": ("server_state BLOB",),
 }
 
 _STAT_COLUMNS = ", ".join(f"{name} REAL" for name in STAT_COLUMNS)
@@ -102,7 +110,8 @@ CREATE TABLE IF NOT EXISTS rejections (
 );
 CREATE INDEX IF NOT EXISTS rejections_round ON rejections (run_id, round);
 CREATE TABLE IF NOT EXISTS checkpoints (
-    run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, state BLOB NOT NULL
+    run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, state BLOB NOT NULL,
+    {", ".join(_ADDED_COLUMNS["checkpoints"])}
 );
 CREATE TABLE IF NOT EXISTS {PARAM_COUNTS_TABLE} (
     run_id TEXT PRIMARY KEY, {", ".join(f"{c} INTEGER NOT NULL" for c in PARAM_COUNT_COLUMNS)}
@@ -151,6 +160,8 @@ class RoundRecord:
     pairs: list[tuple[int, int, float]] = field(default_factory=list)
     rejections: list[tuple[int | None, int | None, str]] = field(default_factory=list)
     checkpoint: Mapping[str, np.ndarray] | None = None  # the global model after this round
+    # The server optimizer's state after this round (empty for FedAvg), with the checkpoint.
+    server_state: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,7 @@ class Resume:
 
     round: int
     state: dict[str, np.ndarray] | None
+    server_state: dict[str, np.ndarray] = field(default_factory=dict)  # empty: a fresh server
 
 
 @dataclass(frozen=True)
@@ -277,9 +289,17 @@ class ResultStore:
                 self._delete_rounds(run_id, after=-1)
                 self._conn.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
             row = self._conn.execute(
-                "SELECT round, state FROM checkpoints WHERE run_id=?", (run_id,)
+                "SELECT round, state, server_state FROM checkpoints WHERE run_id=?", (run_id,)
             ).fetchone()
-            resume = Resume(0, None) if row is None else Resume(int(row[0]), unpack_state(row[1]))
+            resume = (
+                Resume(0, None)
+                if row is None
+                else Resume(
+                    int(row[0]),
+                    unpack_state(row[1]),
+                    {} if row[2] is None else unpack_state(row[2]),
+                )
+            )
             # Round 0 (the initial model's evaluation) is kept when resuming from a checkpoint.
             self._delete_rounds(run_id, after=resume.round if row is not None else -1)
             self._conn.execute(
@@ -407,8 +427,9 @@ class ResultStore:
             )
             if rec.checkpoint is not None:
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
-                    (*key, pack_state(rec.checkpoint)),
+                    "INSERT OR REPLACE INTO checkpoints (run_id, round, state, server_state) "
+                    "VALUES (?, ?, ?, ?)",
+                    (*key, pack_state(rec.checkpoint), pack_state(rec.server_state)),
                 )
 
 

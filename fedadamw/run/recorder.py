@@ -86,6 +86,9 @@ class RunRecorder:
         self.model = model_for(cfg)
         self.parameter_names = frozenset(n for n, _ in self.model.named_parameters())
         self.pending: RoundMeasurement | None = None
+        # The server optimizer's state after the latest aggregation (the strategy sets it):
+        # it goes into the round's checkpoint, so a resumed run continues identically.
+        self.server_state: dict[str, np.ndarray] = {}
         self._last = time.perf_counter()
 
     def start(self, restart: bool = False) -> Resume:
@@ -139,6 +142,7 @@ class RunRecorder:
             # The global model goes with the round it ends, in one transaction: a run resumes
             # from exactly what its last stored round evaluated.
             rec.checkpoint = {k: v.detach().cpu().numpy() for k, v in state.items()}
+            rec.server_state = self.server_state
         if m is not None and server_round >= 1:
             values["train_loss"] = m.train_loss()
             values["num_clients"] = len(m.accepted)
@@ -159,6 +163,9 @@ class RunRecorder:
                         "batch_size": _opt_int(r.metrics.get(schema.BATCH_SIZE)),
                         "work_fraction": _opt_float(r.metrics.get(schema.WORK_FRACTION)),
                         "train_seconds": _opt_float(r.metrics.get(schema.TRAIN_SECONDS)),
+                        schema.OPTIMIZER_STEPS_COLUMN: _opt_int(
+                            r.metrics.get(schema.OPTIMIZER_STEPS)
+                        ),
                         "update_norm": float(m.whole.norms[i]),
                         "cosine_to_aggregate": float(m.whole.cosine_to_aggregate[i]),
                         schema.EFFECTIVE_SHRINK: m.client_shrink[i] if m.client_shrink else None,
