@@ -196,7 +196,7 @@ def test_server_decay_factor_with_unequal_steps_and_a_shared_decay_part() -> Non
     assert m.parts.decay.stats["dispersion"] == pytest.approx(0.0, abs=1e-7)
 
 
-# -- SCIENCE.md claim 3: the null space ----------------------------------------------------------
+# -- the null space: decay in directions no data gradient reaches --------------------------------
 @pytest.mark.parametrize("mode", ["none", "decoupled"])
 def test_a_weight_without_data_gradient_stays_under_adam_and_shrinks_under_adamw(mode: str) -> None:
     torch.manual_seed(1)

@@ -112,7 +112,7 @@ def test_the_round_clock_follows_the_global_step() -> None:
 )
 @pytest.mark.parametrize("scaling", ["torch", "paper"])
 def test_after_warmup_gives_constants_total_shrink(schedule: Schedule, scaling: str) -> None:
-    """Σₜ shrinkₜ over the run is the same as with decay from the first step (seed 001)."""
+    """Σₜ shrinkₜ over the run is the same as with decay from the first step."""
     constant = _run_settings(_spec(schedule=schedule, decay_scaling=scaling))
     after = _run_settings(
         _spec(schedule=schedule, decay_scaling=scaling, decay_schedule="after-warmup")
