@@ -100,7 +100,7 @@ class Config:
     client_batch_sizes: str
     engine: str
     pairs_limit: int
-    # issue 12a: schedules (fedadamw.core.schedules) and which tensors decay
+    # schedules (fedadamw.core.schedules) and which tensors decay
     lr_schedule: str
     warmup_rounds: int
     step_rounds: int
@@ -110,7 +110,7 @@ class Config:
     decay_schedule: str
     decay_scaling: str
     decay_params: str
-    # issue 12b: server optimizers and FedProx
+    # server optimizers and FedProx
     server_optimizer: str
     server_learning_rate: float
     server_momentum: float
@@ -118,7 +118,7 @@ class Config:
     server_beta1: float
     server_beta2: float
     proximal_mu: float
-    # issue 12b: Adam's state across rounds
+    # Adam's state across rounds
     optimizer_state: str
 
     def __post_init__(self) -> None:
@@ -180,7 +180,7 @@ class Config:
         _check_choice(self, "engine", ENGINES)
         _check(self, "pairs-limit", self.pairs_limit >= 2, "an integer >= 2")
         _check_schedules(self)
-        # issue 12b: server optimizers and FedProx
+        # server optimizers and FedProx
         _check_choice(self, "server-optimizer", SERVER_OPTIMIZERS)
         _check(
             self,
@@ -340,7 +340,7 @@ def check_compatible(cfg: Config) -> None:
             "(BatchNorm); set resnet-norm=group or engine=flower"
         )
 
-    # issue 12b: the server-decay arm shrinks FedAvg's aggregate; a server optimizer that
+    # the server-decay arm shrinks FedAvg's aggregate; a server optimizer that
     # steps from the aggregate (momentum, adaptive) would step from the undecayed one.
     if SERVER_DECAY_MODE in cfg.arm_list and cfg.server_optimizer not in ("fedavg", "fedprox"):
         raise ConfigError(
@@ -376,7 +376,7 @@ def _check_optimizer_state(cfg: Config) -> None:
 
 
 def _check_schedules(cfg: Config) -> None:
-    """The keys of issue 12a: schedules, decay schedules, decay scaling, decayed tensors."""
+    """The schedule keys: schedules, decay schedules, decay scaling, decayed tensors."""
     _check_choice(cfg, "lr-schedule", LR_SCHEDULES)
     _check(cfg, "warmup-rounds", cfg.warmup_rounds >= 0, "an integer >= 0")
     _check(cfg, "step-rounds", cfg.step_rounds >= 1, "an integer >= 1")

@@ -32,7 +32,7 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-# -- server optimizers and Adam's state across rounds (issue 12b) ----------------------------
+# -- server optimizers and Adam's state across rounds ----------------------------
 # Flower's own strategies (server/strategy.py); `fedprox` adds (μ/2)‖w − w_global‖² locally.
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox")
 FEDPROX = "fedprox"
@@ -116,7 +116,7 @@ def setting_of(config: Mapping[str, Any], also_without: Iterable[str] = ()) -> s
     return json.dumps({k: v for k, v in sorted(config.items()) if k not in drop})
 
 
-# -- issue 12a: schedules and which tensors decay (fedadamw.core.schedules) -------------------
+# -- schedules and which tensors decay (fedadamw.core.schedules) -------------------
 LR_SCHEDULES = ("constant", "cosine", "warmup-cosine", "step", "cosine-restarts")
 DECAY_SCHEDULES = ("constant", "lr-compensated", "after-warmup", "normalized")
 DECAY_SCALINGS = ("torch", "paper")  # decoupled shrink per step: ηₜλ, or multiplierₜ·λ

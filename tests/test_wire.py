@@ -50,7 +50,6 @@ def _config() -> Config:
             "decay-schedule": "normalized",
             "decay-scaling": "paper",
             "decay-params": "all",
-            # issue 12b
             "server-optimizer": "fedprox",
             "proximal-mu": 0.03,
             "optimizer-state": "server-averaged",
@@ -84,7 +83,6 @@ def _reference(cfg: Config, mode: str) -> dict[str, Any]:
         "straggler-rate": cfg.straggler_rate,
         "client-batch-sizes": cfg.client_batch_sizes,
         "track-decay": cfg.track_decay,
-        # issue 12a
         "num-server-rounds": cfg.num_server_rounds,
         "lr-schedule": cfg.lr_schedule,
         "warmup-rounds": cfg.warmup_rounds,
@@ -95,7 +93,7 @@ def _reference(cfg: Config, mode: str) -> dict[str, Any]:
         "decay-schedule": cfg.decay_schedule,
         "decay-scaling": cfg.decay_scaling,
         "decay-params": cfg.decay_params,
-        # issue 12b: FedProx's μ (0 for every other server optimizer)
+        # FedProx's μ (0 for every other server optimizer)
         "proximal-mu": cfg.proximal_mu if cfg.server_optimizer == "fedprox" else 0.0,
         "optimizer-state": cfg.optimizer_state,
         # whose Adam state a client keeps: one per run (config and arm), never shared

@@ -55,7 +55,7 @@ class TrainSpec:
     work_fraction: float = 1.0  # < 1 for a straggler (fedadamw.core.sampling.work_fraction)
     track_decay: bool = False  # split the update into data and decay parts (fedadamw.core.tracked)
     local_steps: int = 0  # > 0: exactly this many steps (equal local work); 0: local_epochs
-    # issue 12a: the run's schedules (fedadamw.core.schedules) and which tensors decay
+    # the run's schedules (fedadamw.core.schedules) and which tensors decay
     schedule: Schedule = CONSTANT
     decay_schedule: str = "constant"
     decay_scaling: str = "torch"

@@ -51,7 +51,7 @@ class TrainRequest:
     straggler_rate: float
     client_batch_sizes: str  # as in the config: each client draws its batch size from these
     track_decay: bool
-    # issue 12a: the schedules need the run's length; which tensors decay
+    # the schedules need the run's length; which tensors decay
     num_server_rounds: int
     lr_schedule: str
     warmup_rounds: int
@@ -62,9 +62,9 @@ class TrainRequest:
     decay_schedule: str
     decay_scaling: str
     decay_params: str
-    # issue 12b: FedProx's μ (0 unless server-optimizer = fedprox; Flower's FedProx writes it)
+    # FedProx's μ (0 unless server-optimizer = fedprox; Flower's FedProx writes it)
     proximal_mu: float
-    # issue 12b: Adam's state across rounds, and whose state it is: a client keeps moments per
+    # Adam's state across rounds, and whose state it is: a client keeps moments per
     # run key (every arm and grid point of one Flower run talks to the same client processes).
     optimizer_state: str
     run_key: str

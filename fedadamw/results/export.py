@@ -46,7 +46,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "pairs": ("run_id", "round", "partition_i", "partition_j"),
     "rejections": ("run_id", "round", "partition_id"),
     "labels": ("run_id", "partition_id", "label"),
-    "param_counts": ("run_id",),  # issue 12a: decayed / undecayed tensors and weights
+    "param_counts": ("run_id",),  # decayed / undecayed tensors and weights
 }
 # Run columns every other table's rows carry, in front of the config keys.
 RUN_COLUMNS = ("experiment", "arm", "mode", "status")

@@ -66,7 +66,7 @@ _ADDED_COLUMNS = {
         f"{CLIENT_DECAY_COLUMN} REAL",
         f"{OPTIMIZER_STEPS_COLUMN} INTEGER",
     ),
-    # 6 (issue 12b): the server optimizer's state (momentum, FedAdam's m and v) as npz bytes
+    # 6: the server optimizer's state (momentum, FedAdam's m and v) as npz bytes
     "checkpoints": ("server_state BLOB",),
 }
 
