@@ -106,6 +106,36 @@ NON_SETTING_KEYS = BOOKKEEPING_KEYS | REPLICATE_KEYS
 OPTIMIZER_KEYS: tuple[str, ...] = ("learning-rate", "weight-decay")
 DECAY_KEY = "weight-decay"  # λ = 0 is no decay: never a decay mode's tuned value
 
+# Keys that mean something only while another key has one of some values (an IID split has no
+# α): labels of settings and conditions leave them out elsewhere, so a label never names a
+# value the run did not use.
+_ONLY_UNDER: dict[str, tuple[tuple[str, tuple[Any, ...]], ...]] = {
+    "dirichlet-alpha": (("partitioner", ("dirichlet",)),),
+    "classes-per-client": (("partitioner", ("pathological",)),),
+    "shards-per-client": (("partitioner", ("shards",)),),
+    "synthetic-alpha": (("dataset", ("synthetic",)),),
+    "synthetic-beta": (("dataset", ("synthetic",)),),
+    "synthetic-iid": (("dataset", ("synthetic",)),),
+    "warmup-rounds": (("lr-schedule", ("warmup-cosine",)), ("decay-schedule", ("after-warmup",))),
+    "step-rounds": (("lr-schedule", ("step",)),),
+    "step-gamma": (("lr-schedule", ("step",)),),
+    "restart-rounds": (("lr-schedule", ("cosine-restarts",)),),
+    "restart-mult": (("lr-schedule", ("cosine-restarts",)),),
+    "server-momentum": (("server-optimizer", ("fedavgm",)),),
+    "server-tau": (("server-optimizer", ("fedadam", "fedyogi", "fedadagrad")),),
+    "server-beta1": (("server-optimizer", ("fedadam", "fedyogi")),),
+    "server-beta2": (("server-optimizer", ("fedadam", "fedyogi")),),
+    "proximal-mu": (("server-optimizer", ("fedprox",)),),
+}
+
+
+def key_applies(key: str, config: Mapping[str, Any]) -> bool:
+    """Whether `key` means something in `config` (a key its condition's keys predate applies)."""
+    conditions = _ONLY_UNDER.get(key, ())
+    if not conditions or any(k not in config for k, _ in conditions):
+        return True
+    return any(config[k] in values for k, values in conditions)
+
 
 def setting_of(config: Mapping[str, Any], also_without: Iterable[str] = ()) -> str:
     """A run's setting as a stable string: its config without the non-setting keys.

@@ -225,3 +225,42 @@ def test_the_table_keeps_every_number_in_a_pipe_at_120_columns(tmp_path: Path) -
         [*argv, "--final-rounds", "0"], capture_output=True, text=True, check=False
     )
     assert bad.returncode == 2 and bad.stderr.strip().endswith("expected an integer >= 1")
+
+
+def test_labels_name_only_the_keys_a_setting_used() -> None:
+    """An IID split has no α, FedAvg no momentum: a label never names a value the run ignored."""
+    import pandas as pd
+
+    from fedadamw.results.compare import _labels
+    from fedadamw.results.reader import condition_labels, setting_labels
+    from fedadamw.schema import key_applies
+
+    iid = {"partitioner": "iid", "dirichlet-alpha": 0.3, "server-optimizer": "fedavg"}
+    skewed = {"partitioner": "dirichlet", "dirichlet-alpha": 0.1, "server-optimizer": "fedavg"}
+    momentum = {**skewed, "server-optimizer": "fedavgm", "server-momentum": 0.9}
+    assert not key_applies("dirichlet-alpha", iid) and key_applies("dirichlet-alpha", skewed)
+    assert not key_applies("server-momentum", skewed) and key_applies("server-momentum", momentum)
+    assert key_applies("dirichlet-alpha", {"dirichlet-alpha": 0.3})  # a store older than the key
+    assert key_applies("learning-rate", iid)  # no condition: always
+    settings = [json.dumps(c, sort_keys=True) for c in (iid, skewed)]
+    assert list(_labels(settings).values()) == [
+        "partitioner=iid",
+        "dirichlet-alpha=0.1 partitioner=dirichlet",
+    ]
+    runs = pd.DataFrame(
+        {
+            "setting": settings,
+            "config": [iid, skewed],
+            "condition": ["a", "b"],
+            "mode": ["decoupled", "decoupled"],
+            "experiment": ["x", "x"],
+        }
+    )
+    assert list(setting_labels(runs).values()) == [
+        "partitioner=iid",
+        "dirichlet-alpha=0.1 · partitioner=dirichlet",
+    ]
+    assert condition_labels(runs) == {
+        "a": "decoupled · partitioner=iid",
+        "b": "decoupled · dirichlet-alpha=0.1 · partitioner=dirichlet",
+    }

@@ -45,6 +45,7 @@ from fedadamw.schema import (
     OPTIMIZER_KEYS,
     VAL_ACCURACY,
     check_mode,
+    key_applies,
     setting_of,
 )
 
@@ -166,7 +167,13 @@ def _labels(settings: list[str]) -> dict[str, str]:
     labels = {}
     for setting, mine in parsed.items():
         differing = sorted(
-            {k for o in parsed.values() if o is not mine for k in mine if o.get(k) != mine[k]}
+            {
+                k
+                for o in parsed.values()
+                if o is not mine
+                for k in mine
+                if o.get(k) != mine[k] and key_applies(k, mine)
+            }
         )
         labels[setting] = " ".join(f"{k}={_value(mine[k])}" for k in differing) or "all runs"
     return labels

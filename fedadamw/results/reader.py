@@ -25,7 +25,15 @@ import pandas as pd
 from fedadamw.results.lock import writer_alive
 from fedadamw.results.writer import SCHEMA_VERSION, describe_open_error
 from fedadamw.results.writer import StoreError as StoreError  # one class for write and read
-from fedadamw.schema import INTERRUPTED, NON_SETTING_KEYS, PARTS, RUNNING, STAT_NAMES, setting_of
+from fedadamw.schema import (
+    INTERRUPTED,
+    NON_SETTING_KEYS,
+    PARTS,
+    RUNNING,
+    STAT_NAMES,
+    key_applies,
+    setting_of,
+)
 
 STORE_FILE = "results.db"
 
@@ -371,7 +379,8 @@ def setting_labels(runs: pd.DataFrame) -> dict[str, str]:
     keys = [k for k in varying_keys(runs) if k != "mode"]
     labels: dict[str, str] = {}
     for setting, config in zip(runs["setting"], runs["config"], strict=True):
-        labels[setting] = " · ".join(f"{k}={_fmt(config.get(k))}" for k in keys) or "all runs"
+        shown = [k for k in keys if key_applies(k, config)]
+        labels[setting] = " · ".join(f"{k}={_fmt(config.get(k))}" for k in shown) or "all runs"
     return labels
 
 
@@ -382,7 +391,9 @@ def condition_labels(runs: pd.DataFrame) -> dict[str, str]:
     labels: dict[str, str] = {}
     for _, row in runs.iterrows():
         parts = [f"{row['experiment']}: {row['mode']}" if multi_exp else str(row["mode"])]
-        parts += [f"{k}={_fmt(row['config'].get(k))}" for k in keys]
+        parts += [
+            f"{k}={_fmt(row['config'].get(k))}" for k in keys if key_applies(k, row["config"])
+        ]
         labels[row["condition"]] = " · ".join(parts)
     return labels
 
