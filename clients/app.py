@@ -79,7 +79,7 @@ def incoming_moments(
     msg: Message, context: Context, request: wire.TrainRequest
 ) -> dict[str, torch.Tensor] | None:
     """Adam's state this client starts from: its own (local), the server's mean v, or none."""
-    if request.optimizer_state == "local":
+    if request.optimizer_state == schema.LOCAL_STATE:
         kept = context.state.array_records.get(_state_key(request))
         return None if kept is None else kept.to_torch_state_dict()
     if request.optimizer_state == schema.SERVER_AVERAGED:
@@ -90,7 +90,7 @@ def incoming_moments(
 
 def keep_moments(context: Context, request: wire.TrainRequest, result: TrainResult) -> None:
     """optimizer-state local: the moments stay in this node's Context until it is sampled again."""
-    if request.optimizer_state == "local" and result.moments is not None:
+    if request.optimizer_state == schema.LOCAL_STATE and result.moments is not None:
         context.state[_state_key(request)] = ArrayRecord(result.moments)
 
 

@@ -26,8 +26,10 @@ from fedadamw.schema import (
     DECAY_PARAMS,
     DECAY_SCALINGS,
     DECAY_SCHEDULES,
+    LOCAL_STATE,
     LR_SCHEDULES,
     OPTIMIZER_STATES,
+    RESET_STATE,
     SERVER_DECAY_MODE,
     SERVER_OPTIMIZERS,
 )
@@ -353,7 +355,7 @@ def check_compatible(cfg: Config) -> None:
 def _check_optimizer_state(cfg: Config) -> None:
     """Keeping Adam's moments needs Adam, a client process that lasts, and an exact split."""
     state = cfg.optimizer_state
-    if state == "reset":
+    if state == RESET_STATE:
         return
     if cfg.engine == "vmap":
         # The cohort engine keeps no per-partition store of moments (yet).
@@ -367,7 +369,7 @@ def _check_optimizer_state(cfg: Config) -> None:
             f"optimizer-state: {state!r} is not allowed with arms {', '.join(sgd)} (no Adam "
             "moments to keep); expected reset, or Adam arms only"
         )
-    if state == "local" and cfg.track_decay and "coupled" in cfg.arm_list:
+    if state == LOCAL_STATE and cfg.track_decay and "coupled" in cfg.arm_list:
         # The decay part of a first moment carried over from an earlier round is unknown.
         raise ConfigError(
             "optimizer-state: 'local' is not allowed with track-decay and a coupled arm "

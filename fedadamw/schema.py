@@ -39,8 +39,10 @@ FEDPROX = "fedprox"
 PROXIMAL_MU = "proximal-mu"  # the train config key Flower's FedProx writes
 # Adam's moments between rounds: fresh every round, kept by each client (Flower's Context.state),
 # or second moments averaged by the server (FedAdamW, Liu et al. 2025).
-OPTIMIZER_STATES = ("reset", "local", "server-averaged")
-SERVER_AVERAGED = "server-averaged"
+RESET_STATE = "reset"  # fresh Adam moments every round
+LOCAL_STATE = "local"  # each client keeps its own moments between rounds
+SERVER_AVERAGED = "server-averaged"  # FedAdamW: the server averages the second moments
+OPTIMIZER_STATES = (RESET_STATE, LOCAL_STATE, SERVER_AVERAGED)
 ADAM_V = "adam-v"  # the ArrayRecord of second moments (reply and, averaged, train message)
 ADAM_STEP = "adam-step"  # its array holding the Adam step count that goes with them
 OPTIMIZER_STEPS = "optimizer-steps"  # reply metric: the Adam step count a client started from

@@ -27,7 +27,7 @@ from fedadamw.core.schedules import (
 )
 from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
 from fedadamw.data.split import ArrayDataset
-from fedadamw.schema import CLIENT_UNDECAYED_MODES
+from fedadamw.schema import CLIENT_UNDECAYED_MODES, RESET_STATE
 
 
 def pick_device() -> torch.device:
@@ -61,7 +61,7 @@ class TrainSpec:
     decay_scaling: str = "torch"
     decay_params: str = "matrices"
     proximal_mu: float = 0.0  # FedProx: μ(w − w_global) joins every step's data gradient
-    optimizer_state: str = "reset"  # not reset: Adam's moments come in and go out (`moments`)
+    optimizer_state: str = RESET_STATE  # not reset: Adam's moments come in and go out (`moments`)
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ def train_local(
         decay_step_sum=step_sum,
         weight_sum=float(weight_sum) if spec.track_decay else None,
         client_decay=client_decay(n, spec),
-        moments=None if spec.optimizer_state == "reset" else save_moments(optimizer, model),
+        moments=None if spec.optimizer_state == RESET_STATE else save_moments(optimizer, model),
         start_step=start_step,
     )
 

@@ -616,19 +616,18 @@ def _as_table(report: Report, points: bool = False) -> str:
     # the next line where a narrow terminal leaves no room, instead of losing digits to "…".
     width = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120
     console = Console(file=io.StringIO(), highlight=False, width=width, force_terminal=False)
-    selected = Table(title="selected points", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in SELECTION_HEADER:
-        selected.add_column(col, overflow="fold", no_wrap=col not in ("setting", "selected"))
-    for sel in report.selections:
-        selected.add_row(*_selection_cells(sel))
-    console.print(selected)
-    if points:
-        every = Table(title="every point (means over seeds)", box=box.SIMPLE_HEAD, pad_edge=False)
+
+    def print_selections(title: str, selections: list[Selection]) -> None:
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
         for col in SELECTION_HEADER:
-            every.add_column(col, overflow="fold", no_wrap=col not in ("setting", "selected"))
-        for sel in report.points:
-            every.add_row(*_selection_cells(sel))
-        console.print(every)
+            table.add_column(col, overflow="fold", no_wrap=col not in ("setting", "selected"))
+        for sel in selections:
+            table.add_row(*_selection_cells(sel))
+        console.print(table)
+
+    print_selections("selected points", report.selections)
+    if points:
+        print_selections("every point (means over seeds)", report.points)
     blocks: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for r in report.rows:
         blocks[(r.setting, r.mode_a, r.mode_b)].append(r)
