@@ -75,6 +75,23 @@ def test_round_lines_show_round_time_eta_and_grid_point(
     assert all(len(line) < 130 for line in lines)  # the sweep label is on the header only
 
 
+def test_a_vmap_run_does_not_promise_ray(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """engine = vmap starts no Ray: the console says what happens instead."""
+    clock = Clock()
+    monkeypatch.setattr("fedadamw.run.progress.monotonic", clock)
+    configs = [c.replace(engine="vmap") for c in _sweep(seeds=(0,))]
+    shown = ConsoleProgress(configs)
+    assert capsys.readouterr().out.splitlines() == [
+        "training 10 simulated clients in one process (engine = vmap)…"
+    ]
+    clock.now += 2.0
+    shown.round(_report(configs[0], "coupled", swept_keys(configs), 0))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("grid point 1/2") and not any("Ray" in line for line in lines)
+
+
 def test_skipped_rounds_leave_the_eta(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     monkeypatch.setattr("fedadamw.run.progress.monotonic", clock)

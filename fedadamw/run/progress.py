@@ -79,11 +79,16 @@ class ConsoleProgress(Progress):
         self.recent: deque[float] = deque(maxlen=RECENT_ROUNDS)
         self._label: str | None = None
         self._last: float | None = None  # when the current arm's previous round was stored
-        self.task = self.bar.add_task("starting Ray…", total=self.total)
-        sizes = sorted({c.num_clients for c in configs})
+        # engine = vmap starts no Ray: its clients train in this process, ready in seconds.
+        self.uses_ray = any(c.engine == "flower" for c in configs)
+        self.task = self.bar.add_task(
+            "starting Ray…" if self.uses_ray else "starting…", total=self.total
+        )
+        sizes = ", ".join(map(str, sorted({c.num_clients for c in configs})))
         self.console.print(
-            f"starting Ray and {', '.join(map(str, sizes))} simulated clients "
-            "(about 20 s before the first round)…",
+            f"starting Ray and {sizes} simulated clients (about 20 s before the first round)…"
+            if self.uses_ray
+            else f"training {sizes} simulated clients in one process (engine = vmap)…",
             soft_wrap=True,
         )
         self._ray_up = False
@@ -98,7 +103,10 @@ class ConsoleProgress(Progress):
         now = monotonic()
         if not self._ray_up:
             self._ray_up = True
-            self.console.print(f"Ray is up after {duration(now - self.started)}", soft_wrap=True)
+            if self.uses_ray:
+                self.console.print(
+                    f"Ray is up after {duration(now - self.started)}", soft_wrap=True
+                )
         if report.label != self._label:
             self._label, self._last = report.label, None
             self._header(report)
