@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,15 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
 ROUNDS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _processes_under(folder: str) -> list[int]:
@@ -53,7 +48,7 @@ def _processes_under(folder: str) -> list[int]:
 def cluster() -> Iterator[tuple[str, dict[str, str]]]:
     """A one-node Ray cluster of 2 CPUs: its address and the environment that may use it."""
     temp = tempfile.mkdtemp(prefix="fr-")  # short: Ray's socket paths are limited to 107 bytes
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

@@ -43,6 +43,7 @@ from server import strategy as strategy_module
 from server.app import discover_partitions
 from server.strategy import to_client_reply
 from tests import compose, needs
+from tests.ports import free_ports
 
 ROOT = deploy.ROOT
 BIN = Path(sys.executable).parent  # flower-superlink & co. of the environment running the tests
@@ -55,12 +56,6 @@ SUPERLINK_NODE_ID = 1  # Flower's node id of the SuperLink itself (flwr.common.c
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _descendants(pid: int) -> list[int]:
@@ -171,11 +166,8 @@ class Deployment:
     def __init__(self, root: Path, files: Sequence[Path] = (compose.COMPOSE_FILE,)) -> None:
         self.root = root
         self.services = compose.load_services(files, env={})  # the compose defaults
-        self.ports = {
-            (name, port): _free_port()
-            for name, svc in self.services.items()
-            for port in svc.ports()
-        }
+        wanted = [(name, port) for name, svc in self.services.items() for port in svc.ports()]
+        self.ports = dict(zip(wanted, free_ports(len(wanted)), strict=True))
         self.certs, self.keys, self.state = root / "certs", root / "keys", root / "state"
         self.state.mkdir(parents=True)
         for script, args in (("certs", []), ("keys", ["3"])):
@@ -594,6 +586,7 @@ def test_make_flwr_run_works_without_an_activated_venv(tmp_path: Path) -> None:
     # PATH (the Makefile must put it there), and no make of ours is running around it.
     path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN]
     drop = {"VIRTUAL_ENV", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    http_port, control_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if k not in drop} | {
         "PATH": os.pathsep.join(path),
         "FLWR_HOME": str(home),  # never the user's ~/.flwr
@@ -601,8 +594,8 @@ def test_make_flwr_run_works_without_an_activated_venv(tmp_path: Path) -> None:
         "FEDADAMW_RESULTS_ROOT": str(results),
         # Flower's local SuperLink listens on fixed ports unless told otherwise: free ones, so
         # that neither a SuperLink the user left running nor another test is reused.
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
     }
     experiment = "flwr-run-test"
     command = [
