@@ -11,10 +11,11 @@ import time
 from functools import cache
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.records import array_record, state_dict
 from fedadamw import schema
 from fedadamw.core import wire
 from fedadamw.core.models import build_model
@@ -63,13 +64,13 @@ def train_reply(msg: Message, spec: TrainSpec, result: TrainResult, seconds: flo
     if result.decay_step_sum is not None and result.weight_sum is not None:
         metrics[schema.DECAY_STEP_SUM] = result.decay_step_sum
         metrics[schema.WEIGHT_SUM] = result.weight_sum
-    content = RecordDict({"arrays": ArrayRecord(result.state), "metrics": metrics})
+    content = RecordDict({"arrays": array_record(result.state), "metrics": metrics})
     if result.decay_part is not None:
         # Only Δ_decay travels: the server gets Δ_data = Δ − Δ_decay exactly from the weights.
-        content[schema.DECAY_PART] = ArrayRecord(result.decay_part)
+        content[schema.DECAY_PART] = array_record(result.decay_part)
     if spec.optimizer_state == schema.SERVER_AVERAGED and result.moments is not None:
         # FedAdamW: only the second moments (and their step count) go to the server.
-        content[schema.ADAM_V] = ArrayRecord(
+        content[schema.ADAM_V] = array_record(
             {k: v for k, v in result.moments.items() if not k.startswith("exp_avg/")}
         )
     return Message(content=content, reply_to=msg)
@@ -81,17 +82,17 @@ def incoming_moments(
     """Adam's state this client starts from: its own (local), the server's mean v, or none."""
     if request.optimizer_state == schema.LOCAL_STATE:
         kept = context.state.array_records.get(_state_key(request))
-        return None if kept is None else kept.to_torch_state_dict()
+        return None if kept is None else state_dict(kept)
     if request.optimizer_state == schema.SERVER_AVERAGED:
         mean = msg.content.array_records.get(schema.ADAM_V)
-        return None if mean is None else mean.to_torch_state_dict()
+        return None if mean is None else state_dict(mean)
     return None
 
 
 def keep_moments(context: Context, request: wire.TrainRequest, result: TrainResult) -> None:
     """optimizer-state local: the moments stay in this node's Context until it is sampled again."""
     if request.optimizer_state == schema.LOCAL_STATE and result.moments is not None:
-        context.state[_state_key(request)] = ArrayRecord(result.moments)
+        context.state[_state_key(request)] = array_record(result.moments)
 
 
 def _state_key(request: wire.TrainRequest) -> str:
@@ -119,7 +120,7 @@ def train(msg: Message, context: Context) -> Message:
     data = load_partition(request.data, spec.partition_id)  # cached per process
     model = _model(request.model, request.data.dataset, request.data.seed, request.resnet_norm)
     # Every weight and buffer comes from the message: nothing of the previous call survives.
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.load_state_dict(state_dict(msg.content.array_records["arrays"]))
     started = time.perf_counter()
     result = train_local(model, data, spec, moments=incoming_moments(msg, context, request))
     keep_moments(context, request, result)

@@ -29,6 +29,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from clients.app import partition_reply, read_request, train_reply
+from clients.records import state_dict
 from fedadamw.core.cohort import CohortClient, train_cohort
 from fedadamw.core.models import build_model
 from fedadamw.core.training import TrainSpec, pick_device
@@ -147,7 +148,7 @@ class CohortGrid(Grid):
         first = members[0][0]
         try:
             model = self._model(request)
-            global_state = first.content.array_records["arrays"].to_torch_state_dict()
+            global_state = state_dict(first.content.array_records["arrays"])
             started = time.perf_counter()
             clients = [CohortClient(data, spec) for _, spec, data in members]
             results = train_cohort(model, global_state, clients, self.device)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.app import Message
 
+from clients.records import numpy_dict
 from fedadamw import schema
 
 # avg_v: optimizer-state server-averaged, the clients' mean second moments (and step count).
@@ -40,7 +41,7 @@ def pop_moments(replies: Sequence[Message]) -> tuple[list[dict[str, np.ndarray]]
     for m in replies:
         if schema.ADAM_V in m.content.array_records:
             record = m.content.array_records[schema.ADAM_V]
-            moments.append({k: a.numpy() for k, a in record.items()})
+            moments.append(numpy_dict(record))
             metrics = next(iter(m.content.metric_records.values()))
             weights.append(float(metrics[schema.NUM_EXAMPLES]))  # type: ignore[arg-type]
             del m.content[schema.ADAM_V]

@@ -22,6 +22,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedadamw import schema
@@ -229,6 +230,38 @@ def test_aggregate_is_the_same_bits_whatever_the_reply_order(tmp_path: Path) -> 
         assert arrays is not None
         results.append(arrays["w"].numpy())
     assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+def test_decoding_a_reply_once_aggregates_the_bits_flowers_own_parsing_gives(
+    tmp_path: Path,
+) -> None:
+    """The server hands FedAvg the arrays it decoded for the measurement (clients.records);
+    Fortran-ordered bytes take np.load's path instead: both must give Flower's FedAvg bits."""
+    rng = np.random.default_rng(5)
+    partitions = {40 + p: p for p in range(4)}
+    glob = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+    states = {
+        p: {k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in glob.items()}
+        for p in range(4)
+    }
+    results = []
+    for layout in (np.ascontiguousarray, np.asfortranarray):
+        strategy = _strategy(tmp_path / layout.__name__, partitions, per_round=4)
+        strategy.configure_train(1, _arrays(glob), ConfigRecord({}), FakeGrid(list(partitions)))
+        replies = [
+            _reply(40 + p, {k: layout(v) for k, v in states[p].items()}, _metrics(3 + p, p))
+            for p in range(4)
+        ]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        assert arrays is not None
+        results.append({k: arrays[k].numpy() for k in SHAPES})
+    # Flower's FedAvg on replies it parses itself, with no server of ours in between.
+    plain = [_reply(40 + p, states[p], _metrics(3 + p, p)) for p in range(4)]
+    reference, _ = FedAvg().aggregate_train(1, plain)
+    assert reference is not None
+    for name in SHAPES:
+        want = reference[name].numpy()
+        assert all(np.array_equal(r[name], want) for r in results)
 
 
 def test_the_server_decay_arm_shrinks_fedavgs_aggregate_by_the_clients_factor(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fedadamw.config import Config
@@ -183,3 +185,49 @@ def test_a_key_the_client_does_not_know_is_refused() -> None:
     wire["future-schedule"] = "cosine"  # sent by a newer server
     with pytest.raises(ConfigError, match="does not know: future-schedule"):
         TrainRequest.from_wire(wire)
+
+
+# --- arrays: numpy's .npy bytes, as Flower's Array carries them ----------------------------
+
+_ARRAYS = [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.array(2.5),  # 0-d: BatchNorm's num_batches_tracked is one
+    np.array(7, dtype=np.int64),
+    np.zeros((0, 3), dtype=np.float64),
+    np.arange(6, dtype=">f4"),  # big-endian
+    np.linspace(-1, 1, 2 * 3 * 5, dtype=np.float16).reshape(2, 3, 5),
+]
+
+
+@pytest.mark.parametrize("a", _ARRAYS, ids=lambda a: f"{a.dtype.str}{a.shape}")
+def test_npy_bytes_are_what_np_save_writes_and_read_back(a: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, a, allow_pickle=False)
+    assert wire.npy_bytes(a) == buffer.getvalue()
+    back = wire.from_npy_bytes(str(a.dtype), a.shape, buffer.getvalue())
+    assert back is not None
+    assert back.dtype == a.dtype and back.shape == a.shape
+    np.testing.assert_array_equal(back, a)
+    assert not back.flags.writeable  # a view of the message's bytes, never written through
+
+
+def test_bytes_npy_bytes_did_not_write_are_left_to_np_load() -> None:
+    a = np.arange(6, dtype=np.float64).reshape(2, 3)
+    fortran = io.BytesIO()
+    np.save(fortran, np.asfortranarray(a), allow_pickle=False)  # fortran_order: True
+    good = wire.npy_bytes(a)
+    # Another header, a lying dtype, a truncated or padded body, a forged shape: None, and
+    # the caller parses the bytes with np.load (which reads or refuses them).
+    assert wire.from_npy_bytes("float64", (2, 3), fortran.getvalue()) is None
+    assert wire.from_npy_bytes("float32", (2, 3), good) is None
+    assert wire.from_npy_bytes("float64", (2, 3), good[:-1]) is None
+    assert wire.from_npy_bytes("float64", (2, 3), good + b"\0") is None
+    assert wire.from_npy_bytes("float64", (3, 2), good) is None
+    assert wire.from_npy_bytes("float64", (10**12,), good) is None  # allocates nothing
+    assert wire.from_npy_bytes("float64", (-1, 3), good) is None
+    assert wire.from_npy_bytes("no-such-dtype", (2, 3), good) is None
+    assert wire.from_npy_bytes("object", (2, 3), good) is None
+    with pytest.raises(TypeError, match="pickle"):
+        wire.npy_bytes(np.array([{}], dtype=object))
+    # A Fortran-ordered array is sent in C order: other bytes, the same values.
+    np.testing.assert_array_equal(np.load(io.BytesIO(wire.npy_bytes(np.asfortranarray(a)))), a)

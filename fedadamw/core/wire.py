@@ -9,15 +9,25 @@ A train message's ConfigRecord is a `TrainRequest` written field by field: the k
 name in kebab-case (a dataclass field, the DataSpec, is written as its own fields), the value is
 checked against the field's annotation when read. Adding a key is adding a field; `from_config`
 fills it from the Config field of the same name.
+
+Arrays travel as Flower's `Array`s: numpy's `.npy` bytes (`np.save`). `npy_bytes` and
+`from_npy_bytes` write and read those bytes with each dtype and shape's header built once, where
+`np.save`/`np.load` format and parse (`ast.literal_eval`) a header per array: at 100 clients a
+round that was several seconds of a vmap run's ~1 s rounds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
+from functools import lru_cache
 from typing import Any, TypeVar, get_type_hints
+
+import numpy as np
 
 from fedadamw.config import Config, batch_size_list
 from fedadamw.core.sampling import client_batch_size, work_fraction
@@ -33,6 +43,7 @@ _KEYS = {"num_clients": "num-partitions"}
 _SCALARS = (str, int, float, bool)
 
 T = TypeVar("T")
+NPY = "numpy.ndarray"  # Flower's `SType.NUMPY`: an Array's data is `np.save`'s bytes
 
 
 @dataclass(frozen=True)
@@ -202,3 +213,41 @@ def _value(config: Mapping[str, Any], key: str, kind: type) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"train message key {key!r}: {value!r} is not a {kind.__name__}")
     return value
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """`array` as `np.save` writes it (byte for byte when `array` is C-ordered)."""
+    if array.dtype.hasobject:
+        raise TypeError(f"cannot send an array of dtype {array.dtype} (it would need pickle)")
+    return _npy_header(array.dtype.str, tuple(array.shape)) + array.tobytes(order="C")
+
+
+def from_npy_bytes(dtype: str, shape: Sequence[int], data: bytes) -> np.ndarray | None:
+    """The read-only array in `data` if it is exactly what `npy_bytes` writes for `dtype` and
+    `shape`; None for anything else (another header, a size mismatch, a bad dtype): the caller
+    then reads it with `np.load`, which parses any valid `.npy` and refuses the rest.
+    """
+    try:
+        kind = np.dtype(dtype)
+        dims = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        return None
+    if kind.hasobject or any(n < 0 for n in dims):
+        return None
+    count = math.prod(dims)
+    if count * kind.itemsize > len(data):  # also keeps a forged huge shape from allocating
+        return None
+    header = _npy_header(kind.str, dims)
+    if len(data) != len(header) + count * kind.itemsize or not data.startswith(header):
+        return None
+    return np.frombuffer(data, kind, count=count, offset=len(header)).reshape(dims)
+
+
+@lru_cache(maxsize=1024)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """`np.save`'s header (magic, version, dict, padding) for an array of this dtype and shape."""
+    kind = np.dtype(dtype)
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(shape, kind), allow_pickle=False)
+    written = buffer.getvalue()
+    return written[: len(written) - math.prod(shape) * kind.itemsize]
