@@ -43,6 +43,25 @@ def numpy_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: to_numpy(a) for name, a in record.items()}
 
 
+class _Decoded(Array):
+    """An Array whose ndarray was already read: `numpy()` returns it without parsing."""
+
+    decoded: np.ndarray
+
+    def numpy(self) -> np.ndarray:
+        return self.decoded
+
+
+def keep_decoded(record: ArrayRecord, arrays: Mapping[str, np.ndarray]) -> None:
+    """Make `record[k].numpy()` return `arrays[k]`, the values already read from its bytes (the
+    server reads a reply once for its measurement; FedAvg then reads the same arrays)."""
+    for name, array in list(record.items()):
+        decoded = _Decoded.__new__(_Decoded)  # the same fields and bytes, nothing re-encoded
+        decoded.__dict__.update(array.__dict__)
+        decoded.decoded = arrays[name]
+        record[name] = decoded
+
+
 def state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
     """`record.to_torch_state_dict()`: writable tensors of their own."""
     return OrderedDict(

@@ -20,7 +20,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from clients.records import numpy_dict
+from clients.records import keep_decoded, numpy_dict
 from fedadamw import schema
 from fedadamw.core.optim import decayed_names
 from fedadamw.core.sampling import dropped_partitions, sample_partitions
@@ -60,35 +60,14 @@ def to_client_reply(
         records.pop(schema.ADAM_V, None)  # server-averaged: the strategy averages these
         if len(records) != 1 or len(content.metric_records) != 1:
             raise ValueError("expected one ArrayRecord of weights and one MetricRecord")
-        arrays = numpy_dict(next(iter(records.values())))
+        weights = next(iter(records.values()))
+        arrays = numpy_dict(weights)
+        keep_decoded(weights, arrays)  # FedAvg reads these arrays, not the bytes, again
         metrics = dict(next(iter(content.metric_records.values())))
         decay = None if decay_record is None else numpy_dict(decay_record)
     except Exception as exc:  # any malformed reply is a rejection, not a crash
         return ClientReply(node, pid, None, {}, error=f"malformed reply: {exc}")
     return ClientReply(node, pid, arrays, metrics, decay=decay)
-
-
-class _Decoded(Array):
-    """An Array whose ndarray the server already has: `numpy()` returns it, unparsed."""
-
-    decoded: np.ndarray
-
-    def numpy(self) -> np.ndarray:
-        return self.decoded
-
-
-def _hand_decoded(msg: Message, arrays: Mapping[str, np.ndarray]) -> None:
-    """Let the strategy's aggregation read a reply's weights as `to_client_reply` decoded them."""
-    (record,) = [
-        r
-        for n, r in msg.content.array_records.items()
-        if n not in (schema.DECAY_PART, schema.ADAM_V)  # as to_client_reply picks them
-    ]
-    for key, array in list(record.items()):
-        decoded = _Decoded.__new__(_Decoded)
-        decoded.__dict__.update(array.__dict__)
-        decoded.decoded = arrays[key]
-        record[key] = decoded
 
 
 class DivergenceMixin(FedAvg):
@@ -213,9 +192,6 @@ class DivergenceMixin(FedAvg):
         # In measure_round's partition order: FedAvg sums in this order, and float addition is
         # not associative, so arrival order must not leak into the aggregate.
         accepted = [message_of[id(r)] for r in measured.accepted]
-        for reply in measured.accepted:  # FedAvg reads the arrays decoded above, not the bytes
-            assert reply.arrays is not None  # an accepted reply has its arrays
-            _hand_decoded(message_of[id(reply)], reply.arrays)
         moments, weights = pop_moments(accepted)  # server-averaged: each client's v
         for m in accepted:
             # FedAvg expects exactly one ArrayRecord per reply; the decay part is measured above.
