@@ -169,8 +169,9 @@ def flatten_decay_parts(
         for name, part in (reply.decay or {}).items():
             if name not in segments:
                 continue  # a tensor left out of the measurement (see flatten_updates' `only`)
-            out[i, segments[name]] = torch.from_numpy(np.asarray(part).reshape(-1)).to(
-                device, torch.float32
+            # A copy: replies are read-only views of their message's bytes (clients.records).
+            out[i, segments[name]] = torch.from_numpy(np.array(part, np.float32).reshape(-1)).to(
+                device
             )
     return out
 
@@ -199,7 +200,7 @@ def measure_parts(
         dd = torch.cat([decay[:, s] for s in decayed], dim=1).to(torch.float64)
         w = torch.cat(
             [
-                torch.from_numpy(np.asarray(global_arrays[n], np.float64).reshape(-1))
+                torch.from_numpy(np.array(global_arrays[n], np.float64).reshape(-1))
                 for n, s in segments.items()
                 if s in decayed
             ]
