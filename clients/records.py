@@ -20,11 +20,11 @@ from flwr.app import Array, ArrayRecord
 from fedadamw.core import wire
 
 
-def array_record(tensors: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray]) -> ArrayRecord:
+def array_record(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
     """`tensors` as the ArrayRecord that `ArrayRecord(tensors)` makes."""
     record = ArrayRecord()  # filled in place: ArrayRecord(dict) would copy every Array again
-    for name, value in tensors.items():
-        a = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    for name, tensor in tensors.items():
+        a = tensor.detach().cpu().numpy()
         record[name] = Array(str(a.dtype), tuple(a.shape), wire.NPY, wire.npy_bytes(a))
     return record
 

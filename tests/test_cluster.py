@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from fedadamw.viz.serve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"

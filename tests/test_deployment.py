@@ -39,11 +39,11 @@ from fedadamw.errors import ConfigError
 from fedadamw.results.reader import connect_readonly
 from fedadamw.results.writer import ResultStore
 from fedadamw.run.recorder import RunRecorder
+from fedadamw.viz.serve import free_ports
 from server import strategy as strategy_module
 from server.app import discover_partitions
 from server.strategy import to_client_reply
 from tests import compose, needs
-from tests.ports import free_ports
 
 ROOT = deploy.ROOT
 BIN = Path(sys.executable).parent  # flower-superlink & co. of the environment running the tests

@@ -38,9 +38,23 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (for tests and `--port 0`)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports that were free a moment ago.
+
+    Every socket stays open until all are chosen: the kernel may hand a just-closed ephemeral
+    port out again, so ports asked for one at a time can repeat (seen in CI: two SuperNodes
+    given one port, the second failing with EADDRINUSE).
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+    return ports
 
 
 def dashboard_argv(port: int, host: str = "127.0.0.1") -> list[str]:
