@@ -54,9 +54,12 @@ MODEL_INPUTS = {
 }
 MODELS = tuple(MODEL_INPUTS)
 NORMS = ("batch", "group")
-# How a round's clients train: Flower's simulation engine (Ray actors) or the vectorized cohort
-# engine (every sampled client in lockstep in one process, `fedadamw.core.cohort`).
-ENGINES = ("flower", "vmap")
+# How a round's clients train: Flower's simulation engine (Ray actors), the vectorized cohort
+# engine (every sampled client in lockstep in one process, `fedadamw.core.cohort`), or the grid
+# engine (the clients of many runs of a sweep in lockstep, `server.run_batch`).
+ENGINES = ("flower", "vmap", "grid")
+# The engines that train stacked clients with `fedadamw.core.cohort.train_cohort`.
+BATCHED_ENGINES = ("vmap", "grid")
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 # Clients train in float32: a learning rate or decay beyond this overflows on the first step.
@@ -334,11 +337,11 @@ def check_compatible(cfg: Config) -> None:
             f"partitioner: {cfg.partitioner!r} is not allowed with dataset {cfg.dataset!r}; "
             "expected natural-id (one partition per generated client)"
         )
-    if cfg.engine == "vmap" and cfg.model == "resnet20" and cfg.resnet_norm == "batch":
+    if cfg.engine in BATCHED_ENGINES and cfg.model == "resnet20" and cfg.resnet_norm == "batch":
         # Lockstep batches are padded to the widest client: padded rows would enter BatchNorm's
         # batch statistics, and its running statistics are updated in place, per module.
         raise ConfigError(
-            "engine: 'vmap' is not allowed with model 'resnet20' and resnet-norm 'batch' "
+            f"engine: {cfg.engine!r} is not allowed with model 'resnet20' and resnet-norm 'batch' "
             "(BatchNorm); set resnet-norm=group or engine=flower"
         )
 
@@ -357,10 +360,10 @@ def _check_optimizer_state(cfg: Config) -> None:
     state = cfg.optimizer_state
     if state == RESET_STATE:
         return
-    if cfg.engine == "vmap":
+    if cfg.engine in BATCHED_ENGINES:
         # The cohort engine keeps no per-partition store of moments (yet).
         raise ConfigError(
-            f"engine: 'vmap' is not allowed with optimizer-state {state!r}; "
+            f"engine: {cfg.engine!r} is not allowed with optimizer-state {state!r}; "
             "set optimizer-state=reset or engine=flower"
         )
     sgd = [a for a in cfg.arm_list if a.startswith("sgd")]

@@ -28,10 +28,43 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from fedadamw.config import Config
+from fedadamw.core.models import model_for
 from fedadamw.run.failures import RunInterruptedError
 from server.cohort_grid import CohortGrid
 
 T = TypeVar("T")
+# The stacked weights' budget on the CPU: each stacked client holds ~8 float32 copies of the
+# model (weights, gradient, Adam's two moments, the decay split's three sums, FedProx's anchor).
+CPU_BUDGET_BYTES = 2 << 30
+COPIES_PER_CLIENT = 8
+
+
+def batch_size(configs: Sequence[Config], most: int = 0) -> tuple[int, str]:
+    """How many runs of `configs` train together, and a line saying why.
+
+    As many as fit `CPU_BUDGET_BYTES` of stacked weights (half the free memory of a CUDA device),
+    at most `most` when it is > 0; the activations are bounded separately (train_cohort's chunks).
+    """
+    import torch
+
+    runs = sum(len(c.arm_list) for c in configs)
+    cfg = configs[0]
+    params = sum(p.numel() for p in model_for(cfg).parameters())
+    per_run = max(c.clients_per_round for c in configs) * params * 4 * COPIES_PER_CLIENT
+    budget = CPU_BUDGET_BYTES
+    if torch.cuda.is_available():
+        budget = torch.cuda.mem_get_info()[0] // 2
+    fit = max(1, budget // max(per_run, 1))
+    size = min(runs, fit, most) if most > 0 else min(runs, fit)
+    batches = -(-runs // size)
+    why = (
+        f"grid engine: {runs} runs in {batches} batch{'es' if batches > 1 else ''} of up to "
+        f"{size} ({size * per_run / 2**20:.0f} MiB of stacked weights"
+        + (f"; --max-batch-runs {most}" if most > 0 else f"; budget {budget / 2**30:.1f} GiB")
+        + ")"
+    )
+    return size, why
 
 
 class _Member(Grid):
@@ -114,13 +147,13 @@ class RunBatch(Generic[T]):
         try:
             while len(done) < len(threads):
                 for index in range(len(threads)):
+                    if errors and not self._abort:
+                        break  # nobody takes another step after a run failed
                     if index not in done:
-                        self._give_turn(index, done)
-                if errors and not self._abort:
-                    self._abort = True  # the others stop at their next push
+                        self._give_turn(index, done)  # once aborting: its turn to stop
+                if errors or self._stop.is_set():
+                    self._abort = True  # the next round of turns stops every live run
                     continue
-                if self._stop.is_set():
-                    self._abort = True
                 if self._pending:
                     self._serve()
         except BaseException:

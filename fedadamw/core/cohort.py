@@ -152,29 +152,27 @@ def train_cohort(
     model.train()  # as train_local; restored below, the caller's module is otherwise untouched
     try:
         for t in range(schedule.steps):
-            k, width = schedule.active[t], schedule.width[t]
-            rows = schedule.index[t, :k, :width]
-            mask, count = schedule.mask[t, :k, :width], schedule.count[t, :k]
-            per_chunk = max(1, budget // width)
-            parts: list[list[Tensor]] = []
-            for a in range(0, k, per_chunk):
-                b = min(k, a + per_chunk)
-                leaves = [flat[a:b].detach().requires_grad_() for flat in stacked]
-                params: dict[str, Tensor] = {}
-                for group, leaf in zip(layout.groups, leaves, strict=True):
-                    params.update(group.views(leaf))
-                loss = step_loss(params, x[rows[a:b]], y[rows[a:b]], mask[a:b], count[a:b])
-                grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
-                losses[t, a:b] = loss.detach()
-                parts.append(
-                    [
-                        torch.zeros_like(v) if g is None else g
-                        for g, v in zip(grads, leaves, strict=True)
-                    ]
-                )
-            full = (
-                parts[0] if len(parts) == 1 else [torch.cat(gs) for gs in zip(*parts, strict=True)]
-            )
+            k = schedule.active[t]
+            full = [torch.zeros_like(flat[:k]) for flat in stacked]
+            # Clients of one batch size at a time, each batch exactly its own rows: no padded
+            # row enters a reduction, so a client's numbers do not depend on the widest batch
+            # of whoever shares the stack (the pairing of identical settings rests on it).
+            for width, positions in schedule.by_width[t]:
+                for a in range(0, len(positions), max(1, budget // width)):
+                    sel = positions[a : a + max(1, budget // width)]
+                    leaves = [flat.index_select(0, sel).requires_grad_() for flat in stacked]
+                    params: dict[str, Tensor] = {}
+                    for group, leaf in zip(layout.groups, leaves, strict=True):
+                        params.update(group.views(leaf))
+                    rows = schedule.index[t].index_select(0, sel)[:, :width]
+                    mask = schedule.mask[t].index_select(0, sel)[:, :width]
+                    count = schedule.count[t].index_select(0, sel)
+                    loss = step_loss(params, x[rows], y[rows], mask, count)
+                    grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
+                    losses[t].index_copy_(0, sel, loss.detach())
+                    for f, g in zip(full, grads, strict=True):
+                        if g is not None:
+                            f.index_copy_(0, sel, g)
             leaves = [flat[:k] for flat in stacked]
             if anchor:
                 full = _add_proximal(full, leaves, anchor, mu, k)
@@ -287,6 +285,8 @@ class _Schedule:
     active: list[int]
     width: list[int]
     sizes: list[list[int]]
+    # Per step, (batch size, stack positions of the clients with that batch), widest first.
+    by_width: list[list[tuple[int, Tensor]]]
 
     @property
     def steps(self) -> int:
@@ -313,7 +313,20 @@ class _Schedule:
         active = [sum(len(plan) > t for plan in plans) for t in range(steps)]
         width = [max(len(plans[c][t]) for c in range(active[t])) for t in range(steps)]
         sizes = [[len(b) for b in plan] for plan in plans]
-        return cls(index.to(device), mask.to(device), count.to(device), active, width, sizes)
+        by_width = []
+        for t in range(steps):
+            groups: dict[int, list[int]] = {}
+            for c in range(active[t]):
+                groups.setdefault(sizes[c][t], []).append(c)
+            by_width.append(
+                [
+                    (w, torch.tensor(groups[w], dtype=torch.int64, device=device))
+                    for w in sorted(groups, reverse=True)
+                ]
+            )
+        return cls(
+            index.to(device), mask.to(device), count.to(device), active, width, sizes, by_width
+        )
 
 
 @dataclass(frozen=True)
