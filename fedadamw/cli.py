@@ -252,7 +252,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from fedadamw.results.compare import compare_command
+    from fedadamw.results.compare_render import compare_command
 
     return compare_command(
         _existing_store(args.out),
