@@ -233,7 +233,7 @@ def test_labels_name_only_the_keys_a_setting_used() -> None:
     import pandas as pd
 
     from fedadamw.results.compare import _labels
-    from fedadamw.results.reader import condition_labels, setting_labels
+    from fedadamw.results.summaries import condition_labels, setting_labels
     from fedadamw.schema import key_applies
 
     iid = {"partitioner": "iid", "dirichlet-alpha": 0.3, "server-optimizer": "fedavg"}

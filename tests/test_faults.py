@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fedadamw.results.reader import arm_summary
+from fedadamw.results.summaries import arm_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 6

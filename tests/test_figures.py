@@ -27,15 +27,8 @@ from fedadamw import cli
 from fedadamw.config import Config, default_config
 from fedadamw.core.divergence import analyze
 from fedadamw.results.lock import WriterLock
-from fedadamw.results.reader import (
-    ROUND_MEAN,
-    EmptyStoreError,
-    Store,
-    StoreError,
-    config_diff,
-    cosine_matrix,
-    resolve_store_path,
-)
+from fedadamw.results.reader import EmptyStoreError, Store, StoreError, resolve_store_path
+from fedadamw.results.summaries import ROUND_MEAN, config_diff, cosine_matrix
 from fedadamw.results.writer import ResultStore, RoundRecord
 from fedadamw.schema import STAT_NAMES
 from fedadamw.viz import figures, style, views

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from fedadamw.errors import ConfigError
-from fedadamw.results.reader import Store, last_rounds_mean
+from fedadamw.results.reader import Store
 from fedadamw.results.stats import Interval, holm, paired_t_pvalue, t_interval
+from fedadamw.results.summaries import last_rounds_mean
 from fedadamw.schema import (
     DECAY_KEY,
     EFFECTIVE_SHRINK,

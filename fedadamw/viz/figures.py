@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from fedadamw.results.reader import condition_labels
 from fedadamw.results.stats import t_half_width
+from fedadamw.results.summaries import condition_labels
 from fedadamw.schema import SHRINK_COLUMNS
 from fedadamw.viz.labels import ClientLabels
 from fedadamw.viz.style import (
