@@ -210,8 +210,10 @@ def test_every_documented_command_parses(
         assert (ROOT / argv[0]).is_file(), f"{where}: no file {argv[0]}"
 
 
-def test_a_wrong_command_is_caught() -> None:
+def test_a_wrong_command_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks above can fail: each refuses a command that does not exist."""
+    with pytest.raises(AssertionError):
+        _parse_module("fedadamw.docgen", ["--no-such-option"], monkeypatch)
     with pytest.raises(AssertionError):
         _parse_fedadamw(["run", "--no-such-option"])
     with pytest.raises(AssertionError):
@@ -311,8 +313,14 @@ def test_readme_is_short_and_starts_with_the_two_commands() -> None:
     assert ci[-1] == commands[1], ci
 
 
-def test_config_md_is_up_to_date() -> None:
-    assert docgen.main(["--check"]) == 0, "docs/config.md is stale: run `make docs`"
+def test_config_md_is_up_to_date(tmp_path: Path) -> None:
+    text = docgen.render(docgen.config_keys())  # a key without a description raises, naming it
+    assert docgen.CONFIG_MD.read_text() == text, "docs/config.md is stale: run `make docs`"
+    assert docgen.main(["--check"]) == 0
+    stale = tmp_path / "config.md"
+    stale.write_text(text.replace("| `seed` |", "| `seeds` |"))
+    assert docgen.main(["--check", "--out", str(stale)]) == 1
+    assert docgen.main(["--out", str(stale)]) == 0 and stale.read_text() == text
 
 
 def test_config_md_covers_every_key_with_the_codes_choices() -> None:
