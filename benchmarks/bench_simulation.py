@@ -108,7 +108,8 @@ def run_loop(clients: int, rounds: int) -> tuple[float, float]:
 
 def run_fedadamw(settings: dict[str, object], out: Path) -> tuple[float, list[float], float]:
     """(whole-command seconds, each stored round's seconds, final accuracy) of `fedadamw run`."""
-    from fedadamw.results.reader import arm_summary, connect_readonly
+    from fedadamw.results.reader import connect_readonly
+    from fedadamw.results.summaries import arm_summary
 
     argv = [sys.executable, "-m", "fedadamw.cli", "run", "--out", str(out), "--restart"]
     for key, value in {**settings, "experiment": "bench"}.items():

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,6 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedadamw", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="train every arm of an experiment and measure divergence")
+    run.set_defaults(func=_run)
     _add_config_arguments(run)
     run.add_argument("--out", metavar="DIR", help="output folder (default: runs/<experiment>)")
     run.add_argument(
@@ -98,6 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "compare",
         help="tuned-vs-tuned differences between modes across seeds: 95%% CIs, Holm p-values",
     )
+    cmp.set_defaults(func=_compare)
     cmp.add_argument("out", metavar="OUT", help="a run's output folder (holds results.db)")
     cmp.add_argument("--a", default="coupled", metavar="MODE", help="mode A (default coupled)")
     cmp.add_argument(
@@ -135,6 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parts = sub.add_parser(
         "partitions", help="print the per-client label histogram of a split and plot it"
     )
+    parts.set_defaults(func=_partitions)
     _add_config_arguments(parts)
     parts.add_argument(
         "--plot", metavar="FILE", help="plot file (default: runs/<experiment>/partitions.png)"
@@ -142,6 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser(
         "dashboard", help="serve the update-divergence dashboard of one or more stores"
     )
+    dash.set_defaults(func=_dashboard)
     dash.add_argument(
         "out",
         metavar="OUT",
@@ -150,9 +154,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (0: any free)")
     rep = sub.add_parser("report", help="write one self-contained HTML report (readable offline)")
+    rep.set_defaults(func=_report)
     rep.add_argument("out", metavar="OUT", nargs="+", help="output folders of runs, overlaid")
     rep.add_argument("--html", metavar="FILE", required=True, help="the HTML file to write")
     fig = sub.add_parser("figures", help="write PNG and PDF figures for papers")
+    fig.set_defaults(func=_figures)
     fig.add_argument("out", metavar="OUT", nargs="+", help="output folders of runs, overlaid")
     fig.add_argument("--dir", metavar="D", required=True, dest="directory", help="output folder")
     fig.add_argument(
@@ -162,6 +168,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "export",
         help="write every table of a store as tidy CSV or Parquet (config keys as columns)",
     )
+    exp.set_defaults(func=_export)
     exp.add_argument("out", metavar="OUT", help="a run's output folder")
     exp.add_argument(
         "--format",
@@ -198,53 +205,64 @@ def resolve_config(config_file: str | None, overrides: Sequence[str]) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fedadamw` console script."""
     args = _build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.func  # set_defaults of each subparser
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "partitions":
-            from fedadamw.data.labels import partitions_command
-
-            cfg = resolve_config(args.config, args.overrides)
-            return partitions_command(cfg, Path(args.plot) if args.plot else None)
-        if args.command == "dashboard":
-            from fedadamw.viz.commands import dashboard_command
-
-            return dashboard_command([Path(o) for o in args.out], args.port)
-        if args.command == "report":
-            from fedadamw.viz.commands import report_command
-
-            return report_command([Path(o) for o in args.out], Path(args.html))
-        if args.command == "figures":
-            from fedadamw.viz.commands import figures_command
-
-            return figures_command([Path(o) for o in args.out], Path(args.directory), args.force)
-        if args.command == "export":
-            directory = None if args.directory is None else Path(args.directory)
-            if args.fmt in ("tensorboard", "mlflow"):
-                from fedadamw.run import trackers
-
-                return trackers.export_command(Path(args.out), args.fmt, directory)
-            from fedadamw.results.export import export_command
-
-            return export_command(Path(args.out), args.fmt, directory, args.force)
-        if args.command == "compare":
-            from fedadamw.results.compare import compare_command
-
-            return compare_command(
-                _existing_store(args.out),
-                args.a,
-                [b.strip() for b in args.b.split(",") if b.strip()],
-                final_rounds=args.final_rounds,
-                match=args.match,
-                fmt=args.fmt,
-                points=args.points,
-            )
+        return command(args)
     except (ConfigError, StoreError) as exc:
         return print_error(exc)
     except KeyboardInterrupt:
         print("fedadamw: interrupted; rounds already written stay in the store", file=sys.stderr)
         return 130
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse allows no other
+
+
+def _partitions(args: argparse.Namespace) -> int:
+    from fedadamw.data.labels import partitions_command
+
+    cfg = resolve_config(args.config, args.overrides)
+    return partitions_command(cfg, Path(args.plot) if args.plot else None)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from fedadamw.viz.commands import dashboard_command
+
+    return dashboard_command([Path(o) for o in args.out], args.port)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedadamw.viz.commands import report_command
+
+    return report_command([Path(o) for o in args.out], Path(args.html))
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from fedadamw.viz.commands import figures_command
+
+    return figures_command([Path(o) for o in args.out], Path(args.directory), args.force)
+
+
+def _export(args: argparse.Namespace) -> int:
+    directory = None if args.directory is None else Path(args.directory)
+    if args.fmt in ("tensorboard", "mlflow"):
+        from fedadamw.run import trackers
+
+        return trackers.export_command(Path(args.out), args.fmt, directory)
+    from fedadamw.results.export import export_command
+
+    return export_command(Path(args.out), args.fmt, directory, args.force)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedadamw.results.compare_render import compare_command
+
+    return compare_command(
+        _existing_store(args.out),
+        args.a,
+        [b.strip() for b in args.b.split(",") if b.strip()],
+        final_rounds=args.final_rounds,
+        match=args.match,
+        fmt=args.fmt,
+        points=args.points,
+    )
 
 
 def _existing_store(out: str) -> Path:

@@ -205,7 +205,7 @@ def test_five_stored_rounds_agree_with_the_flower_clients(mode: str, tmp_path: P
     cfg = _cfg(
         **{
             # The reference job: at lr 1e-2 Adam's amplification of rounding noise
-            # compounds over rounds to ~1e-3 (README, Engines); here it stays below ~2e-4.
+            # compounds over rounds to ~1e-3 (docs/methods.md, Engines); here it stays below ~2e-4.
             "learning-rate": 1e-3,
             "arms": mode,
             "num-server-rounds": 5,
@@ -352,7 +352,7 @@ def test_pairs_beyond_the_limit_are_a_seeded_subset_and_statistics_do_not_change
         strict=True,
     ):
         for key in schema.STAT_COLUMNS:
-            # Two vmap runs agree to ~1e-10 here, not bit for bit (README, Engines).
+            # Two vmap runs agree to ~1e-10 here, not bit for bit (docs/methods.md, Engines).
             if b[key] is None:  # round 0 has no update
                 assert a[key] is None, key
             else:

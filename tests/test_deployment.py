@@ -6,7 +6,7 @@ docker-compose.yml runs them (fedadamw.deploy reads the file and maps service na
 mounted paths to loopback), with fresh certificates, keys and secret; they start the experiment
 with `flwr run . <connection>` and check the results store, and show that a SuperNode without a
 registered key, one without the CA and a SuperExec without the secret are each refused. One
-more runs `make flwr-run`, the README's local simulation. Every process is started in its own
+more runs `make flwr-run`, the documented local simulation. Every process is started in its own
 process group and stopped by pid when the test ends, also when it fails.
 """
 
@@ -160,7 +160,7 @@ class Deployment:
     """docker-compose.yml's services as loopback processes, with fresh credentials.
 
     The certificates, the SuperExec secret and the SuperNode keys come from the scripts the
-    README has users run (docker/certs/generate.sh, docker/keys/generate.sh), into `root`.
+    deployment docs have users run (docker/certs/generate.sh, docker/keys/generate.sh), into `root`.
     """
 
     def __init__(self, root: Path, files: Sequence[Path] = (compose.COMPOSE_FILE,)) -> None:
@@ -284,7 +284,7 @@ def _deployment(
 
 def _start_all(dep: Deployment) -> None:
     dep.start_superlink()
-    dep.register(*SUPERNODES)  # before they connect, as the README's recipe does
+    dep.register(*SUPERNODES)  # before they connect, as docs/deployment.md's recipe does
     dep.start("serverapp")
     for name in SUPERNODES:
         dep.start(name)
@@ -328,7 +328,7 @@ def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     deployment, the decoupled arm loses `KILLED` in its round 1 and must finish without it.
     """
     root = tmp_path_factory.mktemp("deployed")
-    # A relative out-dir, as in the README: the ServerApp takes it under the results volume.
+    # A relative out-dir, as in docs/deployment.md: the ServerApp takes it under the results volume.
     out = root / "results" / "two-arms"
     with _deployment(root) as dep:
         _start_all(dep)
@@ -577,10 +577,10 @@ FLWR_RUN_CLIENTS = 3
 
 @pytest.mark.deployment
 def test_make_flwr_run_works_without_an_activated_venv(tmp_path: Path) -> None:
-    """The README's `make flwr-run`, 2 rounds: no venv on PATH, Flower's home and the results
+    """The documented `make flwr-run`, 2 rounds: no venv on PATH, Flower's home and the results
     root in tmp_path; the detached local SuperLink it leaves behind is stopped by pid."""
     make = shutil.which("make")
-    assert make is not None, "the README's commands need make"
+    assert make is not None, "the documented commands need make"
     home, results = tmp_path / "flwr-home", tmp_path / "results"
     # As on a fresh machine: no activated venv, so this environment's bin folder is not on
     # PATH (the Makefile must put it there), and no make of ours is running around it.

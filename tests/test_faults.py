@@ -2,7 +2,7 @@
 
 Every test starts the CLI as a subprocess on a small federation (3 clients, 6 rounds, one local
 epoch) and compares the store it leaves with an uninterrupted run of the same command, row by
-row (timings aside). Measured numbers are printed (`pytest -s`): the README's fault table
+row (timings aside). Measured numbers are printed (`pytest -s`): docs/usage.md's fault table
 comes from them.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fedadamw.results.reader import arm_summary
+from fedadamw.results.summaries import arm_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 6

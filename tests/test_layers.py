@@ -43,6 +43,7 @@ RANKS = {
     "fedadamw.viz": 4,
     "fedadamw.cli": 5,
     "fedadamw.deploy": 5,
+    "fedadamw.docgen": 5,
     "fedadamw": 0,  # the package's own __init__
 }
 NEVER = {  # importer prefix -> what it must never import (the read side stays free of torch)

@@ -221,7 +221,7 @@ def print_summary(configs: list[Config], out_dir: Path, wall: float) -> None:
     """The closing table of `fedadamw run`, then where the results are."""
     from rich.table import Table
 
-    from fedadamw.results.reader import arm_summary
+    from fedadamw.results.summaries import arm_summary
 
     if not (out_dir / "results.db").exists():
         return

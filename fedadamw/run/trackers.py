@@ -40,7 +40,8 @@ from typing import Any
 import pandas as pd
 
 from fedadamw.errors import ConfigError
-from fedadamw.results.reader import ROUND_MEAN, Store, connect_readonly, run_summary
+from fedadamw.results.reader import Store, connect_readonly
+from fedadamw.results.summaries import ROUND_MEAN, run_summary
 from fedadamw.schema import FAILED_PREFIX, FINISHED, INTERRUPTED, STAT_NAMES
 
 TRACKERS = ("tensorboard", "mlflow")
