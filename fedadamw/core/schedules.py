@@ -38,11 +38,11 @@ coefficient either way.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 
 from fedadamw.errors import ConfigError
-from fedadamw.schema import DECAY_SCALINGS, DECAY_SCHEDULES, DECOUPLED_MODES, LR_SCHEDULES
+from fedadamw.schema import DECAY_MODES, DECAY_SCALINGS, DECAY_SCHEDULES, LR_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,14 @@ class Schedule:
                 + ", ".join(LR_SCHEDULES)
             )
 
+    @classmethod
+    def of(cls, source: object) -> Schedule:
+        """The schedule of a run's keys on `source` (a Config or a train request), by name."""
+        return cls(**{f.name: getattr(source, _KEYS.get(f.name, f.name)) for f in fields(cls)})
 
+
+# Schedule's fields are the config fields of the same name, but for these two.
+_KEYS = {"name": "lr_schedule", "rounds": "num_server_rounds"}
 CONSTANT = Schedule()
 
 
@@ -149,6 +156,6 @@ def torch_decay(mode: str, decay_scaling: str, decay: float, learning_rate: floa
             f"decay-scaling: {decay_scaling!r} is not allowed; expected one of "
             + ", ".join(DECAY_SCALINGS)
         )
-    if decay_scaling == "paper" and mode in DECOUPLED_MODES:
+    if decay_scaling == "paper" and DECAY_MODES[mode].decoupled:
         return decay / learning_rate
     return decay
