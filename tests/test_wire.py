@@ -240,6 +240,17 @@ def test_config_to_request_to_spec_keeps_every_value() -> None:
     assert len(carried) == len(request.to_wire()) - 1  # all but the run key
 
 
+def test_a_request_names_one_decay_mode() -> None:
+    sent = TrainRequest.from_config(_config(), "coupled").to_wire()
+    for bad in ("coupled,decoupled", " coupled"):  # good arms, but not one mode
+        with pytest.raises(ConfigError) as info:
+            TrainRequest.from_wire({**sent, "mode": bad})
+        assert str(info.value) == (
+            f"mode: {bad!r} is not allowed; expected one of "
+            "decoupled, coupled, none, sgd-coupled, sgd-decoupled, server-decay"
+        )
+
+
 # (config key, its wire key, a bad value, how `--set` writes it)
 BAD_REQUESTS = [
     ("weight-decay", "weight-decay", -0.1, "-0.1"),

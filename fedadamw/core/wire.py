@@ -38,7 +38,7 @@ from fedadamw.core.schedules import Schedule
 from fedadamw.core.training import ClientSettings, TrainSpec
 from fedadamw.data.split import DataSpec
 from fedadamw.errors import ConfigError
-from fedadamw.schema import FEDPROX
+from fedadamw.schema import FEDPROX, decay_mode
 
 SERVER_ROUND = "server-round"  # added to every train config by Flower's strategy
 # Fields whose key is not their kebab-case name: deployed clients read these keys.
@@ -140,6 +140,7 @@ def _check(request: TrainRequest) -> None:
     check of a client setting (and of how they fit together) is the server's own.
     """
     Config.from_mapping(request.config_mapping(), default_config())
+    decay_mode(request.mode)  # one arm: not a list of them, which `arms` would accept
 
 
 def run_key(cfg: Config, mode: str) -> str:
