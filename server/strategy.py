@@ -115,7 +115,7 @@ class DivergenceMixin(FedAvg):
         cfg = recorder.cfg
         self.server_decay = (
             ServerDecay(cfg.learning_rate, cfg.weight_decay, decayed_names(recorder.model))
-            if recorder.arm == schema.SERVER_DECAY_MODE
+            if schema.DECAY_MODES[recorder.arm].server_decays
             else None
         )
         self._dropped: list[int] = []

@@ -31,7 +31,7 @@ from fedadamw.core.training import TrainSpec, train_local
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import ArrayDataset, load_partition
 from fedadamw.errors import ConfigError
-from fedadamw.schema import CLIENT_UNDECAYED_MODES, DECAY_MODES
+from fedadamw.schema import DECAY_MODES
 from server.app import run_experiment
 from server.cohort_grid import NODE_ID_BASE, CohortGrid
 
@@ -141,7 +141,7 @@ def test_round_one_updates_equal_the_flower_clients(mode: str) -> None:
         if pid in amplified:
             continue
         assert ma[schema.TRAIN_LOSS] == pytest.approx(mb[schema.TRAIN_LOSS], rel=1e-5)
-        if mode in CLIENT_UNDECAYED_MODES:  # none, server-decay: clients have no decay part
+        if not DECAY_MODES[mode].client_decays:  # none, server-decay: no decay part
             continue
         decay_a = _flat(a.array_records[schema.DECAY_PART])
         decay_b = _flat(b.array_records[schema.DECAY_PART])

@@ -38,12 +38,12 @@ from fedadamw.results.stats import Interval, holm, paired_t_pvalue, t_interval
 from fedadamw.results.summaries import last_rounds_mean
 from fedadamw.schema import (
     DECAY_KEY,
+    DECAY_MODES,
     EFFECTIVE_SHRINK,
     FINISHED,
-    NO_DECAY_MODE,
     OPTIMIZER_KEYS,
     VAL_ACCURACY,
-    check_mode,
+    decay_mode,
     key_applies,
     setting_of,
 )
@@ -172,7 +172,7 @@ _DECAY = OPTIMIZER_KEYS.index(DECAY_KEY)
 
 def _candidates(mode: str, points: dict[Point, Any]) -> list[Point]:
     """The points a mode may be tuned over: λ > 0 for a decay mode, any for `none`."""
-    if mode == NO_DECAY_MODE:
+    if not DECAY_MODES[mode].decays:
         return sorted(points)
     return sorted(p for p in points if p[_DECAY] > 0.0)
 
@@ -242,7 +242,7 @@ def _pair(
 
 def _shared(mode_a: str, mode_b: str, point: Point) -> Point:
     """The part of a point two modes can share: `none` has no λ to match."""
-    if NO_DECAY_MODE in (mode_a, mode_b):
+    if not (DECAY_MODES[mode_a].decays and DECAY_MODES[mode_b].decays):
         return tuple(v for i, v in enumerate(point) if i != _DECAY)
     return point
 
@@ -269,7 +269,7 @@ def compare(
             f"--match: {match!r} is not allowed; expected one of {', '.join(MATCHES)}"
         )
     for mode in (mode_a, *modes_b):
-        check_mode(mode)
+        decay_mode(mode)
     notes: list[str] = []
     table, labels, has_validation = _load(Path(path), final_rounds, notes)
     on = VAL_ACCURACY if has_validation else "test_accuracy"
