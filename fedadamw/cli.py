@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             directory = None if args.directory is None else Path(args.directory)
             if args.fmt in ("tensorboard", "mlflow"):
-                from fedadamw.run import trackers
+                from fedadamw.results import trackers
 
                 return trackers.export_command(Path(args.out), args.fmt, directory)
             from fedadamw.results.export import export_command
@@ -304,7 +304,7 @@ def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     configs = resolve_configs(args.config, args.overrides)
-    from fedadamw.run.trackers import parse_trackers
+    from fedadamw.results.trackers import parse_trackers
 
     trackers = parse_trackers(args.log)  # a tracker that is not installed fails before the run
     cpus = _finite("--client-cpus", args.client_cpus, 0.0, inclusive=False)
@@ -318,9 +318,9 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     configs = [c.replace(out_dir=str(out_dir)) for c in configs]
 
+    from fedadamw.launch.spec import Spec
+    from fedadamw.launch.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
     from fedadamw.results.lock import FolderInUseError, WriterLock
-    from fedadamw.run.simulate import Spec
-    from fedadamw.run.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
 
     try:
         lock = WriterLock(out_dir)
@@ -368,7 +368,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _write_trackers(configs: list[Config], out_dir: Path, trackers: Sequence[str]) -> None:
     """TensorBoard / MLflow files of this command's arms, written from the store."""
-    from fedadamw.run.trackers import write_trackers
+    from fedadamw.results.trackers import write_trackers
 
     if not (out_dir / "results.db").exists():
         return

@@ -20,9 +20,9 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from clients.records import keep_decoded, numpy_dict
 from fedadamw import schema
 from fedadamw.core.optim import decayed_names
+from fedadamw.core.records import keep_decoded, numpy_dict
 from fedadamw.core.sampling import dropped_partitions, sample_partitions
 from fedadamw.core.server_decay import ServerDecay
 from fedadamw.core.updates import ClientReply, measure_round

@@ -11,7 +11,7 @@ Layers, bottom to top (docs/design.md):
 5. `cli`, `deploy`.
 
 A module imports only from its own layer or below (imports inside functions included), `results`
-and `viz` never import `core`, and only `run.simulate` hands the apps in `server/` and `clients/`
+and `viz` never import `core`, and only `launch.simulate` hands the apps in `server/` and `clients/`
 to Flower's simulation.
 """
 
@@ -41,8 +41,9 @@ RANKS = {
     "fedadamw.results": 2,
     "fedadamw.run": 3,
     "fedadamw.viz": 4,
-    "fedadamw.cli": 5,
-    "fedadamw.deploy": 5,
+    "fedadamw.launch": 5,
+    "fedadamw.cli": 6,
+    "fedadamw.deploy": 6,
     "fedadamw": 0,  # the package's own __init__
 }
 NEVER = {  # importer prefix -> what it must never import (the read side stays free of torch)
@@ -50,7 +51,7 @@ NEVER = {  # importer prefix -> what it must never import (the read side stays f
     "fedadamw.viz": ("fedadamw.core", "fedadamw.run"),
 }
 APPS = ("server", "clients")
-ALLOWED_APP_IMPORTERS = {"fedadamw.run.simulate"}
+ALLOWED_APP_IMPORTERS = {"fedadamw.launch.simulate"}
 
 
 def _rank(module: str) -> int:

@@ -235,7 +235,7 @@ def test_aggregate_is_the_same_bits_whatever_the_reply_order(tmp_path: Path) -> 
 def test_decoding_a_reply_once_aggregates_the_bits_flowers_own_parsing_gives(
     tmp_path: Path,
 ) -> None:
-    """The server hands FedAvg the arrays it decoded for the measurement (clients.records);
+    """The server hands FedAvg the arrays it decoded for the measurement (fedadamw.core.records);
     Fortran-ordered bytes take np.load's path instead: both must give Flower's FedAvg bits."""
     rng = np.random.default_rng(5)
     partitions = {40 + p: p for p in range(4)}
