@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 WALL_CLOCK = frozenset({"started_at", "finished_at", "seconds", "train_seconds"})
-STORE_FILE = "results.db"  # fedadamw.schema.STORE_FILE; this script imports nothing of fedadamw
+STORE_FILE = "results.db"  # as fedadamw.schema.STORE_FILE; standalone: runs without the venv
 MAX_SHOWN = 20  # differing cells printed per table
 
 

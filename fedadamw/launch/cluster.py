@@ -39,9 +39,9 @@ from fedadamw.run.experiment import run_id_for, swept_keys
 from fedadamw.run.failures import LOG_FILE
 from fedadamw.run.orchestrate import Session
 from fedadamw.run.recorder import Progress
-from fedadamw.schema import FINISHED
+from fedadamw.schema import FINISHED, SPEC_FILE, STORE_FILE
 
-CELL_STORE = "results.db"
+CELL_STORE = STORE_FILE  # a cell writes the same store file, in its own folder
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def run_cell(spec: dict[str, Any], store: bytes | None) -> CellResult:
         if store is not None:
             (out / CELL_STORE).write_bytes(store)
         cell = Spec(**{**spec, "out_dir": str(out), "parent_pid": os.getpid()})
-        spec_file = out / ".fedadamw-spec.json"
+        spec_file = out / SPEC_FILE
         cell.write(spec_file)
         proc = subprocess.run(
             [sys.executable, "-m", "fedadamw.launch.simulate", str(spec_file)],

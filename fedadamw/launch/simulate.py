@@ -46,6 +46,7 @@ from fedadamw.launch.spec import (
     Spec,
 )
 from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
+from fedadamw.schema import STORE_FILE
 
 if TYPE_CHECKING:
     # Not at run time: the recorder imports torch, and this module is imported by the CLI
@@ -295,7 +296,7 @@ def _orphan_cleanup(spec: Spec) -> None:
     from fedadamw.results.writer import ResultStore
 
     try:
-        with ResultStore(Path(spec.out_dir) / "results.db") as store:
+        with ResultStore(Path(spec.out_dir) / STORE_FILE) as store:
             store.mark_interrupted()
     except Exception:  # readers show a lock-less "running" run as interrupted anyway
         pass
