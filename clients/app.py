@@ -15,10 +15,10 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from clients.records import array_record, state_dict
 from fedadamw import schema
 from fedadamw.core import wire
 from fedadamw.core.models import build_model
+from fedadamw.core.records import array_record, state_dict
 from fedadamw.core.training import TrainResult, TrainSpec, train_local
 from fedadamw.data import registry
 from fedadamw.data.split import load_partition

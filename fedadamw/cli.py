@@ -16,6 +16,7 @@ from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error
 from fedadamw.results.writer import ResultStore, StoreError
 from fedadamw.run.experiment import Experiment, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
+from fedadamw.schema import SPEC_FILE, STORE_FILE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -243,7 +244,7 @@ def _figures(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     directory = None if args.directory is None else Path(args.directory)
     if args.fmt in ("tensorboard", "mlflow"):
-        from fedadamw.run import trackers
+        from fedadamw.results import trackers
 
         return trackers.export_command(Path(args.out), args.fmt, directory)
     from fedadamw.results.export import export_command
@@ -267,23 +268,23 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _existing_store(out: str) -> Path:
     path = Path(out).expanduser().resolve()
-    if not (path / "results.db").is_file():
-        raise ConfigError(f"OUT {out!r}: no results.db there; pass the --out folder of a run")
+    if not (path / STORE_FILE).is_file():
+        raise ConfigError(f"OUT {out!r}: no {STORE_FILE} there; pass the --out folder of a run")
     return path
 
 
 # What `fedadamw` writes into an output folder; anything else there is someone else's file.
 OWN_FILES = frozenset(
     {
-        "results.db",
-        "results.db-wal",
-        "results.db-shm",
-        "results.db-journal",
+        STORE_FILE,
+        f"{STORE_FILE}-wal",
+        f"{STORE_FILE}-shm",
+        f"{STORE_FILE}-journal",
         "config.json",
         "failures.log",
         "partitions.png",
         ".fedadamw.results.lock",
-        ".fedadamw-spec.json",
+        SPEC_FILE,
         "export",  # fedadamw export's default --dir
         "tensorboard",  # --log tensorboard
         "mlflow",  # --log mlflow
@@ -303,7 +304,7 @@ def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
     """The output folder, created and checked: writable, a folder, not someone else's files."""
     out_dir = Path(out or Path("runs") / experiment).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {str(out_dir)!r}: is a file; expected a folder for results.db")
+        raise ConfigError(f"--out {str(out_dir)!r}: is a file; expected a folder for {STORE_FILE}")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -322,7 +323,7 @@ def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     configs = resolve_configs(args.config, args.overrides)
-    from fedadamw.run.trackers import parse_trackers
+    from fedadamw.results.trackers import parse_trackers
 
     trackers = parse_trackers(args.log)  # a tracker that is not installed fails before the run
     cpus = _finite("--client-cpus", args.client_cpus, 0.0, inclusive=False)
@@ -336,9 +337,9 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     configs = [c.replace(out_dir=str(out_dir)) for c in configs]
 
+    from fedadamw.launch.spec import Spec
+    from fedadamw.launch.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
     from fedadamw.results.lock import FolderInUseError, WriterLock
-    from fedadamw.run.simulate import Spec
-    from fedadamw.run.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
 
     try:
         lock = WriterLock(out_dir)
@@ -369,9 +370,9 @@ def _run(args: argparse.Namespace) -> int:
         _print_header(configs)
         started = time.perf_counter()
         supervisor = Supervisor(spec, lock.fd, max_restarts=args.max_restarts)
-        code = supervisor.run(out_dir / ".fedadamw-spec.json")
+        code = supervisor.run(out_dir / SPEC_FILE)
         _mark_interrupted(out_dir)  # whatever the child left running, it is not running now
-        (out_dir / ".fedadamw-spec.json").unlink(missing_ok=True)
+        (out_dir / SPEC_FILE).unlink(missing_ok=True)
     _print_summary(configs, out_dir, time.perf_counter() - started)
     if trackers:
         _write_trackers(configs, out_dir, trackers)
@@ -386,9 +387,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _write_trackers(configs: list[Config], out_dir: Path, trackers: Sequence[str]) -> None:
     """TensorBoard / MLflow files of this command's arms, written from the store."""
-    from fedadamw.run.trackers import write_trackers
+    from fedadamw.results.trackers import write_trackers
 
-    if not (out_dir / "results.db").exists():
+    if not (out_dir / STORE_FILE).exists():
         return
     run_ids = [run_id_for(c, arm) for c in configs for arm in c.arm_list]
     try:
@@ -399,8 +400,8 @@ def _write_trackers(configs: list[Config], out_dir: Path, trackers: Sequence[str
 
 
 def _mark_interrupted(out_dir: Path) -> None:
-    if (out_dir / "results.db").exists():
-        with ResultStore(out_dir / "results.db") as store:
+    if (out_dir / STORE_FILE).exists():
+        with ResultStore(out_dir / STORE_FILE) as store:
             store.mark_interrupted()
 
 

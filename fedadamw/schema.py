@@ -221,3 +221,8 @@ PARAM_COUNT_COLUMNS = (
     "undecayed_tensors",
     "undecayed_weights",
 )
+
+# An output folder's files: the results store, and what `fedadamw run`'s parent hands its
+# simulation process (fedadamw.launch.spec.Spec, as JSON; removed when the run ends).
+STORE_FILE = "results.db"
+SPEC_FILE = ".fedadamw-spec.json"

@@ -29,9 +29,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from clients.app import partition_reply, read_request, train_reply
-from clients.records import state_dict
 from fedadamw.core.cohort import CohortClient, train_cohort
 from fedadamw.core.models import build_model
+from fedadamw.core.records import state_dict
 from fedadamw.core.training import TrainSpec, pick_device
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data import registry

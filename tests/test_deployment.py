@@ -37,8 +37,6 @@ from fedadamw.config import Config
 from fedadamw.data.split import DataSpec, holdout, partition_indices
 from fedadamw.errors import ConfigError
 from fedadamw.results.reader import connect_readonly
-from fedadamw.results.writer import ResultStore
-from fedadamw.run.recorder import RunRecorder
 from fedadamw.viz.serve import free_ports
 from server import strategy as strategy_module
 from server.app import discover_partitions
@@ -924,14 +922,20 @@ def test_waiting_for_supernodes_is_bounded_and_says_what_to_do() -> None:
 
 
 def test_a_run_whose_supernodes_are_all_gone_ends_with_a_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(strategy_module, "NODE_WAIT_S", 0.2)
-    with ResultStore(tmp_path / "results.db") as store:
-        recorder = RunRecorder(store, "r", Config.from_mapping({"num-clients": 2}), "coupled")
-        strategy = strategy_module.DivergenceFedAvg(recorder, {11: 0, 12: 1}, 0, 2)
-        with pytest.raises(RuntimeError, match="none of the 2 SuperNodes this run started with"):
-            strategy.configure_train(1, ArrayRecord(), ConfigRecord(), cast(Grid, _FakeGrid([99])))
+    cfg = Config.from_mapping({"num-clients": 2})
+    strategy = strategy_module.MeasuredFedAvg(
+        {11: 0, 12: 1},
+        0,
+        2,
+        parameter_names=(),
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+    )
+    with pytest.raises(RuntimeError, match="none of the 2 SuperNodes this run started with"):
+        strategy.configure_train(1, ArrayRecord(), ConfigRecord(), cast(Grid, _FakeGrid([99])))
 
 
 def _metadata(src: int, dst: int, message_id: str, reply_to: str) -> Metadata:

@@ -98,7 +98,7 @@ def _simulation_pgid(out: Path) -> int:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"fedadamw.run.simulate" in cmd and spec.encode() in cmd:
+            if b"fedadamw.launch.simulate" in cmd and spec.encode() in cmd:
                 return int(entry.name)
     pytest.fail("no simulation process found")
 

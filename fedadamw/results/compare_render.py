@@ -29,7 +29,7 @@ from fedadamw.results.compare import (
     format_point,
 )
 from fedadamw.results.stats import CI_LEVEL, Interval
-from fedadamw.schema import OPTIMIZER_KEYS
+from fedadamw.schema import OPTIMIZER_KEYS, STORE_FILE
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -320,6 +320,6 @@ def compare_command(
     """Print the comparison of `out`/results.db in `fmt`; 1 when there is nothing to compare."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
-    report = compare(out / "results.db", mode_a, modes_b, final_rounds=final_rounds, match=match)
+    report = compare(out / STORE_FILE, mode_a, modes_b, final_rounds=final_rounds, match=match)
     sys.stdout.write(render(report, fmt, points))
     return 0 if report.rows else 1

@@ -29,10 +29,9 @@ from fedadamw.schema import (
     PARTS,
     RUNNING,
     STAT_NAMES,
+    STORE_FILE,
     setting_of,
 )
-
-STORE_FILE = "results.db"
 
 # Without these the store cannot be shown at all; everything else is optional.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -119,7 +118,7 @@ class Store:
         if not self.path.is_file():
             raise StoreError(
                 f"no results store at {self.path}; start a run with `fedadamw run --out "
-                f"{self.path.parent}` or point at the folder that holds results.db"
+                f"{self.path.parent}` or point at the folder that holds {STORE_FILE}"
             )
         try:
             # Read-only: this process can never modify a store a run is writing.
