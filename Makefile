@@ -8,7 +8,7 @@ CLIENTS    ?= 10
 RUN_CONFIG ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run flwr-run check lint typecheck test test-fast fmt clean
+.PHONY: help setup run flwr-run docs check lint typecheck test test-fast fmt clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ flwr-run: setup  ## the same app through `flwr run .` on Flower's local simulati
 	PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . \
 	    --federation-config "num-supernodes=$(CLIENTS) client-resources-num-cpus=1" --stream \
 	    --run-config "num-clients=$(CLIENTS) $(RUN_CONFIG)"
+
+docs: setup  ## regenerate docs/config.md from Config and [tool.flwr.app.config]
+	$(BIN)/python -m fedadamw.docgen
 
 lint: setup  ## ruff format check and ruff lint
 	$(BIN)/ruff format --check .

@@ -108,14 +108,16 @@ def run_loop(clients: int, rounds: int) -> tuple[float, float]:
 
 def run_fedadamw(settings: dict[str, object], out: Path) -> tuple[float, list[float], float]:
     """(whole-command seconds, each stored round's seconds, final accuracy) of `fedadamw run`."""
-    from fedadamw.results.reader import arm_summary, connect_readonly
+    from fedadamw.results.reader import connect_readonly
+    from fedadamw.results.summaries import arm_summary
+    from fedadamw.schema import STORE_FILE
 
     argv = [sys.executable, "-m", "fedadamw.cli", "run", "--out", str(out), "--restart"]
     for key, value in {**settings, "experiment": "bench"}.items():
         argv += ["--set", f"{key}={value}"]
     seconds, _ = _timed(argv)
-    (row,) = arm_summary(out / "results.db")
-    conn = connect_readonly(out / "results.db")
+    (row,) = arm_summary(out / STORE_FILE)
+    conn = connect_readonly(out / STORE_FILE)
     per_round = [float(r[0]) for r in conn.execute("SELECT seconds FROM rounds WHERE round >= 1")]
     conn.close()
     return seconds, per_round, float(row["final_accuracy"])

@@ -48,7 +48,7 @@ def measure(model_name: str, dataset: str) -> tuple[int, int, int]:
 
 
 def main() -> None:
-    """Print the table (the README quotes it)."""
+    """Print the table (docs/methods.md quotes it)."""
     # A message reads the running task's identity; outside Flower there is none.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     print(

@@ -15,10 +15,10 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from clients.records import array_record, state_dict
 from fedadamw import schema
 from fedadamw.core import wire
 from fedadamw.core.models import build_model
+from fedadamw.core.records import array_record, state_dict
 from fedadamw.core.training import TrainResult, TrainSpec, train_local
 from fedadamw.data import registry
 from fedadamw.data.split import load_partition
@@ -38,7 +38,11 @@ def partition_reply(msg: Message, partition_id: int) -> Message:
 
 
 def read_request(msg: Message, partition_id: int) -> tuple[wire.TrainRequest, TrainSpec]:
-    """What a train message asks of the client holding `partition_id` (ConfigError if bad)."""
+    """What a train message asks of the client holding `partition_id`.
+
+    The request is checked here, once, with the server's own Config checks: a bad value is the
+    ConfigError (one line) that `fedadamw run` gives for it.
+    """
     config = msg.content.config_records["config"]
     request = wire.TrainRequest.from_wire(config)
     return request, request.train_spec(partition_id, wire.server_round(config))

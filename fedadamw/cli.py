@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,6 +16,7 @@ from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error
 from fedadamw.results.writer import ResultStore, StoreError
 from fedadamw.run.experiment import Experiment, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
+from fedadamw.schema import SPEC_FILE, STORE_FILE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedadamw", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="train every arm of an experiment and measure divergence")
+    run.set_defaults(func=_run)
     _add_config_arguments(run)
     run.add_argument("--out", metavar="DIR", help="output folder (default: runs/<experiment>)")
     run.add_argument(
@@ -106,6 +108,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "compare",
         help="tuned-vs-tuned differences between modes across seeds: 95%% CIs, Holm p-values",
     )
+    cmp.set_defaults(func=_compare)
     cmp.add_argument("out", metavar="OUT", help="a run's output folder (holds results.db)")
     cmp.add_argument("--a", default="coupled", metavar="MODE", help="mode A (default coupled)")
     cmp.add_argument(
@@ -143,6 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parts = sub.add_parser(
         "partitions", help="print the per-client label histogram of a split and plot it"
     )
+    parts.set_defaults(func=_partitions)
     _add_config_arguments(parts)
     parts.add_argument(
         "--plot", metavar="FILE", help="plot file (default: runs/<experiment>/partitions.png)"
@@ -150,6 +154,7 @@ def _build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser(
         "dashboard", help="serve the update-divergence dashboard of one or more stores"
     )
+    dash.set_defaults(func=_dashboard)
     dash.add_argument(
         "out",
         metavar="OUT",
@@ -158,9 +163,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--port", type=int, default=8501, help="port on 127.0.0.1 (0: any free)")
     rep = sub.add_parser("report", help="write one self-contained HTML report (readable offline)")
+    rep.set_defaults(func=_report)
     rep.add_argument("out", metavar="OUT", nargs="+", help="output folders of runs, overlaid")
     rep.add_argument("--html", metavar="FILE", required=True, help="the HTML file to write")
     fig = sub.add_parser("figures", help="write PNG and PDF figures for papers")
+    fig.set_defaults(func=_figures)
     fig.add_argument("out", metavar="OUT", nargs="+", help="output folders of runs, overlaid")
     fig.add_argument("--dir", metavar="D", required=True, dest="directory", help="output folder")
     fig.add_argument(
@@ -170,6 +177,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "export",
         help="write every table of a store as tidy CSV or Parquet (config keys as columns)",
     )
+    exp.set_defaults(func=_export)
     exp.add_argument("out", metavar="OUT", help="a run's output folder")
     exp.add_argument(
         "--format",
@@ -206,74 +214,85 @@ def resolve_config(config_file: str | None, overrides: Sequence[str]) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fedadamw` console script."""
     args = _build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.func  # set_defaults of each subparser
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "partitions":
-            from fedadamw.data.labels import partitions_command
-
-            cfg = resolve_config(args.config, args.overrides)
-            return partitions_command(cfg, Path(args.plot) if args.plot else None)
-        if args.command == "dashboard":
-            from fedadamw.viz.commands import dashboard_command
-
-            return dashboard_command([Path(o) for o in args.out], args.port)
-        if args.command == "report":
-            from fedadamw.viz.commands import report_command
-
-            return report_command([Path(o) for o in args.out], Path(args.html))
-        if args.command == "figures":
-            from fedadamw.viz.commands import figures_command
-
-            return figures_command([Path(o) for o in args.out], Path(args.directory), args.force)
-        if args.command == "export":
-            directory = None if args.directory is None else Path(args.directory)
-            if args.fmt in ("tensorboard", "mlflow"):
-                from fedadamw.run import trackers
-
-                return trackers.export_command(Path(args.out), args.fmt, directory)
-            from fedadamw.results.export import export_command
-
-            return export_command(Path(args.out), args.fmt, directory, args.force)
-        if args.command == "compare":
-            from fedadamw.results.compare import compare_command
-
-            return compare_command(
-                _existing_store(args.out),
-                args.a,
-                [b.strip() for b in args.b.split(",") if b.strip()],
-                final_rounds=args.final_rounds,
-                match=args.match,
-                fmt=args.fmt,
-                points=args.points,
-            )
+        return command(args)
     except (ConfigError, StoreError) as exc:
         return print_error(exc)
     except KeyboardInterrupt:
         print("fedadamw: interrupted; rounds already written stay in the store", file=sys.stderr)
         return 130
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse allows no other
+
+
+def _partitions(args: argparse.Namespace) -> int:
+    from fedadamw.data.labels import partitions_command
+
+    cfg = resolve_config(args.config, args.overrides)
+    return partitions_command(cfg, Path(args.plot) if args.plot else None)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from fedadamw.viz.commands import dashboard_command
+
+    return dashboard_command([Path(o) for o in args.out], args.port)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedadamw.viz.commands import report_command
+
+    return report_command([Path(o) for o in args.out], Path(args.html))
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from fedadamw.viz.commands import figures_command
+
+    return figures_command([Path(o) for o in args.out], Path(args.directory), args.force)
+
+
+def _export(args: argparse.Namespace) -> int:
+    directory = None if args.directory is None else Path(args.directory)
+    if args.fmt in ("tensorboard", "mlflow"):
+        from fedadamw.results import trackers
+
+        return trackers.export_command(Path(args.out), args.fmt, directory)
+    from fedadamw.results.export import export_command
+
+    return export_command(Path(args.out), args.fmt, directory, args.force)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedadamw.results.compare_render import compare_command
+
+    return compare_command(
+        _existing_store(args.out),
+        args.a,
+        [b.strip() for b in args.b.split(",") if b.strip()],
+        final_rounds=args.final_rounds,
+        match=args.match,
+        fmt=args.fmt,
+        points=args.points,
+    )
 
 
 def _existing_store(out: str) -> Path:
     path = Path(out).expanduser().resolve()
-    if not (path / "results.db").is_file():
-        raise ConfigError(f"OUT {out!r}: no results.db there; pass the --out folder of a run")
+    if not (path / STORE_FILE).is_file():
+        raise ConfigError(f"OUT {out!r}: no {STORE_FILE} there; pass the --out folder of a run")
     return path
 
 
 # What `fedadamw` writes into an output folder; anything else there is someone else's file.
 OWN_FILES = frozenset(
     {
-        "results.db",
-        "results.db-wal",
-        "results.db-shm",
-        "results.db-journal",
+        STORE_FILE,
+        f"{STORE_FILE}-wal",
+        f"{STORE_FILE}-shm",
+        f"{STORE_FILE}-journal",
         "config.json",
         "failures.log",
         "partitions.png",
         ".fedadamw.results.lock",
-        ".fedadamw-spec.json",
+        SPEC_FILE,
         "export",  # fedadamw export's default --dir
         "tensorboard",  # --log tensorboard
         "mlflow",  # --log mlflow
@@ -293,7 +312,7 @@ def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
     """The output folder, created and checked: writable, a folder, not someone else's files."""
     out_dir = Path(out or Path("runs") / experiment).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {str(out_dir)!r}: is a file; expected a folder for results.db")
+        raise ConfigError(f"--out {str(out_dir)!r}: is a file; expected a folder for {STORE_FILE}")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -312,7 +331,7 @@ def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     configs = resolve_configs(args.config, args.overrides)
-    from fedadamw.run.trackers import parse_trackers
+    from fedadamw.results.trackers import parse_trackers
 
     trackers = parse_trackers(args.log)  # a tracker that is not installed fails before the run
     cpus = _finite("--client-cpus", args.client_cpus, 0.0, inclusive=False)
@@ -330,9 +349,9 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     configs = [c.replace(out_dir=str(out_dir)) for c in configs]
 
+    from fedadamw.launch.spec import Spec
+    from fedadamw.launch.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
     from fedadamw.results.lock import FolderInUseError, WriterLock
-    from fedadamw.run.simulate import Spec
-    from fedadamw.run.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
 
     try:
         lock = WriterLock(out_dir)
@@ -364,9 +383,9 @@ def _run(args: argparse.Namespace) -> int:
         _print_header(configs)
         started = time.perf_counter()
         supervisor = Supervisor(spec, lock.fd, max_restarts=args.max_restarts)
-        code = supervisor.run(out_dir / ".fedadamw-spec.json")
+        code = supervisor.run(out_dir / SPEC_FILE)
         _mark_interrupted(out_dir)  # whatever the child left running, it is not running now
-        (out_dir / ".fedadamw-spec.json").unlink(missing_ok=True)
+        (out_dir / SPEC_FILE).unlink(missing_ok=True)
     _print_summary(configs, out_dir, time.perf_counter() - started)
     if trackers:
         _write_trackers(configs, out_dir, trackers)
@@ -381,9 +400,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _write_trackers(configs: list[Config], out_dir: Path, trackers: Sequence[str]) -> None:
     """TensorBoard / MLflow files of this command's arms, written from the store."""
-    from fedadamw.run.trackers import write_trackers
+    from fedadamw.results.trackers import write_trackers
 
-    if not (out_dir / "results.db").exists():
+    if not (out_dir / STORE_FILE).exists():
         return
     run_ids = [run_id_for(c, arm) for c in configs for arm in c.arm_list]
     try:
@@ -394,8 +413,8 @@ def _write_trackers(configs: list[Config], out_dir: Path, trackers: Sequence[str
 
 
 def _mark_interrupted(out_dir: Path) -> None:
-    if (out_dir / "results.db").exists():
-        with ResultStore(out_dir / "results.db") as store:
+    if (out_dir / STORE_FILE).exists():
+        with ResultStore(out_dir / STORE_FILE) as store:
             store.mark_interrupted()
 
 

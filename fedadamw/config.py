@@ -22,44 +22,23 @@ from typing import Any
 from fedadamw.data.registry import REGISTRY
 from fedadamw.errors import ConfigError
 from fedadamw.schema import (
+    BATCHED_ENGINES,
     DECAY_MODES,
     DECAY_PARAMS,
     DECAY_SCALINGS,
     DECAY_SCHEDULES,
+    ENGINES,
     LOCAL_STATE,
     LR_SCHEDULES,
+    MODEL_INPUTS,
+    MODELS,
+    NORMS,
     OPTIMIZER_STATES,
+    PARTITIONERS,
     RESET_STATE,
-    SERVER_DECAY_MODE,
     SERVER_OPTIMIZERS,
+    DecayMode,
 )
-
-PARTITIONERS = (
-    "iid",
-    "dirichlet",
-    "pathological",
-    "shards",
-    "exponential",
-    "linear",
-    "natural-id",
-)
-# What each model takes (the kinds of fedadamw.data.registry.example_kind): mlp and logreg
-# flatten any example; the convolutions need their shape. fedadamw.core.models builds them.
-MODEL_INPUTS = {
-    "cnn1d": "vector",
-    "mlp": "any",
-    "cnn": "image",
-    "resnet20": "image",
-    "logreg": "any",
-}
-MODELS = tuple(MODEL_INPUTS)
-NORMS = ("batch", "group")
-# How a round's clients train: Flower's simulation engine (Ray actors), the vectorized cohort
-# engine (every sampled client in lockstep in one process, `fedadamw.core.cohort`), or the grid
-# engine (the clients of many runs of a sweep in lockstep, `server.run_batch`).
-ENGINES = ("flower", "vmap", "grid")
-# The engines that train stacked clients with `fedadamw.core.cohort.train_cohort`.
-BATCHED_ENGINES = ("vmap", "grid")
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 # Clients train in float32: a learning rate or decay beyond this overflows on the first step.
@@ -207,6 +186,11 @@ class Config:
         return [a.strip() for a in self.arms.split(",") if a.strip()] or [""]
 
     @property
+    def modes(self) -> list[DecayMode]:
+        """The records of the decay modes to run, in order (`arm_list` once it is checked)."""
+        return [DECAY_MODES[a] for a in self.arm_list]
+
+    @property
     def client_batch_size_list(self) -> list[int]:
         """Batch sizes clients draw from (by partition id); empty: every client uses batch-size."""
         return batch_size_list(self.client_batch_sizes)
@@ -347,10 +331,11 @@ def check_compatible(cfg: Config) -> None:
 
     # the server-decay arm shrinks FedAvg's aggregate; a server optimizer that
     # steps from the aggregate (momentum, adaptive) would step from the undecayed one.
-    if SERVER_DECAY_MODE in cfg.arm_list and cfg.server_optimizer not in ("fedavg", "fedprox"):
+    server = [m.name for m in cfg.modes if m.server_decays]
+    if server and cfg.server_optimizer not in ("fedavg", "fedprox"):
         raise ConfigError(
             f"server-optimizer: {cfg.server_optimizer!r} is not allowed with the "
-            f"{SERVER_DECAY_MODE!r} arm; expected fedavg or fedprox, or drop that arm"
+            f"{server[0]!r} arm; expected fedavg or fedprox, or drop that arm"
         )
     _check_optimizer_state(cfg)
 
@@ -366,13 +351,13 @@ def _check_optimizer_state(cfg: Config) -> None:
             f"engine: {cfg.engine!r} is not allowed with optimizer-state {state!r}; "
             "set optimizer-state=reset or engine=flower"
         )
-    sgd = [a for a in cfg.arm_list if a.startswith("sgd")]
+    sgd = [m.name for m in cfg.modes if not m.adam]
     if sgd:
         raise ConfigError(
             f"optimizer-state: {state!r} is not allowed with arms {', '.join(sgd)} (no Adam "
             "moments to keep); expected reset, or Adam arms only"
         )
-    if state == LOCAL_STATE and cfg.track_decay and "coupled" in cfg.arm_list:
+    if state == LOCAL_STATE and cfg.track_decay and any(m.coupled for m in cfg.modes):
         # The decay part of a first moment carried over from an earlier round is unknown.
         raise ConfigError(
             "optimizer-state: 'local' is not allowed with track-decay and a coupled arm "
@@ -405,10 +390,11 @@ def _check_schedules(cfg: Config) -> None:
         and cfg.decay_scaling == "torch"
         and cfg.decay_params == "matrices"
     )
-    if SERVER_DECAY_MODE in cfg.arm_list and not plain:
+    server = [m.name for m in cfg.modes if m.server_decays]
+    if server and not plain:
         # The server's factor f = Σ pᵢ(1 − ηλ)^τᵢ assumes one constant ηλ on matrices.
         raise ConfigError(
-            f"arms: {SERVER_DECAY_MODE!r} is not allowed with lr-schedule {cfg.lr_schedule!r}, "
+            f"arms: {server[0]!r} is not allowed with lr-schedule {cfg.lr_schedule!r}, "
             f"decay-schedule {cfg.decay_schedule!r}, decay-scaling {cfg.decay_scaling!r}, "
             f"decay-params {cfg.decay_params!r}; expected constant, constant, torch, matrices"
         )

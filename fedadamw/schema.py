@@ -1,4 +1,4 @@
-"""Every name the layers share: decay modes, statistics, store columns, reply keys, statuses.
+"""Every name the layers share: decay modes, vocabularies, statistics, columns, reply keys.
 
 One place for each: the trainer, the server, the store and the views import these names
 instead of spelling them, and this module imports nothing heavier than the standard library,
@@ -10,33 +10,96 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fedadamw.errors import ConfigError
 
+
 # -- decay modes (the optimizer axis; fedadamw.core.optim builds them) -----------------------
+@dataclass(frozen=True)
+class DecayMode:
+    """One decay mode: which optimizer clients run and who applies λ, and how.
+
+    Code asks the record (`mode.adam`, `mode.coupled`, ...) instead of comparing names; the
+    name is data (store values, labels, experiment files).
+    """
+
+    name: str
+    adam: bool  # clients run Adam (else plain SGD without momentum)
+    coupled: bool  # λw joins the gradient (L2), else the weights shrink by ηλ (decoupled)
+    client_decays: bool  # clients apply λ (`none`, `server-decay`: their optimizer ignores it)
+    server_decays: bool = False  # the server shrinks the aggregate (fedadamw.core.server_decay)
+
+    @property
+    def decays(self) -> bool:
+        """Whether λ means anything to this mode (`none`: it does not)."""
+        return self.client_decays or self.server_decays
+
+    @property
+    def decoupled(self) -> bool:
+        """Clients shrink their weights by ηλ per step (the shrink `decay-scaling` defines)."""
+        return self.client_decays and not self.coupled
+
+
 # `server-decay`: clients train with Adam and no decay; the server shrinks the aggregate by the
 # decoupled factor the clients would have applied (fedadamw.core.server_decay).
-DECAY_MODES = ("decoupled", "coupled", "none", "sgd-coupled", "sgd-decoupled", "server-decay")
-NO_DECAY_MODE = "none"  # the arm without decay: λ means nothing to it
-SERVER_DECAY_MODE = "server-decay"
-CLIENT_UNDECAYED_MODES = (NO_DECAY_MODE, SERVER_DECAY_MODE)  # clients of these never decay
+DECAY_MODES: dict[str, DecayMode] = {
+    m.name: m
+    for m in (
+        DecayMode("decoupled", adam=True, coupled=False, client_decays=True),
+        DecayMode("coupled", adam=True, coupled=True, client_decays=True),
+        DecayMode("none", adam=True, coupled=False, client_decays=False),
+        DecayMode("sgd-coupled", adam=False, coupled=True, client_decays=True),
+        DecayMode("sgd-decoupled", adam=False, coupled=False, client_decays=True),
+        DecayMode(
+            "server-decay", adam=True, coupled=False, client_decays=False, server_decays=True
+        ),
+    )
+}
 
 
-def check_mode(mode: str) -> str:
-    """`mode` if it is a decay mode, else ConfigError naming what is allowed."""
-    if mode not in DECAY_MODES:
+def decay_mode(name: str, key: str = "mode") -> DecayMode:
+    """The record of decay mode `name`, or ConfigError naming `key` and what is allowed."""
+    if name not in DECAY_MODES:
         raise ConfigError(
-            f"mode: {mode!r} is not allowed; expected one of {', '.join(DECAY_MODES)}"
+            f"{key}: {name!r} is not allowed; expected one of {', '.join(DECAY_MODES)}"
         )
-    return mode
+    return DECAY_MODES[name]
 
+
+# -- vocabularies of the config (fedadamw.config checks them) --------------------------------
+PARTITIONERS = (
+    "iid",
+    "dirichlet",
+    "pathological",
+    "shards",
+    "exponential",
+    "linear",
+    "natural-id",
+)
+# What each model takes (the kinds of fedadamw.data.registry.example_kind): mlp and logreg
+# flatten any example; the convolutions need their shape. fedadamw.core.models builds them.
+MODEL_INPUTS = {
+    "cnn1d": "vector",
+    "mlp": "any",
+    "cnn": "image",
+    "resnet20": "image",
+    "logreg": "any",
+}
+MODELS = tuple(MODEL_INPUTS)
+NORMS = ("batch", "group")
+# How a round's clients train: Flower's simulation engine (Ray actors), the vectorized cohort
+# engine (every sampled client in lockstep in one process, `fedadamw.core.cohort`), or the grid
+# engine (the clients of many runs of a sweep in lockstep, `server.run_batch`).
+ENGINES = ("flower", "vmap", "grid")
+# The engines that train stacked clients with `fedadamw.core.cohort.train_cohort`.
+BATCHED_ENGINES = ("vmap", "grid")
 
 # -- server optimizers and Adam's state across rounds ----------------------------
 # Flower's own strategies (server/strategy.py); `fedprox` adds (μ/2)‖w − w_global‖² locally.
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox")
 FEDPROX = "fedprox"
-PROXIMAL_MU = "proximal-mu"  # the train config key Flower's FedProx writes
 # Adam's moments between rounds: fresh every round, kept by each client (Flower's Context.state),
 # or second moments averaged by the server (FedAdamW, Liu et al. 2025).
 RESET_STATE = "reset"  # fresh Adam moments every round
@@ -44,7 +107,6 @@ LOCAL_STATE = "local"  # each client keeps its own moments between rounds
 SERVER_AVERAGED = "server-averaged"  # FedAdamW: the server averages the second moments
 OPTIMIZER_STATES = (RESET_STATE, LOCAL_STATE, SERVER_AVERAGED)
 ADAM_V = "adam-v"  # the ArrayRecord of second moments (reply and, averaged, train message)
-ADAM_STEP = "adam-step"  # its array holding the Adam step count that goes with them
 OPTIMIZER_STEPS = "optimizer-steps"  # reply metric: the Adam step count a client started from
 OPTIMIZER_STEPS_COLUMN = "optimizer_steps"  # its clients column (0: fresh moments)
 
@@ -153,7 +215,6 @@ LR_SCHEDULES = ("constant", "cosine", "warmup-cosine", "step", "cosine-restarts"
 DECAY_SCHEDULES = ("constant", "lr-compensated", "after-warmup", "normalized")
 DECAY_SCALINGS = ("torch", "paper")  # decoupled shrink per step: ηₜλ, or multiplierₜ·λ
 DECAY_PARAMS = ("matrices", "all")  # ndim ≥ 2 only (biases, norm weights kept), or every tensor
-DECOUPLED_MODES = ("decoupled", "sgd-decoupled")  # the modes whose shrink decay-scaling defines
 CLIENT_WEIGHT_DECAY = "client-weight-decay"  # reply metric: the base λ this client used
 CLIENT_DECAY_COLUMN = "weight_decay"  # clients column of that λ (normalized: per client)
 PARAM_COUNTS_TABLE = "param_counts"  # per run: decayed / undecayed tensors and weights
@@ -163,3 +224,8 @@ PARAM_COUNT_COLUMNS = (
     "undecayed_tensors",
     "undecayed_weights",
 )
+
+# An output folder's files: the results store, and what `fedadamw run`'s parent hands its
+# simulation process (fedadamw.launch.spec.Spec, as JSON; removed when the run ends).
+STORE_FILE = "results.db"
+SPEC_FILE = ".fedadamw-spec.json"

@@ -26,12 +26,13 @@ from flwr.app import (
 from flwr.serverapp import Grid, ServerApp
 
 from fedadamw import schema
-from fedadamw.config import BATCHED_ENGINES, Config
+from fedadamw.config import Config
 from fedadamw.core import wire as messages
 from fedadamw.errors import ConfigError
 from fedadamw.run.orchestrate import ArmTask, Session
 from fedadamw.run.outdir import resolve_under_root
 from fedadamw.run.recorder import Progress
+from fedadamw.schema import BATCHED_ENGINES
 from server.cohort_grid import CohortGrid
 from server.grid import GuardedGrid
 from server.metrics import scalar
@@ -123,17 +124,29 @@ def run_experiment(
 def _train(grid: Grid, task: ArmTask, partitions: dict[int, int]) -> None:
     """The server optimizer's Flower loop over the rounds the arm still needs."""
     cfg, done = task.cfg, task.done
+    recorder = task.recorder
     strategy = make_strategy(
-        cfg, task.recorder, partitions, min(cfg.clients_per_round, len(partitions)), done
+        cfg,
+        task.arm,
+        recorder.model,
+        partitions,
+        min(cfg.clients_per_round, len(partitions)),
+        done,
+        device=recorder.device,
     )
     # A resumed run continues with the momentum / moments its last stored round left.
     strategy.load_server_state(task.resume.server_state)
-    task.recorder.server_state = dict(task.resume.server_state)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """The new global model, evaluated and written with what the strategy measured."""
         if server_round == 0 and done > 0:
             return None  # the resumed-from model is already stored as round `done`
-        loss, acc = task.recorder.record(done + server_round, arrays.to_torch_state_dict())
+        loss, acc = recorder.record(
+            done + server_round,
+            arrays.to_torch_state_dict(),
+            strategy.last_measurement,
+            strategy.last_server_state,
+        )
         return MetricRecord({"test-loss": loss, "test-accuracy": acc})
 
     strategy.start(

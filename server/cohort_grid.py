@@ -29,9 +29,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from clients.app import partition_reply, read_request, train_reply
-from clients.records import state_dict
 from fedadamw.core.cohort import CohortClient, train_cohort
 from fedadamw.core.models import build_model
+from fedadamw.core.records import state_dict
 from fedadamw.core.training import TrainSpec, pick_device
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data import registry
@@ -92,7 +92,7 @@ class CohortGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Answer every message; the train messages as cohorts (one per round and request)."""
         ids: list[str] = []
-        cohorts: dict[tuple[object, ...], list[_Member]] = {}
+        cohorts: dict[tuple[tuple[str, str, str], str, str], list[_Member]] = {}
         states: dict[int, dict[str, torch.Tensor]] = {}
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's grids do

@@ -1,50 +1,54 @@
-"""The server optimizers: Flower's own strategies, each under `DivergenceMixin` once.
+"""The server optimizers: Flower's own strategies, each under `MeasuredStrategy` once.
 
-Every class here is a Flower strategy with the mixin first in its bases and no body of its own:
-what is measured and stored is the mixin's, what the server does with the aggregate is
-Flower's (`flwr.serverapp.strategy`).
+Every class here is a Flower strategy with `MeasuredStrategy` first in its bases and no body of
+its own: what is measured and stored is `MeasuredStrategy`'s, what the server does with the
+aggregate is Flower's (`flwr.serverapp.strategy`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedProx, FedYogi
 
 from fedadamw import schema
 from fedadamw.config import Config
-from fedadamw.run.recorder import RunRecorder
-from server.strategy import DivergenceFedAvg, DivergenceMixin
+from fedadamw.core.optim import decayed_names
+from server.strategy import MeasuredFedAvg, MeasuredStrategy
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
-class DivergenceFedAvgM(DivergenceMixin, FedAvgM):
+class MeasuredFedAvgM(MeasuredStrategy, FedAvgM):
     """FedAvgM: server momentum on the pseudo-gradient (Hsu et al. 2019), measured."""
 
 
-class DivergenceFedAdam(DivergenceMixin, FedAdam):
+class MeasuredFedAdam(MeasuredStrategy, FedAdam):
     """FedAdam (Reddi et al. 2021), measured."""
 
 
-class DivergenceFedYogi(DivergenceMixin, FedYogi):
+class MeasuredFedYogi(MeasuredStrategy, FedYogi):
     """FedYogi (Reddi et al. 2021), measured."""
 
 
-class DivergenceFedAdagrad(DivergenceMixin, FedAdagrad):
+class MeasuredFedAdagrad(MeasuredStrategy, FedAdagrad):
     """FedAdagrad (Reddi et al. 2021), measured."""
 
 
-class DivergenceFedProx(DivergenceMixin, FedProx):
+class MeasuredFedProx(MeasuredStrategy, FedProx):
     """FedProx (Li et al. 2020): FedAvg on the server, the proximal term on the clients."""
 
 
-STRATEGIES: dict[str, type[DivergenceMixin]] = {
-    "fedavg": DivergenceFedAvg,
-    "fedavgm": DivergenceFedAvgM,
-    "fedadam": DivergenceFedAdam,
-    "fedyogi": DivergenceFedYogi,
-    "fedadagrad": DivergenceFedAdagrad,
-    "fedprox": DivergenceFedProx,
+STRATEGIES: dict[str, type[MeasuredStrategy]] = {
+    "fedavg": MeasuredFedAvg,
+    "fedavgm": MeasuredFedAvgM,
+    "fedadam": MeasuredFedAdam,
+    "fedyogi": MeasuredFedYogi,
+    "fedadagrad": MeasuredFedAdagrad,
+    "fedprox": MeasuredFedProx,
 }
 
 
@@ -73,17 +77,27 @@ def server_optimizer_kwargs(cfg: Config) -> dict[str, Any]:
 
 def make_strategy(
     cfg: Config,
-    recorder: RunRecorder,
+    arm: str,
+    model: nn.Module,
     partitions: Mapping[int, int],
     clients_per_round: int,
     first_round: int = 0,
-) -> DivergenceMixin:
-    """The measured Flower strategy that `server-optimizer` names."""
+    device: torch.device | str = "cpu",
+) -> MeasuredStrategy:
+    """The measured Flower strategy that `server-optimizer` names, for `arm` of `cfg` on `model`
+    (its parameter names, and the decayed ones for the server-decay arm)."""
     return STRATEGIES[cfg.server_optimizer](
-        recorder,
         partitions,
         cfg.seed,
         clients_per_round,
+        parameter_names=[n for n, _ in model.named_parameters()],
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        device=device,
+        server_decay_names=(
+            decayed_names(model) if schema.DECAY_MODES[arm].server_decays else None
+        ),
+        average_moments=cfg.optimizer_state == schema.SERVER_AVERAGED,
         dropout_rate=cfg.dropout_rate,
         first_round=first_round,
         **server_optimizer_kwargs(cfg),

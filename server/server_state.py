@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.app import Message
 
-from clients.records import numpy_dict
 from fedadamw import schema
+from fedadamw.core.records import numpy_dict
 
 # avg_v: optimizer-state server-averaged, the clients' mean second moments (and step count).
 _DICT_STATE = ("m_t", "v_t", "avg_v")

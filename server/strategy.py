@@ -1,18 +1,18 @@
 """Flower's strategies, each sampling clients by partition id and measuring their divergence.
 
-`DivergenceMixin` holds everything this framework adds to a strategy (seeded sampling,
+`MeasuredStrategy` holds everything this framework adds to a strategy (seeded sampling,
 dropout, reply checks, the divergence measurement, partition-order aggregation input, the
-server-decay hook, recording and the server optimizer's checkpointed state); it is applied
-once to each of Flower's strategies (`server.optimizers.STRATEGIES`), so every server
-optimizer stores the same statistics.
+server-decay hook, the round's measurement and the server optimizer's state for the
+recorder); it is applied once to each of Flower's strategies (`server.optimizers.STRATEGIES`),
+so every server optimizer stores the same statistics.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from logging import WARNING
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -20,14 +20,12 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from clients.records import keep_decoded, numpy_dict
 from fedadamw import schema
-from fedadamw.core.optim import decayed_names
+from fedadamw.core.records import keep_decoded, numpy_dict
 from fedadamw.core.sampling import dropped_partitions, sample_partitions
 from fedadamw.core.server_decay import ServerDecay
-from fedadamw.core.updates import ClientReply, measure_round
+from fedadamw.core.updates import ClientReply, RoundMeasurement, measure_round
 from fedadamw.run.failures import NonFiniteRunError
-from fedadamw.run.recorder import RunRecorder
 from server.metrics import aggregate_client_metrics
 from server.server_state import (
     average_moments,
@@ -35,6 +33,9 @@ from server.server_state import (
     pop_moments,
     restore_optimizer_state,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 NODE_WAIT_S = 120.0  # how long to wait for SuperNodes to (re)connect before giving up
 
@@ -70,14 +71,17 @@ def to_client_reply(
     return ClientReply(node, pid, arrays, metrics, decay=decay)
 
 
-class DivergenceMixin(FedAvg):
+class MeasuredStrategy(FedAvg):
     """A Flower strategy whose sampled clients are seeded by partition id and whose updates are
     measured; put first in the bases of a Flower strategy (`server.optimizers`).
 
     `configure_train` lets the strategy address every connected node and keeps the seeded
-    subset; `aggregate_train` checks each reply, measures the divergence of the accepted updates
-    (`fedadamw.core.updates.measure_round`) and hands only accepted replies, in partition order,
-    to the strategy's own aggregation (FedAvg, then its server step).
+    subset; `aggregate_train` unpacks each reply, measures the divergence of the accepted
+    updates (`fedadamw.core.updates.measure_round`), hands only accepted replies, in partition
+    order, to the strategy's own aggregation (FedAvg, then its server step) and finishes the
+    aggregate (dtypes, the server-decay arm's shrink). The round's measurement and the server
+    optimizer's state after it stay on the strategy (`last_measurement`, `last_server_state`):
+    the ServerApp's `evaluate_fn` hands them to the recorder with the new global model.
 
     A resumed run starts the strategy's loop again at its round 1: `first_round` (the last round
     already in the store) is added to the round number wherever a round is seen, so every
@@ -88,14 +92,25 @@ class DivergenceMixin(FedAvg):
 
     def __init__(
         self,
-        recorder: RunRecorder,
         partitions: Mapping[int, int],
         seed: int,
         clients_per_round: int,
+        *,
+        parameter_names: Collection[str],
+        learning_rate: float,
+        weight_decay: float,
+        device: torch.device | str = "cpu",
+        server_decay_names: Collection[str] | None = None,
+        average_moments: bool = False,
         dropout_rate: float = 0.0,
         first_round: int = 0,
         **strategy_kwargs: Any,
     ) -> None:
+        """`parameter_names`: the model's weights (the measurement leaves out BatchNorm's
+        running statistics); `learning_rate`/`weight_decay`: the clients' (the server-decay
+        arm's shared step, and the message of a run that overflows); `server_decay_names`: the
+        decayed tensors of the server-decay arm (None: another arm); `average_moments`:
+        optimizer-state server-averaged (the mean second moment goes back to the clients)."""
         super().__init__(
             fraction_train=1.0,  # Flower addresses all nodes; configure_train keeps the sample
             fraction_evaluate=0.0,  # the server evaluates the global model itself
@@ -106,22 +121,28 @@ class DivergenceMixin(FedAvg):
             train_metrics_aggr_fn=aggregate_client_metrics,
             **strategy_kwargs,
         )
-        self.recorder = recorder
         self.partitions = dict(partitions)  # node id -> partition id
         self.seed = seed
         self.clients_per_round = clients_per_round
         self.dropout_rate = dropout_rate
         self.first_round = first_round
-        cfg = recorder.cfg
+        self.parameter_names = frozenset(parameter_names)
+        self.device = device
+        self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.average_moments = average_moments
         self.server_decay = (
-            ServerDecay(cfg.learning_rate, cfg.weight_decay, decayed_names(recorder.model))
-            if recorder.arm == schema.SERVER_DECAY_MODE
-            else None
+            None
+            if server_decay_names is None
+            else ServerDecay(learning_rate, weight_decay, frozenset(server_decay_names))
         )
         self._dropped: list[int] = []
         self._global: dict[str, np.ndarray] = {}
         self.avg_v: dict[str, np.ndarray] | None = None  # server-averaged: the mean v sent out
         self._sent: list[Message] = []
+        # The latest round's measurement and the server optimizer's state after it (for
+        # `evaluate_fn`, which Flower calls after aggregate_train with the new global model).
+        self.last_measurement: RoundMeasurement | None = None
+        self.last_server_state: dict[str, np.ndarray] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -160,18 +181,29 @@ class DivergenceMixin(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Measure and record the updates, then FedAvg the accepted ones."""
+        """Unpack, measure, aggregate the accepted replies (FedAvg, the server step), finish."""
         server_round += self.first_round
         replies = list(replies)
+        unpacked = self._unpack(replies)
+        self.last_measurement = measured = self._measure(server_round, unpacked)
+        accepted = self._accepted(replies, unpacked, measured)
+        arrays, metrics = self._aggregate(server_round, accepted, measured)
+        self.last_server_state = self.server_state()
+        return arrays, metrics
+
+    def _unpack(self, replies: list[Message]) -> list[ClientReply]:
+        """Each reply out of its Flower message, attributed to the node it was sent to."""
         sent = [m for m in self._sent if m.metadata.message_id]
         addressed = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
-        unpacked = [to_client_reply(m, self.partitions, addressed) for m in replies]
-        message_of = {id(r): m for r, m in zip(unpacked, replies, strict=True)}
+        return [to_client_reply(m, self.partitions, addressed) for m in replies]
+
+    def _measure(self, server_round: int, unpacked: list[ClientReply]) -> RoundMeasurement:
+        """Check every reply and measure the accepted updates; the dropped clients rejected."""
         measured = measure_round(
             self._global,
             unpacked,
-            device=self.recorder.device,
-            only=self.recorder.parameter_names,  # weights, not BatchNorm's running statistics
+            device=self.device,
+            only=self.parameter_names,  # weights, not BatchNorm's running statistics
             server_decay=self.server_decay,  # the server-decay arm's shared step, measured
         )
         nodes = {pid: node for node, pid in self.partitions.items()}
@@ -179,7 +211,6 @@ class DivergenceMixin(FedAvg):
             (pid, nodes[pid], f"simulated dropout (dropout-rate={self.dropout_rate:g})")
             for pid in self._dropped
         ]
-        self.recorder.pending = measured
         for pid, node, reason in measured.rejections:
             log(
                 WARNING,
@@ -189,43 +220,58 @@ class DivergenceMixin(FedAvg):
                 node,
                 reason,
             )
-        # In measure_round's partition order: FedAvg sums in this order, and float addition is
-        # not associative, so arrival order must not leak into the aggregate.
+        return measured
+
+    def _accepted(
+        self, replies: list[Message], unpacked: list[ClientReply], measured: RoundMeasurement
+    ) -> list[Message]:
+        """The accepted messages in partition order, each with its weights alone.
+
+        FedAvg sums in this order, and float addition is not associative, so arrival order must
+        not leak into the aggregate. Server-averaged: their second moments are averaged here.
+        """
+        message_of = {id(r): m for r, m in zip(unpacked, replies, strict=True)}
         accepted = [message_of[id(r)] for r in measured.accepted]
         moments, weights = pop_moments(accepted)  # server-averaged: each client's v
         for m in accepted:
-            # FedAvg expects exactly one ArrayRecord per reply; the decay part is measured above.
+            # FedAvg expects exactly one ArrayRecord per reply; the decay part is measured.
             if schema.DECAY_PART in m.content.array_records:
                 del m.content[schema.DECAY_PART]
-        if moments and self.recorder.cfg.optimizer_state == schema.SERVER_AVERAGED:
+        if moments and self.average_moments:
             self.avg_v = average_moments(moments, weights)  # FedAdamW: sent back next round
+        return accepted
+
+    def _aggregate(
+        self, server_round: int, accepted: list[Message], measured: RoundMeasurement
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The strategy's own aggregation of `accepted`; (None, None) when nothing was."""
         failed = [r for r in measured.rejections if r[0] not in self._dropped]
         if not accepted and failed and all("non-finite" in reason for *_, reason in failed):
-            cfg = self.recorder.cfg
             raise NonFiniteRunError(
                 f"round {server_round}: every client's update is non-finite: "
-                f"learning-rate={cfg.learning_rate:g} with weight-decay={cfg.weight_decay:g} "
+                f"learning-rate={self.learning_rate:g} with weight-decay={self.weight_decay:g} "
                 "overflows float32; lower them"
             )
         if not accepted:
             log(
                 WARNING, "round %d: no update accepted; the global model is unchanged", server_round
             )
-            self.recorder.server_state = self.server_state()
             return None, None
         arrays, metrics = super().aggregate_train(server_round, accepted)
-        if arrays is not None:
-            # FedAdam's bias correction is a float64 scalar: numpy would promote the model to
-            # float64, and the next round's replies would no longer match its dtypes.
-            arrays = ArrayRecord(
-                {k: Array(np.asarray(v.numpy(), self._global[k].dtype)) for k, v in arrays.items()}
-            )
-        if arrays is not None and measured.server_decay is not None:
+        return (None if arrays is None else self._finish(arrays, measured)), metrics
+
+    def _finish(self, arrays: ArrayRecord, measured: RoundMeasurement) -> ArrayRecord:
+        """The aggregate in the global model's dtypes, shrunk by the server-decay arm's step."""
+        # FedAdam's bias correction is a float64 scalar: numpy would promote the model to
+        # float64, and the next round's replies would no longer match its dtypes.
+        arrays = ArrayRecord(
+            {k: Array(np.asarray(v.numpy(), self._global[k].dtype)) for k, v in arrays.items()}
+        )
+        if measured.server_decay is not None:
             # The server-decay arm: the aggregate shrinks by the clients' decoupled factor.
             decayed = measured.server_decay.apply({k: v.numpy() for k, v in arrays.items()})
             arrays.update({k: Array(v) for k, v in decayed.items()})
-        self.recorder.server_state = self.server_state()
-        return arrays, metrics
+        return arrays
 
     def server_state(self) -> dict[str, np.ndarray]:
         """The server optimizer's state as named arrays ("m_t/conv.weight"); empty for FedAvg."""
@@ -236,5 +282,5 @@ class DivergenceMixin(FedAvg):
         restore_optimizer_state(self, state)
 
 
-class DivergenceFedAvg(DivergenceMixin, FedAvg):
+class MeasuredFedAvg(MeasuredStrategy, FedAvg):
     """FedAvg (McMahan et al. 2017), measured."""

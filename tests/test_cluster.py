@@ -113,7 +113,7 @@ def test_a_sweep_runs_each_grid_point_as_a_ray_task_with_its_engine(
         f"num-server-rounds = {ROUNDS}\n"
         "local-epochs = 1\n"
         # At lr 1e-3 the engines agree to ~1e-6 over rounds; at 1e-2 Adam amplifies rounding
-        # noise to ~1e-3 (README, Engines), enough to flip a test example's prediction.
+        # noise to ~1e-3 (docs/methods.md, Engines), enough to flip a test example's prediction.
         "learning-rate = 0.001\n"
         'arms = "decoupled"\n'
         "track-decay = true\n"
@@ -172,7 +172,7 @@ def test_a_sweep_runs_each_grid_point_as_a_ray_task_with_its_engine(
                 continue
             if a["round"] > 1:
                 # Later rounds carry Adam's amplified rounding noise (~1e-2 in a cosine
-                # by round 5 with 4 clients; README, Engines): tests/test_cohort_grid.py
+                # by round 5 with 4 clients; docs/methods.md, Engines): tests/test_cohort_grid.py
                 # bounds the engines' stored rounds in-process, where noise is controlled.
                 continue
             # Round 1: the same job on both engines (a flipped test example is 1/1000).

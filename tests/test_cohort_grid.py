@@ -32,7 +32,7 @@ from fedadamw.core.training import TrainResult, train_local
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import ArrayDataset, load_partition
 from fedadamw.errors import ConfigError
-from fedadamw.schema import CLIENT_UNDECAYED_MODES, DECAY_MODES
+from fedadamw.schema import DECAY_MODES
 from server.app import run_experiment
 from server.cohort_grid import NODE_ID_BASE, CohortGrid
 
@@ -153,7 +153,7 @@ def test_round_one_updates_equal_the_flower_clients(mode: str) -> None:
         if pid in amplified:
             continue
         assert ma[schema.TRAIN_LOSS] == pytest.approx(mb[schema.TRAIN_LOSS], rel=1e-5)
-        if mode in CLIENT_UNDECAYED_MODES:  # none, server-decay: clients have no decay part
+        if not DECAY_MODES[mode].client_decays:  # none, server-decay: no decay part
             continue
         decay_a = _flat(a.array_records[schema.DECAY_PART])
         decay_b = _flat(b.array_records[schema.DECAY_PART])
@@ -227,7 +227,7 @@ def test_five_stored_rounds_agree_with_the_flower_clients(mode: str, tmp_path: P
     cfg = _cfg(
         **{
             # The reference job: at lr 1e-2 Adam's amplification of rounding noise
-            # compounds over rounds to ~1e-3 (README, Engines); here it stays below ~2e-4.
+            # compounds over rounds to ~1e-3 (docs/methods.md, Engines); here it stays below ~2e-4.
             "learning-rate": 1e-3,
             "arms": mode,
             "num-server-rounds": 5,
@@ -374,7 +374,7 @@ def test_pairs_beyond_the_limit_are_a_seeded_subset_and_statistics_do_not_change
         strict=True,
     ):
         for key in schema.STAT_COLUMNS:
-            # Two vmap runs agree to ~1e-10 here, not bit for bit (README, Engines).
+            # Two vmap runs agree to ~1e-10 here, not bit for bit (docs/methods.md, Engines).
             if b[key] is None:  # round 0 has no update
                 assert a[key] is None, key
             else:

@@ -17,21 +17,22 @@ import pytest
 from scipy import stats
 
 from fedadamw.config import Config
-from fedadamw.results.compare import SHRINK_TOLERANCE, compare, paired_interval, render
-from fedadamw.results.stats import holm, paired_t_pvalue
+from fedadamw.results.compare import SHRINK_TOLERANCE, compare
+from fedadamw.results.compare_render import render
+from fedadamw.results.stats import holm, paired_t_pvalue, t_interval
 from fedadamw.results.writer import ResultStore, RoundRecord
 
 ROUNDS = 8
 
 
-def test_paired_interval_matches_the_t_formula() -> None:
+def test_the_paired_interval_matches_the_t_formula() -> None:
     d = np.random.default_rng(0).normal(0.1, 0.05, size=6)
-    got = paired_interval(d.tolist())
+    got = t_interval(d.tolist())  # what compare applies to the paired differences
     half = stats.t.ppf(0.975, 5) * d.std(ddof=1) / math.sqrt(6)
     assert (got.mean, got.low, got.high, got.n) == pytest.approx(
         (d.mean(), d.mean() - half, d.mean() + half, 6)
     )
-    one = paired_interval([0.2])
+    one = t_interval([0.2])
     assert one.n == 1 and math.isnan(one.low)
 
 
@@ -232,7 +233,7 @@ def test_labels_name_only_the_keys_a_setting_used() -> None:
     import pandas as pd
 
     from fedadamw.results.compare import _labels
-    from fedadamw.results.reader import condition_labels, setting_labels
+    from fedadamw.results.summaries import condition_labels, setting_labels
     from fedadamw.schema import key_applies
 
     iid = {"partitioner": "iid", "dirichlet-alpha": 0.3, "server-optimizer": "fedavg"}

@@ -6,7 +6,7 @@ docker-compose.yml runs them (fedadamw.deploy reads the file and maps service na
 mounted paths to loopback), with fresh certificates, keys and secret; they start the experiment
 with `flwr run . <connection>` and check the results store, and show that a SuperNode without a
 registered key, one without the CA and a SuperExec without the secret are each refused. One
-more runs `make flwr-run`, the README's local simulation. Every process is started in its own
+more runs `make flwr-run`, the documented local simulation. Every process is started in its own
 process group and stopped by pid when the test ends, also when it fails.
 """
 
@@ -37,8 +37,6 @@ from fedadamw.config import Config
 from fedadamw.data.split import DataSpec, holdout, partition_indices
 from fedadamw.errors import ConfigError
 from fedadamw.results.reader import connect_readonly
-from fedadamw.results.writer import ResultStore
-from fedadamw.run.recorder import RunRecorder
 from fedadamw.viz.serve import free_ports
 from server import strategy as strategy_module
 from server.app import discover_partitions
@@ -160,7 +158,7 @@ class Deployment:
     """docker-compose.yml's services as loopback processes, with fresh credentials.
 
     The certificates, the SuperExec secret and the SuperNode keys come from the scripts the
-    README has users run (docker/certs/generate.sh, docker/keys/generate.sh), into `root`.
+    deployment docs have users run (docker/certs/generate.sh, docker/keys/generate.sh), into `root`.
     """
 
     def __init__(self, root: Path, files: Sequence[Path] = (compose.COMPOSE_FILE,)) -> None:
@@ -284,7 +282,7 @@ def _deployment(
 
 def _start_all(dep: Deployment) -> None:
     dep.start_superlink()
-    dep.register(*SUPERNODES)  # before they connect, as the README's recipe does
+    dep.register(*SUPERNODES)  # before they connect, as docs/deployment.md's recipe does
     dep.start("serverapp")
     for name in SUPERNODES:
         dep.start(name)
@@ -328,7 +326,7 @@ def deployed_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     deployment, the decoupled arm loses `KILLED` in its round 1 and must finish without it.
     """
     root = tmp_path_factory.mktemp("deployed")
-    # A relative out-dir, as in the README: the ServerApp takes it under the results volume.
+    # A relative out-dir, as in docs/deployment.md: the ServerApp takes it under the results volume.
     out = root / "results" / "two-arms"
     with _deployment(root) as dep:
         _start_all(dep)
@@ -577,10 +575,10 @@ FLWR_RUN_CLIENTS = 3
 
 @pytest.mark.deployment
 def test_make_flwr_run_works_without_an_activated_venv(tmp_path: Path) -> None:
-    """The README's `make flwr-run`, 2 rounds: no venv on PATH, Flower's home and the results
+    """The documented `make flwr-run`, 2 rounds: no venv on PATH, Flower's home and the results
     root in tmp_path; the detached local SuperLink it leaves behind is stopped by pid."""
     make = shutil.which("make")
-    assert make is not None, "the README's commands need make"
+    assert make is not None, "the documented commands need make"
     home, results = tmp_path / "flwr-home", tmp_path / "results"
     # As on a fresh machine: no activated venv, so this environment's bin folder is not on
     # PATH (the Makefile must put it there), and no make of ours is running around it.
@@ -924,14 +922,20 @@ def test_waiting_for_supernodes_is_bounded_and_says_what_to_do() -> None:
 
 
 def test_a_run_whose_supernodes_are_all_gone_ends_with_a_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(strategy_module, "NODE_WAIT_S", 0.2)
-    with ResultStore(tmp_path / "results.db") as store:
-        recorder = RunRecorder(store, "r", Config.from_mapping({"num-clients": 2}), "coupled")
-        strategy = strategy_module.DivergenceFedAvg(recorder, {11: 0, 12: 1}, 0, 2)
-        with pytest.raises(RuntimeError, match="none of the 2 SuperNodes this run started with"):
-            strategy.configure_train(1, ArrayRecord(), ConfigRecord(), cast(Grid, _FakeGrid([99])))
+    cfg = Config.from_mapping({"num-clients": 2})
+    strategy = strategy_module.MeasuredFedAvg(
+        {11: 0, 12: 1},
+        0,
+        2,
+        parameter_names=(),
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+    )
+    with pytest.raises(RuntimeError, match="none of the 2 SuperNodes this run started with"):
+        strategy.configure_train(1, ArrayRecord(), ConfigRecord(), cast(Grid, _FakeGrid([99])))
 
 
 def _metadata(src: int, dst: int, message_id: str, reply_to: str) -> Metadata:

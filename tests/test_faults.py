@@ -2,7 +2,7 @@
 
 Every test starts the CLI as a subprocess on a small federation (3 clients, 6 rounds, one local
 epoch) and compares the store it leaves with an uninterrupted run of the same command, row by
-row (timings aside). Measured numbers are printed (`pytest -s`): the README's fault table
+row (timings aside). Measured numbers are printed (`pytest -s`): docs/usage.md's fault table
 comes from them.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fedadamw.results.reader import arm_summary
+from fedadamw.results.summaries import arm_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 6
@@ -98,7 +98,7 @@ def _simulation_pgid(out: Path) -> int:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"fedadamw.run.simulate" in cmd and spec.encode() in cmd:
+            if b"fedadamw.launch.simulate" in cmd and spec.encode() in cmd:
                 return int(entry.name)
     pytest.fail("no simulation process found")
 

@@ -27,15 +27,8 @@ from fedadamw import cli
 from fedadamw.config import Config, default_config
 from fedadamw.core.divergence import analyze
 from fedadamw.results.lock import WriterLock
-from fedadamw.results.reader import (
-    ROUND_MEAN,
-    EmptyStoreError,
-    Store,
-    StoreError,
-    config_diff,
-    cosine_matrix,
-    resolve_store_path,
-)
+from fedadamw.results.reader import EmptyStoreError, Store, StoreError, resolve_store_path
+from fedadamw.results.summaries import ROUND_MEAN, config_diff, cosine_matrix
 from fedadamw.results.writer import ResultStore, RoundRecord
 from fedadamw.schema import STAT_NAMES
 from fedadamw.viz import figures, style, views
@@ -301,19 +294,20 @@ def labels_of(syn: Synthetic) -> Any:
 
 
 # -- statistics helpers ---------------------------------------------------------------------
-def test_mean_ci_matches_closed_form_t_quantiles() -> None:
-    # Student t with 1 and 2 degrees of freedom has closed-form quantiles (Cauchy for ν = 1).
+def test_band_stats_ci_matches_closed_form_t_quantiles() -> None:
+    # Student t with 2 degrees of freedom has a closed-form quantile; two seeds fall back to
+    # their min-max (a t-interval of two values is +-12.7 SDs), one seed has no band.
     p = 0.975
-    t1 = math.tan(math.pi * (p - 0.5))
     t2 = (2 * p - 1) / math.sqrt(2 * p * (1 - p))
     df = pd.DataFrame({"g": ["a", "a", "b", "b", "b", "c"], "v": [1.0, 2.0, 0.5, 1.5, 4.0, 7.0]})
-    out = figures.mean_ci(df, ["g"], "v").set_index("g")
-    for group, values, tq in (("a", [1.0, 2.0], t1), ("b", [0.5, 1.5, 4.0], t2)):
-        x = np.asarray(values)
-        half = tq * x.std(ddof=1) / math.sqrt(len(x))
-        assert out.loc[group, "mean"] == pytest.approx(x.mean())
-        assert out.loc[group, "lo"] == pytest.approx(x.mean() - half, rel=1e-9)
-        assert out.loc[group, "hi"] == pytest.approx(x.mean() + half, rel=1e-9)
+    out = figures.band_stats(df, ["g"], "v", band="ci").set_index("g")
+    x = np.asarray([0.5, 1.5, 4.0])
+    half = t2 * x.std(ddof=1) / math.sqrt(len(x))
+    assert out.loc["b", "mean"] == pytest.approx(x.mean())
+    assert out.loc["b", "lo"] == pytest.approx(x.mean() - half, rel=1e-9)
+    assert out.loc["b", "hi"] == pytest.approx(x.mean() + half, rel=1e-9)
+    assert out.loc["b", "band"] == "ci"
+    assert (out.loc["a", "lo"], out.loc["a", "hi"], out.loc["a", "band"]) == (1.0, 2.0, "minmax")
     assert out.loc["c", "n"] == 1 and math.isnan(out.loc["c", "lo"])  # one seed: no interval
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedadamw import schema
-from fedadamw.config import MODEL_INPUTS, MODELS, Config
+from fedadamw.config import Config
 from fedadamw.core import models
 from fedadamw.core.models import FloatBatchNorm2d, build_model
 from fedadamw.core.training import TrainSpec, evaluate, train_local
@@ -16,6 +16,7 @@ from fedadamw.core.updates import ClientReply, check_reply, flatten_updates
 from fedadamw.data.registry import REGISTRY
 from fedadamw.data.split import ArrayDataset
 from fedadamw.errors import ConfigError
+from fedadamw.schema import MODEL_INPUTS, MODELS
 
 
 def _params(model: nn.Module) -> int:

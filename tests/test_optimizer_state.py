@@ -152,10 +152,10 @@ def test_server_sends_back_the_example_weighted_mean_of_the_clients_v(tmp_path: 
     store = ResultStore(tmp_path / "results.db")
     cfg = Config.from_mapping({"num-clients": 3, "optimizer-state": schema.SERVER_AVERAGED})
     rec = RunRecorder(store, "exp:decoupled:x", cfg, "decoupled")
-    rec.parameter_names = frozenset(SHAPES)
     rec.start()
     nodes = {10 + p: p for p in range(3)}
-    strategy = make_strategy(cfg, rec, nodes, 3)
+    strategy = make_strategy(cfg, "decoupled", rec.model, nodes, 3)
+    strategy.parameter_names = frozenset(SHAPES)
     rng = np.random.default_rng(5)
     glob = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
     first = list(

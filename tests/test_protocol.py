@@ -232,8 +232,8 @@ def test_all_zero_decay_parts_are_stored_as_null(tmp_path: Path) -> None:
             }
             zero = {k: np.zeros_like(v) for k, v in glob.items() if k in rec.parameter_names}
             replies.append(_reply(pid, state, 50, 10, zero))  # λ = 0: nothing decayed
-        rec.pending = measure_round(glob, replies, only=rec.parameter_names)
-        rec.record(1, {k: torch.from_numpy(v) for k, v in glob.items()})
+        measured = measure_round(glob, replies, only=rec.parameter_names)
+        rec.record(1, {k: torch.from_numpy(v) for k, v in glob.items()}, measured)
     conn = connect_readonly(tmp_path / "results.db")
     row = conn.execute("SELECT * FROM rounds WHERE round = 1").fetchone()
     for prefix in ("decay_",):

@@ -1,4 +1,4 @@
-"""clients.records: the ArrayRecords both apps send, against Flower's own conversions."""
+"""fedadamw.core.records: the ArrayRecords both apps send, against Flower's own conversions."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from clients.records import array_record, numpy_dict, state_dict, to_numpy
 from fedadamw.core.models import build_model
+from fedadamw.core.records import array_record, numpy_dict, state_dict, to_numpy
 
 
 def _state() -> dict[str, torch.Tensor]:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from fedadamw.results.lock import FolderInUseError, WriterLock, writer_alive
-from fedadamw.results.reader import arm_summary, connect_readonly
+from fedadamw.results.reader import connect_readonly
+from fedadamw.results.summaries import arm_summary
 from fedadamw.results.writer import (
     ResultStore,
     RoundRecord,
@@ -223,7 +224,7 @@ def test_a_store_in_a_read_only_folder_is_readable(shared_tmp: Path) -> None:
         p.chmod(0o644)
     folder.chmod(0o555)
     code = (
-        "from fedadamw.results.reader import arm_summary; "
+        "from fedadamw.results.summaries import arm_summary; "
         "print([(r['status'], r['rounds']) for r in arm_summary("
         f"{str(folder / 'results.db')!r})])"
     )

@@ -1,4 +1,4 @@
-"""Every server optimizer (Flower's strategies under DivergenceMixin) on fake replies, no Ray.
+"""Every server optimizer (Flower's strategies under MeasuredStrategy) on fake replies, no Ray.
 
 Each one's first two rounds against a numpy float64 implementation of its update rule (Reddi
 et al., "Adaptive Federated Optimization", Algorithm 2; FedAvgM: Hsu et al. 2019), the same
@@ -20,7 +20,7 @@ from fedadamw.results.reader import connect_readonly
 from fedadamw.results.writer import ResultStore
 from fedadamw.run.recorder import RunRecorder
 from server.optimizers import STRATEGIES, make_strategy
-from server.strategy import DivergenceMixin
+from server.strategy import MeasuredStrategy
 from tests.test_strategy import SHAPES, FakeGrid, _arrays, _metrics, _reply, _task_identity
 
 __all__ = ["_task_identity"]  # the fixture that gives messages a task identity
@@ -43,15 +43,22 @@ def _config(optimizer: str) -> Config:
     )
 
 
-def _strategy(tmp_path: Path, optimizer: str, first_round: int = 0) -> DivergenceMixin:
+def _strategy(
+    tmp_path: Path, optimizer: str, first_round: int = 0
+) -> tuple[MeasuredStrategy, RunRecorder]:
     store = ResultStore(tmp_path / "results.db")
     cfg = _config(optimizer)
     rec = RunRecorder(store, f"exp:coupled:{optimizer}", cfg, "coupled")
-    rec.parameter_names = frozenset(SHAPES)  # measure the fake tensors, not the model's
     resume = rec.start()
-    strategy = make_strategy(cfg, rec, NODES, len(NODES), first_round)
+    strategy = make_strategy(cfg, "coupled", rec.model, NODES, len(NODES), first_round)
+    strategy.parameter_names = frozenset(SHAPES)  # measure the fake tensors, not the model's
     strategy.load_server_state(resume.server_state)
-    return strategy
+    return strategy, rec
+
+
+def _record(strategy: MeasuredStrategy, rec: RunRecorder, rnd: int) -> None:
+    """Write round `rnd` as the ServerApp's evaluate_fn does (the recorder's own model)."""
+    rec.record(rnd, rec.model.state_dict(), strategy.last_measurement, strategy.last_server_state)
 
 
 def _client_states(glob: dict[str, np.ndarray], rnd: int) -> dict[int, dict[str, np.ndarray]]:
@@ -64,7 +71,7 @@ def _client_states(glob: dict[str, np.ndarray], rnd: int) -> dict[int, dict[str,
 
 
 def _round(
-    strategy: DivergenceMixin, rnd: int, glob: dict[str, np.ndarray]
+    strategy: MeasuredStrategy, rnd: int, glob: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     strategy.configure_train(rnd, _arrays(glob), ConfigRecord({}), FakeGrid(list(NODES)))
     states = _client_states(glob, rnd + strategy.first_round)
@@ -124,7 +131,7 @@ def _glob0() -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("optimizer", schema.SERVER_OPTIMIZERS)
 def test_first_two_rounds_follow_the_papers_update_rule(tmp_path: Path, optimizer: str) -> None:
     glob = _glob0()
-    strategy = _strategy(tmp_path, optimizer)
+    strategy, _ = _strategy(tmp_path, optimizer)
     reference = _reference(optimizer, glob, 2)
     for rnd, want in enumerate(reference, start=1):
         glob = _round(strategy, rnd, glob)
@@ -142,16 +149,16 @@ def test_first_two_rounds_follow_the_papers_update_rule(tmp_path: Path, optimize
 def test_a_resumed_run_continues_from_the_checkpointed_server_state(
     tmp_path: Path, optimizer: str
 ) -> None:
-    straight = _strategy(tmp_path / "a", optimizer)
+    straight, _ = _strategy(tmp_path / "a", optimizer)
     glob = _round(straight, 1, _glob0())
     want = _round(straight, 2, glob)
     # The interrupted run: round 1 recorded (its checkpoint holds the server state), then a new
     # process resumes after round 1 from what the store gives back.
-    first = _strategy(tmp_path / "b", optimizer)
+    first, first_rec = _strategy(tmp_path / "b", optimizer)
     after_one = _round(first, 1, _glob0())
-    first.recorder.record(1, first.recorder.model.state_dict())
+    _record(first, first_rec, 1)
     assert first.server_state()  # the state that a fresh strategy would lack
-    resumed = _strategy(tmp_path / "b", optimizer, first_round=1)
+    resumed, _ = _strategy(tmp_path / "b", optimizer, first_round=1)
     assert resumed.server_state().keys() == first.server_state().keys()
     got = _round(resumed, 1, after_one)
     for k in SHAPES:
@@ -161,11 +168,11 @@ def test_a_resumed_run_continues_from_the_checkpointed_server_state(
 def test_every_server_optimizer_stores_the_same_statistics(tmp_path: Path) -> None:
     non_null: dict[str, dict[str, set[str]]] = {}
     for optimizer in STRATEGIES:
-        strategy = _strategy(tmp_path / optimizer, optimizer)
+        strategy, rec = _strategy(tmp_path / optimizer, optimizer)
         glob = _glob0()
         for rnd in (1, 2):
             glob = _round(strategy, rnd, glob)
-            strategy.recorder.record(rnd, strategy.recorder.model.state_dict())
+            _record(strategy, rec, rnd)
         conn = connect_readonly(tmp_path / optimizer / "results.db")
         tables: dict[str, set[str]] = {}
         for table in ("rounds", "clients", "layers", "pairs"):

@@ -34,7 +34,7 @@ def test_each_row_is_its_own_models_forward_and_gradient(name: str) -> None:
     stacked = {n: torch.stack([c[n] for c in copies]).requires_grad_() for n in copies[0]}
     out = forward(stacked, x)
     assert out.shape == (G, B, 10)
-    out.logsumexp(-1).sum().backward()
+    out.logsumexp(-1).sum().backward()  # type: ignore[no-untyped-call]
     for g, params in enumerate(copies):
         model.load_state_dict(params)
         model.zero_grad()
@@ -42,8 +42,9 @@ def test_each_row_is_its_own_models_forward_and_gradient(name: str) -> None:
         want.logsumexp(-1).sum().backward()
         torch.testing.assert_close(out[g], want, rtol=1e-12, atol=1e-12)
         for n, p in model.named_parameters():
-            assert stacked[n].grad is not None
-            torch.testing.assert_close(stacked[n].grad[g], p.grad, rtol=1e-10, atol=1e-12)
+            grad = stacked[n].grad
+            assert grad is not None
+            torch.testing.assert_close(grad[g], p.grad, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["cnn1d", "mlp"])
@@ -57,7 +58,7 @@ def test_a_rows_float32_bits_do_not_depend_on_the_other_rows(name: str) -> None:
     def grads(rows: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         leaves = {n: torch.stack([c[n] for c in copies[rows]]).requires_grad_() for n in copies[0]}
         out = forward(leaves, x[rows])
-        out.logsumexp(-1).sum().backward()
+        out.logsumexp(-1).sum().backward()  # type: ignore[no-untyped-call]
         return out.detach(), {n: v.grad for n, v in leaves.items()}  # type: ignore[misc]
 
     whole, whole_grads = grads(slice(0, 40))

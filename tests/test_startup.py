@@ -25,13 +25,16 @@ def _modules_after(code: str) -> dict[str, bool]:
 def test_the_run_command_and_the_simulation_module_import_no_torch_flower_or_ray() -> None:
     # The CLI process only supervises: ~2.5 s of torch import there would be pure waiting.
     # The simulation process starts Ray first and imports torch while Ray comes up.
-    assert _modules_after("import fedadamw.cli, fedadamw.run.supervisor") == {
+    assert _modules_after("import fedadamw.cli, fedadamw.launch.supervisor") == {
         "torch": False,
         "flwr": False,
         "ray": False,
         "pandas": False,
     }
-    assert _modules_after("import fedadamw.run.simulate, fedadamw.run.raystart")["torch"] is False
+    assert (
+        _modules_after("import fedadamw.launch.simulate, fedadamw.launch.raystart")["torch"]
+        is False
+    )
     # The console display (progress bar, closing table) imports the recorder's report types:
     # the parent prints the closing table without importing torch.
     assert _modules_after("import fedadamw.run.recorder, fedadamw.run.progress")["torch"] is False

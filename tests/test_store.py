@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedadamw.results.reader import arm_summary, connect_readonly
+from fedadamw.results.reader import connect_readonly
+from fedadamw.results.summaries import arm_summary
 from fedadamw.results.writer import ResultStore, RoundRecord
 from fedadamw.schema import STAT_NAMES
 

@@ -1,4 +1,4 @@
-"""DivergenceFedAvg on fake replies, without Ray (as Flower's own strategy tests do)."""
+"""MeasuredFedAvg on fake replies, without Ray (as Flower's own strategy tests do)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from fedadamw.core.sampling import sample_partitions
 from fedadamw.results.reader import connect_readonly
 from fedadamw.results.writer import ResultStore
 from fedadamw.run.recorder import RunRecorder
-from server.strategy import DivergenceFedAvg
+from server.strategy import MeasuredFedAvg
 
 SHAPES = {"w": (3, 4), "b": (4,)}
 
@@ -98,13 +98,16 @@ def _metrics(n: int, pid: int, loss: float = 1.0) -> dict[str, float]:
     }
 
 
-def _strategy(tmp_path: Path, partitions: dict[int, int], per_round: int) -> DivergenceFedAvg:
-    store = ResultStore(tmp_path / "results.db")
+def _strategy(tmp_path: Path, partitions: dict[int, int], per_round: int) -> MeasuredFedAvg:
     cfg = Config.from_mapping({"num-clients": len(partitions)})
-    rec = RunRecorder(store, "exp:coupled:x", cfg, "coupled")
-    rec.parameter_names = frozenset(SHAPES)  # measure the fake tensors, not the model's
-    rec.start()
-    return DivergenceFedAvg(rec, partitions, seed=3, clients_per_round=per_round)
+    return MeasuredFedAvg(
+        partitions,
+        seed=3,
+        clients_per_round=per_round,
+        parameter_names=SHAPES,  # measure the fake tensors, not a model's
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 def test_both_arms_sample_the_same_partitions_whatever_the_node_ids(tmp_path: Path) -> None:
@@ -156,7 +159,7 @@ def test_aggregate_rejects_bad_replies_and_averages_the_rest(tmp_path: Path) -> 
     assert metrics[schema.LOCAL_STEPS] == 21
     assert schema.PARTITION_ID not in metrics  # ids are never averaged
 
-    measured = strategy.recorder.pending
+    measured = strategy.last_measurement
     assert measured is not None
     assert [r.partition_id for r in measured.accepted] == [0, 1, 2]
     reasons = {pid: reason for pid, _, reason in measured.rejections}
@@ -164,7 +167,10 @@ def test_aggregate_rejects_bad_replies_and_averages_the_rest(tmp_path: Path) -> 
 
     # The round lands in the store in one piece, rejections included.
     # (The fake arrays are not the recorder's model: evaluate its own weights instead.)
-    strategy.recorder.record(1, strategy.recorder.model.state_dict())
+    cfg = Config.from_mapping({"num-clients": 6})
+    rec = RunRecorder(ResultStore(tmp_path / "results.db"), "exp:coupled:x", cfg, "coupled")
+    rec.start()
+    rec.record(1, rec.model.state_dict(), measured, strategy.last_server_state)
     conn = connect_readonly(tmp_path / "results.db")
     row = conn.execute(
         "SELECT num_clients, num_rejected, mean_pairwise_cosine FROM rounds"
@@ -184,7 +190,7 @@ def test_round_with_no_acceptable_reply_keeps_the_global_model(tmp_path: Path) -
         _reply(2, {"w": np.ones((2, 2), np.float32)}, {"x": 1.0}),
     ]
     assert strategy.aggregate_train(1, replies) == (None, None)
-    measured = strategy.recorder.pending
+    measured = strategy.last_measurement
     assert measured is not None and not measured.accepted and len(measured.rejections) == 2
 
 
@@ -211,7 +217,7 @@ def test_dropped_clients_get_no_message_and_are_recorded(tmp_path: Path) -> None
         for m in msgs
     ]
     strategy.aggregate_train(2, replies)
-    measured = strategy.recorder.pending
+    measured = strategy.last_measurement
     assert measured is not None and len(measured.accepted) == len(sent)
     assert sorted(int(p or 0) for p, _, why in measured.rejections if "dropout" in why) == dropped
 
@@ -235,7 +241,7 @@ def test_aggregate_is_the_same_bits_whatever_the_reply_order(tmp_path: Path) -> 
 def test_decoding_a_reply_once_aggregates_the_bits_flowers_own_parsing_gives(
     tmp_path: Path,
 ) -> None:
-    """The server hands FedAvg the arrays it decoded for the measurement (clients.records);
+    """The server hands FedAvg the arrays it decoded for the measurement (fedadamw.core.records);
     Fortran-ordered bytes take np.load's path instead: both must give Flower's FedAvg bits."""
     rng = np.random.default_rng(5)
     partitions = {40 + p: p for p in range(4)}
@@ -291,6 +297,6 @@ def test_the_server_decay_arm_shrinks_fedavgs_aggregate_by_the_clients_factor(
     fedavg = {k: sum(p[i] * states[i][k].astype(np.float64) for i in range(3)) for k in SHAPES}
     np.testing.assert_allclose(arrays["w"].numpy(), factor * fedavg["w"], rtol=1e-5)
     np.testing.assert_allclose(arrays["b"].numpy(), fedavg["b"], rtol=1e-5)  # not decayed
-    measured = strategy.recorder.pending
+    measured = strategy.last_measurement
     assert measured is not None and measured.server_decay is not None
     assert measured.server_decay.factor == pytest.approx(factor)

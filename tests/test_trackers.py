@@ -11,7 +11,7 @@ import pytest
 from fedadamw import cli
 from fedadamw.errors import ConfigError
 from fedadamw.results.reader import connect_readonly
-from fedadamw.run.trackers import metric_name, parse_trackers
+from fedadamw.results.trackers import metric_name, parse_trackers
 from tests.test_figures import Synthetic, write_synthetic_store
 
 ROUNDS = 3

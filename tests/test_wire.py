@@ -5,17 +5,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
+import time
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, Message, MessageType, Metadata, RecordDict
 
+from clients.app import read_request
 from fedadamw.config import Config
 from fedadamw.core import wire
 from fedadamw.core.sampling import client_batch_size, work_fraction
 from fedadamw.core.schedules import Schedule
-from fedadamw.core.training import TrainSpec
+from fedadamw.core.training import ClientSettings, TrainSpec
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import DataSpec
 from fedadamw.errors import ConfigError
@@ -47,8 +53,13 @@ def _config() -> Config:
             "straggler-rate": 0.4,
             "client-batch-sizes": "8,64",
             "track-decay": True,
+            "num-server-rounds": 12,
             "lr-schedule": "cosine-restarts",
+            "warmup-rounds": 2,
+            "step-rounds": 4,
+            "step-gamma": 0.5,
             "restart-rounds": 3,
+            "restart-mult": 3.0,
             "decay-schedule": "normalized",
             "decay-scaling": "paper",
             "decay-params": "all",
@@ -116,7 +127,7 @@ def test_the_wire_keeps_the_keys_and_values_deployed_clients_read(cfg: Config) -
 
 
 def test_a_request_survives_the_wire() -> None:
-    request = TrainRequest.from_config(_config(), "sgd-decoupled")
+    request = TrainRequest.from_config(_config(), "coupled")
     received = TrainRequest.from_wire({**request.to_wire(), "server-round": 4})
     assert received == request
     assert received.data == DataSpec.from_config(_config())
@@ -137,7 +148,15 @@ def test_the_train_spec_is_the_clients_share_of_the_request() -> None:
         work_fraction=work_fraction(11, 2, 5, 0.4),
         track_decay=True,
         local_steps=9,
-        schedule=Schedule("cosine-restarts", cfg.num_server_rounds, 0, 10, 0.1, 3, 2.0),
+        schedule=Schedule(
+            name="cosine-restarts",
+            rounds=12,
+            warmup_rounds=2,
+            step_rounds=4,
+            step_gamma=0.5,
+            restart_rounds=3,
+            restart_mult=3.0,
+        ),
         decay_schedule="normalized",
         decay_scaling="paper",
         decay_params="all",
@@ -173,9 +192,106 @@ def test_an_integer_is_read_as_a_float_and_the_round_is_checked() -> None:
     assert wire.server_round({"server-round": 3}) == 3
     with pytest.raises(ConfigError, match="lacks config key 'server-round'"):
         wire.server_round({})
-    bad = TrainRequest.from_wire({**record, "client-batch-sizes": "8,x"})
     with pytest.raises(ConfigError, match="client-batch-sizes: '8,x' is not allowed"):
-        bad.train_spec(0, 1)
+        TrainRequest.from_wire({**record, "client-batch-sizes": "8,x"})
+
+
+# --- one declaration per client hyperparameter --------------------------------------------
+SPEC_DRAWS = {"seed", "partition_id", "server_round", "work_fraction", "schedule"}
+
+
+def test_a_client_setting_is_a_config_field_a_request_field_and_a_spec_field_by_name() -> None:
+    settings = [f.name for f in fields(ClientSettings)]
+    config = {f.name for f in fields(Config)}
+    assert set(settings) - {"mode"} <= config  # mode is the arm
+    request = [f.name for f in fields(TrainRequest)]
+    spec = [f.name for f in fields(TrainSpec)]
+    assert request[: len(settings)] == settings == spec[: len(settings)]
+    assert set(spec) - set(settings) == SPEC_DRAWS  # the client's own draws, nothing else
+    # Every other request field is read by name from a Config field too (or is the data/run key).
+    assert set(request) - set(settings) - config == {"data", "run_key"}
+
+
+def test_config_to_request_to_spec_keeps_every_value() -> None:
+    cfg = _config().replace(client_batch_sizes="")  # every client then uses batch-size
+    sent = TrainRequest.from_config(cfg, "coupled").to_wire()
+    request = TrainRequest.from_wire({**sent, wire.SERVER_ROUND: 5})
+    spec = request.train_spec(partition_id=3, server_round=5)
+    for f in fields(ClientSettings):
+        want = "coupled" if f.name == "mode" else getattr(cfg, f.name)
+        got = getattr(spec, f.name)
+        assert got == want and type(got) is type(want), f.name
+    assert (spec.seed, spec.partition_id, spec.server_round) == (11, 3, 5)
+    assert spec.work_fraction == work_fraction(11, 5, 3, 0.4)
+    assert spec.schedule == Schedule(
+        name=cfg.lr_schedule,
+        rounds=cfg.num_server_rounds,
+        warmup_rounds=cfg.warmup_rounds,
+        step_rounds=cfg.step_rounds,
+        step_gamma=cfg.step_gamma,
+        restart_rounds=cfg.restart_rounds,
+        restart_mult=cfg.restart_mult,
+    )
+    # What the client checks is the config again: every key it carries has the server's value.
+    carried = request.config_mapping()
+    assert carried == {
+        k: v for k, v in cfg.replace(arms="coupled").to_dict().items() if k in carried
+    }
+    assert len(carried) == len(request.to_wire()) - 1  # all but the run key
+
+
+def test_a_request_names_one_decay_mode() -> None:
+    sent = TrainRequest.from_config(_config(), "coupled").to_wire()
+    for bad in ("coupled,decoupled", " coupled"):  # good arms, but not one mode
+        with pytest.raises(ConfigError) as info:
+            TrainRequest.from_wire({**sent, "mode": bad})
+        assert str(info.value) == (
+            f"mode: {bad!r} is not allowed; expected one of "
+            "decoupled, coupled, none, sgd-coupled, sgd-decoupled, server-decay"
+        )
+
+
+# (config key, its wire key, a bad value, how `--set` writes it)
+BAD_REQUESTS = [
+    ("weight-decay", "weight-decay", -0.1, "-0.1"),
+    ("learning-rate", "learning-rate", 1e39, "1e39"),
+    ("arms", "mode", "adamw", "adamw"),
+    ("local-epochs", "local-epochs", 0, "0"),
+    ("decay-params", "decay-params", "some", "some"),
+    ("model", "model", "cnn", "cnn"),  # a convolution over mnist1d's vectors: the pair is checked
+]
+
+
+@pytest.mark.parametrize(("key", "wire_key", "value", "text"), BAD_REQUESTS)
+def test_a_remote_client_gets_the_error_the_cli_prints_for_the_same_value(
+    key: str, wire_key: str, value: Any, text: str, tmp_path: Path
+) -> None:
+    sent = TrainRequest.from_config(Config.from_mapping({}), "decoupled").to_wire()
+    config = ConfigRecord({**sent, wire_key: value, wire.SERVER_ROUND: 1})
+    meta = Metadata(
+        run_id=1,
+        message_id="m",
+        src_node_id=1,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
+    msg = Message(RecordDict({"config": config}), metadata=meta)  # type: ignore[call-overload]  # as received
+    with pytest.raises(ConfigError) as info:
+        read_request(msg, 0)
+    cli = subprocess.run(
+        [sys.executable, "-m", "fedadamw.cli", "run", "--set", f"{key}={text}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert cli.returncode == 2, cli.stderr
+    assert cli.stderr.strip().splitlines() == [f"fedadamw: error: {info.value}"]
 
 
 def test_a_key_the_client_does_not_know_is_refused() -> None:

@@ -57,7 +57,7 @@ openssl x509 -req -in "$out_dir/server.csr" -CA "$out_dir/ca.crt" -CAkey "$out_d
     2>/dev/null
 rm -f "$out_dir/server.csr" "$out_dir/ca.srl"
 # Private keys stay private; containers run as Flower's user `app` (uid 49999), so on Linux
-# hand the server key and the secret to it (README, Deployment):
+# hand the server key and the secret to it (docs/deployment.md, Start):
 #   sudo chown 49999:49999 OUT_DIR/server.key OUT_DIR/superexec.secret
 chmod 644 "$out_dir/ca.crt" "$out_dir/server.pem"
 chmod 600 "$out_dir/ca.key" "$out_dir/server.key"

@@ -62,8 +62,7 @@ from fedadamw.core.training import (
     step_settings,
 )
 from fedadamw.data.split import ArrayDataset
-from fedadamw.errors import ConfigError
-from fedadamw.schema import CLIENT_UNDECAYED_MODES, NO_DECAY_MODE, check_mode
+from fedadamw.schema import DECAY_MODES
 
 # torch's Adam/AdamW defaults, which `fedadamw.core.optim.make_optimizer` uses: read from torch.
 _ADAM_DEFAULTS = inspect.signature(torch.optim.Adam.__init__).parameters
@@ -71,7 +70,6 @@ BETA1, BETA2 = (float(b) for b in _ADAM_DEFAULTS["betas"].default)
 EPS = float(_ADAM_DEFAULTS["eps"].default)
 # The default quantiles of `fedadamw.core.tracked.shrink_ratio_quantiles`.
 SHRINK_QUANTILES = (0.05, 0.5, 0.95)
-ADAM_MODES = ("decoupled", "coupled", "none")
 # Batch rows (clients × batch size) per forward/backward chunk, by device type.
 CHUNK_EXAMPLES = {"cpu": 2048, "cuda": 1 << 17}
 
@@ -114,8 +112,8 @@ def train_cohort(
     if len(states) != len(clients):
         raise ValueError(f"global_state: {len(states)} states for {len(clients)} clients")
     mode = _check_cohort(model, states[0], clients)
-    for state in states[1:]:
-        _check_state(model, state)
+    for other in states[1:]:
+        _check_state(model, other)
     plans = [batch_plan(len(c.data), c.spec) for c in clients]
     # Most steps first: the clients still training at any step are then a prefix of the stack.
     order = sorted(range(len(clients)), key=lambda k: -len(plans[k]))
@@ -132,9 +130,9 @@ def train_cohort(
     fixed = {
         name: _as_model_tensor(model, name, states[0].get(name), device) for name in layout.fixed
     }
-    for state in states[1:]:  # buffers and frozen weights go in once: they must agree
+    for other in states[1:]:  # buffers and frozen weights go in once: they must agree
         for name in layout.fixed:
-            if name in state and not torch.equal(state[name].to(fixed[name]), fixed[name].cpu()):
+            if name in other and not torch.equal(other[name].to(fixed[name]), fixed[name]):
                 raise ValueError(f"global_state: clients differ in untrained tensor {name!r}")
     opt = _CohortOptimizer(mode, ranked, layout, stacked, device, [len(plans[k]) for k in order])
     # Each client's loss depends on its own row of the stack only, so the gradient of their
@@ -230,15 +228,9 @@ def _check_cohort(
     if len(modes) != 1:
         raise ValueError(f"clients: one cohort trains one decay mode, got {', '.join(modes)}")
     mode = modes[0]
-    check_mode(mode)
     decay_params = sorted({c.spec.decay_params for c in clients})
     if len(decay_params) != 1:
         raise ValueError(f"clients: one cohort decays one set of tensors, got {decay_params}")
-    for c in clients:
-        if c.spec.weight_decay < 0.0:
-            raise ConfigError(
-                f"weight-decay: {c.spec.weight_decay!r} is not allowed; expected >= 0"
-            )
     batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
     norms = [n for n, m in model.named_modules() if isinstance(m, batch_norms)]
     if norms:
@@ -428,7 +420,7 @@ def _stacked_loss(model: nn.Module, fixed: dict[str, Tensor]) -> LossFn:
     """Every stacked client's mean loss (k,): `stacked_forward` where written out, else vmap."""
     forward = stacked_forward(model) if not fixed else None
     if forward is None:
-        return vmap(_loss(model, fixed))  # type: ignore[no-any-return]
+        return vmap(_loss(model, fixed))
     run = forward
 
     def loss(
@@ -553,25 +545,28 @@ class _CohortOptimizer:
         device: torch.device,
         steps: Sequence[int],
     ) -> None:
-        # The server-decay arm's clients train as `none`: its decay is the server's.
-        mode = NO_DECAY_MODE if mode in CLIENT_UNDECAYED_MODES else mode
-        self.mode, self.layout, self.weights, self.device = mode, layout, weights, device
+        # The server-decay arm's clients train as `none` (step_settings gives them λ = 0): its
+        # decay is the server's.
+        record = DECAY_MODES[mode]
+        self.adam, self.layout, self.weights, self.device = record.adam, layout, weights, device
+        # Coupled Adam's decay step is a share of Adam's step; every other decay is −ηλwₜ.
+        self.coupled_adam = record.adam and record.coupled
+        self.coupled = record.coupled
         # Every client's (ηₜ, λₜ) per step from train_local's own function (the schedules).
         self.settings = [
             step_settings(len(c.data), c.spec, n) for c, n in zip(clients, steps, strict=True)
         ]
         self.any_decay = any(wd != 0.0 for steps in self.settings for _, wd in steps)
         self._coefs: dict[tuple[tuple[float, float], ...], _Coefs] = {}
-        adam = mode in ADAM_MODES
-        self.exp_avg = [torch.zeros_like(w) for w in weights] if adam else []
-        self.exp_avg_sq = [torch.zeros_like(w) for w in weights] if adam else []
+        self.exp_avg = [torch.zeros_like(w) for w in weights] if self.adam else []
+        self.exp_avg_sq = [torch.zeros_like(w) for w in weights] if self.adam else []
         self.track = any(c.spec.track_decay for c in clients) and self.any_decay
         decayed = weights[0]
         self.decay = torch.zeros_like(decayed) if self.track else decayed[:, :0]
         self.shrink_num = torch.zeros_like(decayed) if self.track else decayed[:, :0]
         self.shrink_den = torch.zeros_like(decayed) if self.track else decayed[:, :0]
-        coupled_adam = self.track and mode == "coupled"
-        self.m_decay = torch.zeros_like(decayed) if coupled_adam else decayed[:, :0]
+        tracked_m = self.track and self.coupled_adam
+        self.m_decay = torch.zeros_like(decayed) if tracked_m else decayed[:, :0]
         # Σₜ Σ|wₜ| over the decayed tensors per client, whatever λ and mode (as train_local).
         self.sum_weights = any(c.spec.track_decay for c in clients)
         self.weight_abs = torch.zeros(len(clients), dtype=torch.float64, device=device)
@@ -586,9 +581,9 @@ class _CohortOptimizer:
                 self.weight_abs[:k] += w.abs().sum(dim=1, dtype=torch.float64)
             if decay and self.track:
                 self._track_before(w, k, c)
-            if self.mode in ADAM_MODES:
+            if self.adam:
                 denom = self._adam(i, t, k, w, g, decay, c)
-                if decay and self.track and self.mode == "coupled":
+                if decay and self.track and self.coupled:
                     self._track_coupled_after(t, k, denom, c)
             else:
                 self._sgd(w, g, decay, c)
@@ -605,7 +600,7 @@ class _CohortOptimizer:
         """torch's `_single_tensor_adam` (amsgrad off); returns the step's denominator."""
         m, v = self.exp_avg[i][:k], self.exp_avg_sq[i][:k]
         step = t + 1  # every client still training has taken t steps before this one
-        if decay and self.mode == "decoupled":
+        if decay and not self.coupled:
             w.mul_(c.shrink)
         elif decay:
             g = _add(g, w, c.wd)
@@ -620,7 +615,7 @@ class _CohortOptimizer:
 
     def _sgd(self, w: Tensor, g: Tensor, decay: bool, c: _Coefs) -> None:
         """torch.optim.SGD without momentum (coupled) and fedadamw.core.optim.SGDW (decoupled)."""
-        if decay and self.mode == "sgd-coupled":
+        if decay and self.coupled:
             g = _add(g, w, c.wd)
         elif decay:
             w.mul_(c.shrink)
@@ -629,7 +624,7 @@ class _CohortOptimizer:
     def _track_before(self, w: Tensor, k: int, c: _Coefs) -> None:
         """fedadamw.core.tracked's pre-step sums, on the weights wₜ before the step."""
         self.shrink_den[:k].add_(w.abs().mul_(c.lr_wd))
-        if self.mode == "coupled":  # the first moment of λwₜ alone, as torch updates exp_avg
+        if self.coupled_adam:  # the first moment of λwₜ alone, as torch updates exp_avg
             self.m_decay[:k].lerp_(w * c.wd, 1.0 - BETA1)
         else:  # decoupled Adam and both SGD modes: the decay step is −ηλwₜ
             step = w * c.neg_lr_wd

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
-from fedadamw.config import MODEL_INPUTS, MODELS, NORMS, Config
+from fedadamw.config import Config
 from fedadamw.data import registry
 from fedadamw.data.registry import example_kind
 from fedadamw.errors import ConfigError
+from fedadamw.schema import MODEL_INPUTS, MODELS, NORMS
 
 GROUPS = 2  # GroupNorm groups: two per layer, the usual choice in federated ResNets
 
@@ -161,7 +162,7 @@ class ResNet20(nn.Module):
         return self.fc(h.mean(dim=(2, 3)))  # type: ignore[no-any-return]
 
 
-# How each model of fedadamw.config.MODELS is built from (example shape, classes, norm); which
+# How each model of fedadamw.schema.MODELS is built from (example shape, classes, norm); which
 # shapes it takes is MODEL_INPUTS there, checked before building.
 _BUILDERS: dict[str, Callable[[tuple[int, ...], int, str], nn.Module]] = {
     "cnn1d": lambda shape, classes, norm: CNN1D(shape[0], classes),

@@ -38,11 +38,11 @@ coefficient either way.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 
 from fedadamw.errors import ConfigError
-from fedadamw.schema import DECAY_SCALINGS, DECAY_SCHEDULES, DECOUPLED_MODES, LR_SCHEDULES
+from fedadamw.schema import DECAY_MODES, DECAY_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,14 @@ class Schedule:
     restart_rounds: int = 1
     restart_mult: float = 1.0
 
-    def __post_init__(self) -> None:
-        if self.name not in LR_SCHEDULES:
-            raise ConfigError(
-                f"lr-schedule: {self.name!r} is not allowed; expected one of "
-                + ", ".join(LR_SCHEDULES)
-            )
+    @classmethod
+    def of(cls, source: object) -> Schedule:
+        """The schedule of a run's keys on `source` (a Config or a train request), by name."""
+        return cls(**{f.name: getattr(source, _KEYS.get(f.name, f.name)) for f in fields(cls)})
 
 
+# Schedule's fields are the config fields of the same name, but for these two.
+_KEYS = {"name": "lr_schedule", "rounds": "num_server_rounds"}
 CONSTANT = Schedule()
 
 
@@ -144,11 +144,6 @@ def torch_decay(mode: str, decay_scaling: str, decay: float, learning_rate: floa
     torch's decoupled shrink is lr·weight_decay = ηₜ·weight_decay; ``paper`` wants m(t)·λₜ =
     ηₜ·λₜ/η, so weight_decay = λₜ/η (η the base learning rate). Coupled modes: λₜ itself.
     """
-    if decay_scaling not in DECAY_SCALINGS:
-        raise ConfigError(
-            f"decay-scaling: {decay_scaling!r} is not allowed; expected one of "
-            + ", ".join(DECAY_SCALINGS)
-        )
-    if decay_scaling == "paper" and mode in DECOUPLED_MODES:
+    if decay_scaling == "paper" and DECAY_MODES[mode].decoupled:
         return decay / learning_rate
     return decay

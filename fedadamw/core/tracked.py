@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fedadamw.core.optim import SGDW, ParamsT
 from fedadamw.errors import ConfigError
-from fedadamw.schema import check_mode
+from fedadamw.schema import DECAY_MODES
 
 ADAM_OPTIONS = ("betas", "eps")
 # Group settings that change the update rule beyond what the split handles.
@@ -225,13 +225,11 @@ def make_tracked_optimizer(
     Same modes, groups (a group's own ``weight_decay`` wins) and trajectory; `options` are
     ``betas`` and ``eps`` for the Adam modes and nothing for the SGD modes.
     """
-    check_mode(mode)
-    if weight_decay < 0.0:
-        raise ConfigError(f"weight-decay: {weight_decay!r} is not allowed; expected >= 0")
-    if mode.startswith("sgd"):
+    record = DECAY_MODES[mode]
+    if not record.adam:
         if options:
             raise ConfigError(f"mode {mode!r} takes no options, got {sorted(options)}")
-        sgd = _TrackedSGD if mode == "sgd-coupled" else _TrackedSGDW
+        sgd = _TrackedSGD if record.coupled else _TrackedSGDW
         return sgd(params, lr=lr, weight_decay=weight_decay)
     unknown = sorted(set(options) - set(ADAM_OPTIONS))
     if unknown:
@@ -239,11 +237,10 @@ def make_tracked_optimizer(
             f"options {unknown} are not supported by the tracked optimizers; "
             f"allowed: {', '.join(ADAM_OPTIONS)}"
         )
-    if mode == "decoupled":
-        return _TrackedAdamW(params, lr=lr, weight_decay=weight_decay, **options)
-    if mode == "coupled":
-        return _TrackedAdam(params, lr=lr, weight_decay=weight_decay, **options)
-    items = list(params)  # mode none: every group's λ is ignored
+    if record.client_decays:
+        adam = _TrackedAdam if record.coupled else _TrackedAdamW
+        return adam(params, lr=lr, weight_decay=weight_decay, **options)
+    items = list(params)  # none, server-decay: every group's λ is ignored
     groups = items if items and isinstance(items[0], dict) else [{"params": items}]
     no_decay = [{**g, "weight_decay": 0.0} for g in groups]  # type: ignore[dict-item]
     return _TrackedAdam(no_decay, lr=lr, weight_decay=0.0, **options)

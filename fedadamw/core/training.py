@@ -7,7 +7,7 @@ it, and so does the vectorized cohort engine, so the two can never disagree on l
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from fedadamw.core.schedules import (
 )
 from fedadamw.core.tracked import TrackedOptimizer, make_tracked_optimizer, shrink_ratio_quantiles
 from fedadamw.data.split import ArrayDataset
-from fedadamw.schema import CLIENT_UNDECAYED_MODES, RESET_STATE
+from fedadamw.schema import DECAY_MODES, RESET_STATE
 
 
 def pick_device() -> torch.device:
@@ -41,27 +41,41 @@ def batch_seed(seed: int, partition_id: int, server_round: int) -> int:
 
 
 @dataclass(frozen=True)
-class TrainSpec:
-    """What a client is asked to do in one round."""
+class ClientSettings:
+    """How every client of an arm trains: one field per client hyperparameter.
 
-    mode: str
+    Each field is the `fedadamw.config.Config` field of the same name (`mode` is the arm).
+    The train message (`fedadamw.core.wire.TrainRequest`) and one client's round (`TrainSpec`)
+    both extend this class, so a client hyperparameter is declared once, here (docs/design.md,
+    "Adding a client hyperparameter").
+    """
+
+    mode: str  # a name of fedadamw.schema.DECAY_MODES
     learning_rate: float
     weight_decay: float
     local_epochs: int
-    batch_size: int
-    seed: int
-    partition_id: int
-    server_round: int
-    work_fraction: float = 1.0  # < 1 for a straggler (fedadamw.core.sampling.work_fraction)
+    batch_size: int  # in a TrainSpec: this client's own draw (client-batch-sizes)
+    _: KW_ONLY
     track_decay: bool = False  # split the update into data and decay parts (fedadamw.core.tracked)
     local_steps: int = 0  # > 0: exactly this many steps (equal local work); 0: local_epochs
-    # the run's schedules (fedadamw.core.schedules) and which tensors decay
-    schedule: Schedule = CONSTANT
+    # the decay schedule (fedadamw.core.schedules) and which tensors decay
     decay_schedule: str = "constant"
     decay_scaling: str = "torch"
     decay_params: str = "matrices"
     proximal_mu: float = 0.0  # FedProx: μ(w − w_global) joins every step's data gradient
     optimizer_state: str = RESET_STATE  # not reset: Adam's moments come in and go out (`moments`)
+
+
+@dataclass(frozen=True)
+class TrainSpec(ClientSettings):
+    """What a client is asked to do in one round: the settings and what it draws for itself."""
+
+    seed: int
+    partition_id: int
+    server_round: int
+    _: KW_ONLY
+    work_fraction: float = 1.0  # < 1 for a straggler (fedadamw.core.sampling.work_fraction)
+    schedule: Schedule = CONSTANT  # the run's learning-rate schedule (fedadamw.core.schedules)
 
 
 @dataclass(frozen=True)
@@ -132,7 +146,7 @@ def step_settings(num_examples: int, spec: TrainSpec, steps: int) -> list[tuple[
         lr = spec.learning_rate * lr_multiplier(spec.schedule, t, s)
         decay = decay_at(spec.decay_schedule, base, spec.schedule, t, s)
         wd = torch_decay(spec.mode, spec.decay_scaling, decay, spec.learning_rate)
-        out.append((lr, 0.0 if spec.mode in CLIENT_UNDECAYED_MODES else wd))
+        out.append((lr, wd if DECAY_MODES[spec.mode].client_decays else 0.0))
     return out
 
 

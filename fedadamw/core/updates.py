@@ -169,7 +169,7 @@ def flatten_decay_parts(
         for name, part in (reply.decay or {}).items():
             if name not in segments:
                 continue  # a tensor left out of the measurement (see flatten_updates' `only`)
-            # A copy: replies are read-only views of their message's bytes (clients.records).
+            # A copy: replies are read-only views of their message's bytes (fedadamw.core.records).
             out[i, segments[name]] = torch.from_numpy(np.array(part, np.float32).reshape(-1)).to(
                 device
             )

@@ -7,8 +7,11 @@ id comes from its own node config (`partition-id`), set by Flower's simulation e
 
 A train message's ConfigRecord is a `TrainRequest` written field by field: the key is the field's
 name in kebab-case (a dataclass field, the DataSpec, is written as its own fields), the value is
-checked against the field's annotation when read. Adding a key is adding a field; `from_config`
-fills it from the Config field of the same name.
+checked against the field's annotation when read, and the request as a whole against the
+server's own `Config` checks (the same one-line errors the CLI prints). Adding a key is adding a
+field; `from_config` fills it from the Config field of the same name, and `train_spec` hands
+the client hyperparameters (`fedadamw.core.training.ClientSettings`) on to the client's
+`TrainSpec` by name.
 
 Arrays travel as Flower's `Array`s: numpy's `.npy` bytes (`np.save`). `npy_bytes` and
 `from_npy_bytes` write and read those bytes with each dtype and shape's header built once, where
@@ -29,13 +32,13 @@ from typing import Any, TypeVar, get_type_hints
 
 import numpy as np
 
-from fedadamw.config import Config, batch_size_list
+from fedadamw.config import Config, batch_size_list, default_config
 from fedadamw.core.sampling import client_batch_size, work_fraction
 from fedadamw.core.schedules import Schedule
-from fedadamw.core.training import TrainSpec
+from fedadamw.core.training import ClientSettings, TrainSpec
 from fedadamw.data.split import DataSpec
 from fedadamw.errors import ConfigError
-from fedadamw.schema import FEDPROX
+from fedadamw.schema import FEDPROX, decay_mode
 
 SERVER_ROUND = "server-round"  # added to every train config by Flower's strategy
 # Fields whose key is not their kebab-case name: deployed clients read these keys.
@@ -46,23 +49,21 @@ T = TypeVar("T")
 NPY = "numpy.ndarray"  # Flower's `SType.NUMPY`: an Array's data is `np.save`'s bytes
 
 
-@dataclass(frozen=True)
-class TrainRequest:
-    """What every client of one arm is asked to do each round (Flower adds `server-round`)."""
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest(ClientSettings):
+    """What every client of one arm is asked to do each round (Flower adds `server-round`).
+
+    The client hyperparameters are `ClientSettings`' fields; these are what a client needs to
+    load its data and model and to make its own draws. FedProx's μ is 0 unless
+    server-optimizer = fedprox (Flower's FedProx writes it).
+    """
 
     data: DataSpec
     model: str
     resnet_norm: str
-    mode: str
-    learning_rate: float
-    weight_decay: float
-    local_epochs: int
-    local_steps: int  # > 0: every client takes exactly this many steps (local_epochs unused)
-    batch_size: int
     straggler_rate: float
     client_batch_sizes: str  # as in the config: each client draws its batch size from these
-    track_decay: bool
-    # the schedules need the run's length; which tensors decay
+    # the schedules need the run's length
     num_server_rounds: int
     lr_schedule: str
     warmup_rounds: int
@@ -70,14 +71,8 @@ class TrainRequest:
     step_gamma: float
     restart_rounds: int
     restart_mult: float
-    decay_schedule: str
-    decay_scaling: str
-    decay_params: str
-    # FedProx's μ (0 unless server-optimizer = fedprox; Flower's FedProx writes it)
-    proximal_mu: float
-    # Adam's state across rounds, and whose state it is: a client keeps moments per
-    # run key (every arm and grid point of one Flower run talks to the same client processes).
-    optimizer_state: str
+    # whose Adam state a client keeps: moments per run key (every arm and grid point of one
+    # Flower run talks to the same client processes)
     run_key: str
 
     @classmethod
@@ -88,7 +83,7 @@ class TrainRequest:
         # The proximal term belongs to FedProx alone: every other server optimizer sends 0.
         mu = cfg.proximal_mu if cfg.server_optimizer == FEDPROX else 0.0
         key = run_key(cfg, mode)
-        return cls(DataSpec.from_config(cfg), mode=mode, proximal_mu=mu, run_key=key, **rest)
+        return cls(data=DataSpec.from_config(cfg), mode=mode, proximal_mu=mu, run_key=key, **rest)
 
     def to_wire(self) -> dict[str, Any]:
         """The flat kebab-case ConfigRecord content."""
@@ -107,39 +102,45 @@ class TrainRequest:
                 f"train message has keys this client does not know: {', '.join(unknown)}; "
                 "update fedadamw on this SuperNode"
             )
-        return _read(cls, config)
+        request = _read(cls, config)
+        _check(request)
+        return request
+
+    def config_mapping(self) -> dict[str, Any]:
+        """The config keys this request carries (its arm as `arms`), as the CLI reads them."""
+        names = {f.name for f in fields(Config)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in names}
+        data = {f.name: getattr(self.data, f.name) for f in fields(self.data)}
+        merged = {**values, **data, "arms": self.mode}
+        return {name.replace("_", "-"): value for name, value in merged.items()}
 
     def train_spec(self, partition_id: int, server_round: int) -> TrainSpec:
-        """What this client does in this round: its own batch size and share of the work."""
+        """What this client does in this round: the settings by name, and its own draws."""
         seed = self.data.seed
         sizes = batch_size_list(self.client_batch_sizes)
+        settings = {f.name: getattr(self, f.name) for f in fields(ClientSettings)}
+        # What each client draws for itself, by (seed, round, partition id).
+        settings["batch_size"] = client_batch_size(seed, partition_id, sizes, self.batch_size)
+        share = work_fraction(seed, server_round, partition_id, self.straggler_rate)
         return TrainSpec(
-            mode=self.mode,
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            local_epochs=self.local_epochs,
-            batch_size=client_batch_size(seed, partition_id, sizes, self.batch_size),
+            **settings,
             seed=seed,
             partition_id=partition_id,
             server_round=server_round,
-            work_fraction=work_fraction(seed, server_round, partition_id, self.straggler_rate),
-            track_decay=self.track_decay,
-            local_steps=self.local_steps,
-            schedule=Schedule(
-                self.lr_schedule,
-                self.num_server_rounds,
-                self.warmup_rounds,
-                self.step_rounds,
-                self.step_gamma,
-                self.restart_rounds,
-                self.restart_mult,
-            ),
-            decay_schedule=self.decay_schedule,
-            decay_scaling=self.decay_scaling,
-            decay_params=self.decay_params,
-            proximal_mu=self.proximal_mu,
-            optimizer_state=self.optimizer_state,
+            work_fraction=share,
+            schedule=Schedule.of(self),
         )
+
+
+@lru_cache(maxsize=64)  # every client of an arm gets the same request each round
+def _check(request: TrainRequest) -> None:
+    """Raise the ConfigError `fedadamw run` raises for the same values (one line).
+
+    The request's keys over the client's defaults, read as the CLI reads a config: every
+    check of a client setting (and of how they fit together) is the server's own.
+    """
+    Config.from_mapping(request.config_mapping(), default_config())
+    decay_mode(request.mode)  # one arm: not a list of them, which `arms` would accept
 
 
 def run_key(cfg: Config, mode: str) -> str:

@@ -61,7 +61,7 @@ class DataSet:
 
     @property
     def kind(self) -> str:
-        """'image' or 'vector': which models fit (fedadamw.config.MODEL_INPUTS)."""
+        """'image' or 'vector': which models fit (fedadamw.schema.MODEL_INPUTS)."""
         return example_kind(self.shape)
 
     @property

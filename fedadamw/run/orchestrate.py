@@ -25,7 +25,7 @@ from fedadamw.results.writer import ResultStore, Resume, RunInfo
 from fedadamw.run.experiment import describe, describe_configs, run_id_for, swept_keys
 from fedadamw.run.failures import RunInterruptedError, WorkerLostError, summary
 from fedadamw.run.recorder import Progress, RunRecorder
-from fedadamw.schema import FAILED_PREFIX, FINISHED, INTERRUPTED
+from fedadamw.schema import FAILED_PREFIX, FINISHED, INTERRUPTED, STORE_FILE
 
 
 def run_info(cfg: Config, arm: str) -> RunInfo:
@@ -110,7 +110,7 @@ class Session:
         try:
             text = json.dumps(describe_configs(self.configs), indent=1)
             atomic_write_text(self.out_dir / "config.json", text)
-            self._store = ResultStore(self.out_dir / "results.db")
+            self._store = ResultStore(self.out_dir / STORE_FILE)
             if self._lock is not None:
                 self._store.mark_interrupted()  # we hold the lock: nothing else runs here
             self._store.register(run_info(c, arm) for c in self.configs for arm in c.arm_list)

@@ -25,6 +25,7 @@ from fedadamw.config import Config
 from fedadamw.results.stats import t_interval
 from fedadamw.run.experiment import describe, run_id_for, swept_keys
 from fedadamw.run.recorder import Progress, RoundReport
+from fedadamw.schema import STORE_FILE
 from fedadamw.text import duration
 
 RECENT_ROUNDS = 10  # the ETA assumes the next rounds take as long as the last ones
@@ -221,12 +222,12 @@ def print_summary(configs: list[Config], out_dir: Path, wall: float) -> None:
     """The closing table of `fedadamw run`, then where the results are."""
     from rich.table import Table
 
-    from fedadamw.results.reader import arm_summary
+    from fedadamw.results.summaries import arm_summary
 
-    if not (out_dir / "results.db").exists():
+    if not (out_dir / STORE_FILE).exists():
         return
     ids = [run_id_for(c, arm) for c in configs for arm in c.arm_list]
-    rows = summary_rows(configs, arm_summary(out_dir / "results.db", ids))
+    rows = summary_rows(configs, arm_summary(out_dir / STORE_FILE, ids))
     if not rows:
         return
     out = console()
@@ -252,6 +253,6 @@ def print_summary(configs: list[Config], out_dir: Path, wall: float) -> None:
         table.add_row(r.label, *r.cells, *seeds, r.rounds, r.status)
     out.print(table)
     out.print(
-        f"results: {out_dir / 'results.db'}  (config: {out_dir / 'config.json'})", soft_wrap=True
+        f"results: {out_dir / STORE_FILE}  (config: {out_dir / 'config.json'})", soft_wrap=True
     )
     out.print(f"wall time: {duration(wall)}", soft_wrap=True)

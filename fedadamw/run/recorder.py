@@ -19,10 +19,9 @@ import numpy as np
 
 from fedadamw import schema
 from fedadamw.config import Config
-from fedadamw.core.sampling import pair_partitions
-from fedadamw.results.writer import ResultStore, Resume, RoundRecord
+from fedadamw.results.writer import ResultStore, Resume
 from fedadamw.run.failures import FailureLog
-from fedadamw.schema import SHRINK_COLUMNS
+from fedadamw.run.rounds import round_record
 
 if TYPE_CHECKING:
     import torch
@@ -85,10 +84,6 @@ class RunRecorder:
         self.validation = validation_set(spec)
         self.model = model_for(cfg)
         self.parameter_names = frozenset(n for n, _ in self.model.named_parameters())
-        self.pending: RoundMeasurement | None = None
-        # The server optimizer's state after the latest aggregation (the strategy sets it):
-        # it goes into the round's checkpoint, so a resumed run continues identically.
-        self.server_state: dict[str, np.ndarray] = {}
         self._last = time.perf_counter()
 
     def start(self, restart: bool = False) -> Resume:
@@ -116,8 +111,19 @@ class RunRecorder:
         """Record how the run ended."""
         self.store.finish_run(self.run_id, status)
 
-    def record(self, server_round: int, state: Mapping[str, torch.Tensor]) -> tuple[float, float]:
-        """Evaluate the global model of `server_round` and write the round; (loss, accuracy)."""
+    def record(
+        self,
+        server_round: int,
+        state: Mapping[str, torch.Tensor],
+        measured: RoundMeasurement | None = None,
+        server_state: Mapping[str, np.ndarray] | None = None,
+    ) -> tuple[float, float]:
+        """Evaluate the global model of `server_round` and write the round; (loss, accuracy).
+
+        `measured` is the strategy's measurement of the round's updates (None: round 0, or
+        nothing was aggregated), `server_state` the server optimizer's state after it: it goes
+        into the round's checkpoint, so a resumed run continues identically.
+        """
         from fedadamw.core.training import evaluate
 
         self.model.load_state_dict(dict(state))
@@ -127,7 +133,6 @@ class RunRecorder:
             if len(self.validation)
             else (None, None)  # val-fraction 0: nothing held out
         )
-        m, self.pending = self.pending, None
         now = time.perf_counter()
         values: dict[str, float | int | None] = {
             "test_loss": test_loss,
@@ -137,57 +142,21 @@ class RunRecorder:
             "seconds": now - self._last,
         }
         self._last = now
-        rec = RoundRecord(self.run_id, server_round, values)
+        rec = round_record(
+            self.run_id,
+            server_round,
+            values,
+            measured,
+            seed=self.cfg.seed,
+            pairs_limit=self.cfg.pairs_limit,
+            reason=lambda text, pid: self.failures.reason(text, self.run_id, server_round, pid),
+        )
+        values = rec.values
         if server_round >= 1:
             # The global model goes with the round it ends, in one transaction: a run resumes
             # from exactly what its last stored round evaluated.
             rec.checkpoint = {k: v.detach().cpu().numpy() for k, v in state.items()}
-            rec.server_state = self.server_state
-        if m is not None and server_round >= 1:
-            values["train_loss"] = m.train_loss()
-            values["num_clients"] = len(m.accepted)
-            values["num_rejected"] = len(m.rejections)
-            rec.rejections = [
-                (pid, node, self.failures.reason(text, self.run_id, server_round, pid))
-                for pid, node, text in m.rejections
-            ]
-            if m.whole is not None:
-                values.update(m.whole.stats)
-                pids = m.partition_ids
-                rec.clients = [
-                    {
-                        "partition_id": r.partition_id,
-                        "num_examples": int(r.metrics[schema.NUM_EXAMPLES]),
-                        "train_loss": float(r.metrics[schema.TRAIN_LOSS]),
-                        "local_steps": int(r.metrics[schema.LOCAL_STEPS]),
-                        "batch_size": _opt_int(r.metrics.get(schema.BATCH_SIZE)),
-                        "work_fraction": _opt_float(r.metrics.get(schema.WORK_FRACTION)),
-                        "train_seconds": _opt_float(r.metrics.get(schema.TRAIN_SECONDS)),
-                        schema.OPTIMIZER_STEPS_COLUMN: _opt_int(
-                            r.metrics.get(schema.OPTIMIZER_STEPS)
-                        ),
-                        "update_norm": float(m.whole.norms[i]),
-                        "cosine_to_aggregate": float(m.whole.cosine_to_aggregate[i]),
-                        schema.EFFECTIVE_SHRINK: m.client_shrink[i] if m.client_shrink else None,
-                        schema.CLIENT_DECAY_COLUMN: _opt_float(
-                            r.metrics.get(schema.CLIENT_WEIGHT_DECAY)
-                        ),
-                    }
-                    for i, r in enumerate(m.accepted)
-                ]
-                values[schema.EFFECTIVE_SHRINK] = m.effective_shrink
-                rec.layers = {name: dict(d.stats) for name, d in m.layers.items()}
-                if m.parts is not None:
-                    _add_parts(values, rec, m)
-                # Every pair up to `pairs-limit` clients, then the pairs of a seeded subset of
-                # that many: K²/2 rows a round would be 500,000 at 1,000 clients.
-                keep = set(pair_partitions(self.cfg.seed, server_round, pids, self.cfg.pairs_limit))
-                rows = [i for i, pid in enumerate(pids) if pid in keep]
-                rec.pairs = [
-                    (pids[i], pids[j], float(m.whole.cosine[i, j]))
-                    for a, i in enumerate(rows)
-                    for j in rows[a + 1 :]
-                ]
+            rec.server_state = dict(server_state or {})
         self.store.write_round(rec)
         if self.progress is not None:
             cos = values.get("mean_pairwise_cosine")
@@ -206,40 +175,3 @@ class RunRecorder:
                 )
             )
         return test_loss, test_acc
-
-
-def _opt_int(value: object) -> int | None:
-    return int(value) if isinstance(value, int | float) else None
-
-
-def _opt_float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _add_parts(
-    values: dict[str, float | int | None], rec: RoundRecord, m: RoundMeasurement
-) -> None:
-    """The decay/data split of a round (track-decay): prefixed statistics and per-client parts."""
-    parts = m.parts
-    assert parts is not None
-    for prefix, div, layers in (
-        ("decay_", parts.decay, parts.decay_layers),
-        ("data_", parts.data, parts.data_layers),
-    ):
-        values.update({prefix + k: v for k, v in div.stats.items()})
-        for name, layer in layers.items():
-            rec.layers[name].update({prefix + k: v for k, v in layer.stats.items()})
-    cosines = parts.decay_cosine_to_neg_weights
-    # Zero decay parts have no direction (NaN): the mean is over the others, NaN if none.
-    values["decay_cosine_to_neg_weights"] = (
-        float(np.nanmean(cosines)) if np.isfinite(cosines).any() else float("nan")
-    )
-    for i, row in enumerate(rec.clients):
-        row["decay_norm"] = float(parts.decay.norms[i])
-        row["decay_cosine_to_neg_weights"] = float(parts.decay_cosine_to_neg_weights[i])
-        for q, column in zip(schema.SHRINK_QUANTILES, SHRINK_COLUMNS, strict=True):
-            row[column] = _opt_float(m.accepted[i].metrics.get(schema.shrink_key(q)))
-    # The round's shrink quantiles: the median over clients of each client's quantile.
-    for column in SHRINK_COLUMNS:
-        per_client = [r[column] for r in rec.clients if r[column] is not None]
-        values[column] = float(np.median(per_client)) if per_client else None

@@ -26,12 +26,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from fedadamw.results.reader import (
+from fedadamw.results.reader import EmptyStoreError, StoreError, resolve_store_path
+from fedadamw.results.summaries import (
     ROUND_MEAN,
-    EmptyStoreError,
-    StoreError,
     config_diff,
-    resolve_store_path,
     setting_labels,
     shared_config,
     varying_keys,

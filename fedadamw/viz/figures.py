@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from fedadamw.results.reader import condition_labels
-from fedadamw.results.stats import CI_LEVEL, t_half_width
+from fedadamw.results.stats import t_half_width
+from fedadamw.results.summaries import condition_labels
 from fedadamw.schema import SHRINK_COLUMNS
 from fedadamw.viz.labels import ClientLabels
 from fedadamw.viz.style import (
@@ -35,19 +35,6 @@ from fedadamw.viz.style import (
     style,
     wrap,
 )
-
-
-def mean_ci(
-    df: pd.DataFrame, by: Sequence[str], value: str, level: float = CI_LEVEL
-) -> pd.DataFrame:
-    """Mean of `value` per group with a Student-t confidence interval (NaN bounds when n < 2)."""
-    clean = df.dropna(subset=[value])
-    agg = clean.groupby(list(by), sort=True)[value].agg(["mean", "std", "count"]).reset_index()
-    half = t_half_width(agg["std"].to_numpy(dtype=float), agg["count"].to_numpy(dtype=float), level)
-    agg["lo"] = agg["mean"] - half
-    agg["hi"] = agg["mean"] + half
-    return agg.rename(columns={"count": "n"})
-
 
 # What a band around a mean over seeds shows. A t-interval from two seeds is no use (t = 12.7
 # makes it ten times their spread), so below MIN_SEEDS_FOR_CI the "ci" choice shows the seeds'

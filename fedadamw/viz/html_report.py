@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedadamw.fileio import atomic_write_bytes
-from fedadamw.results.reader import config_diff, shared_config
+from fedadamw.results.summaries import config_diff, shared_config
 from fedadamw.viz.stores import Stores
 from fedadamw.viz.style import mode_color
 from fedadamw.viz.views import Section, live_status, rejections_table, runs_table, standard_sections

@@ -11,7 +11,8 @@ import math
 
 import plotly.graph_objects as go
 
-from fedadamw.results.reader import FINAL, ROUND_MEAN, base_stat
+from fedadamw.results.reader import base_stat
+from fedadamw.results.summaries import FINAL, ROUND_MEAN
 
 MODE_COLORS = {
     "coupled": "#D55E00",

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from fedadamw.results.reader import (
+from fedadamw.results.summaries import (
     ROUND_MEAN,
     condition_labels,
     cosine_matrix,

@@ -7,7 +7,7 @@ on another machine, so:
 
 - the **driver** (this process, started by `fedadamw run`, which holds the folder's lock)
   is the only writer of `DIR/results.db`;
-- a **cell task** runs `python -m fedadamw.run.simulate` in a private folder on its node,
+- a **cell task** runs `python -m fedadamw.launch.simulate` in a private folder on its node,
   starting from a copy of the rows its runs already have in `DIR/results.db` (so it resumes
   after their last stored round), and returns its store file when it ends;
 - the driver copies the cell's rows into `DIR/results.db` in one transaction
@@ -30,20 +30,18 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedadamw.config import Config
+from fedadamw.launch.spec import Spec
 from fedadamw.results.writer import ResultStore
 from fedadamw.run.experiment import run_id_for, swept_keys
 from fedadamw.run.failures import LOG_FILE
 from fedadamw.run.orchestrate import Session
 from fedadamw.run.recorder import Progress
-from fedadamw.schema import FINISHED
+from fedadamw.schema import FINISHED, SPEC_FILE, STORE_FILE
 
-if TYPE_CHECKING:
-    from fedadamw.run.simulate import Spec
-
-CELL_STORE = "results.db"
+CELL_STORE = STORE_FILE  # a cell writes the same store file, in its own folder
 
 
 @dataclass(frozen=True)
@@ -59,17 +57,15 @@ class CellResult:
 
 def run_cell(spec: dict[str, Any], store: bytes | None) -> CellResult:
     """The body of a cell task: the simulation of one grid point in a private folder."""
-    from fedadamw.run.simulate import Spec
-
     with tempfile.TemporaryDirectory(prefix="fedadamw-cell-") as tmp:
         out = Path(tmp)
         if store is not None:
             (out / CELL_STORE).write_bytes(store)
         cell = Spec(**{**spec, "out_dir": str(out), "parent_pid": os.getpid()})
-        spec_file = out / ".fedadamw-spec.json"
+        spec_file = out / SPEC_FILE
         cell.write(spec_file)
         proc = subprocess.run(
-            [sys.executable, "-m", "fedadamw.run.simulate", str(spec_file)],
+            [sys.executable, "-m", "fedadamw.launch.simulate", str(spec_file)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

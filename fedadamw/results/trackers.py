@@ -40,8 +40,9 @@ from typing import Any
 import pandas as pd
 
 from fedadamw.errors import ConfigError
-from fedadamw.results.reader import ROUND_MEAN, Store, connect_readonly, run_summary
-from fedadamw.schema import FAILED_PREFIX, FINISHED, INTERRUPTED, STAT_NAMES
+from fedadamw.results.reader import Store, connect_readonly
+from fedadamw.results.summaries import ROUND_MEAN, run_summary
+from fedadamw.schema import FAILED_PREFIX, FINISHED, INTERRUPTED, STAT_NAMES, STORE_FILE
 
 TRACKERS = ("tensorboard", "mlflow")
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
@@ -160,7 +161,7 @@ def write_trackers(
         root = write_tensorboard(out_dir / TENSORBOARD_DIR, arms)
         lines.append(f"tensorboard: {len(arms)} runs in {root}  (tensorboard --logdir {root})")
     if "mlflow" in trackers:
-        uri = write_mlflow(out_dir / "results.db", out_dir / MLFLOW_DIR, arms)
+        uri = write_mlflow(out_dir / STORE_FILE, out_dir / MLFLOW_DIR, arms)
         lines.append(f"mlflow: {len(arms)} runs in {uri}  (mlflow ui --backend-store-uri {uri})")
     return lines
 
@@ -309,7 +310,7 @@ def write_mlflow(store: Path, folder: Path, arms: Sequence[ArmLog]) -> str:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
-        snapshot = Path(tmp) / "results.db"
+        snapshot = Path(tmp) / STORE_FILE
         _snapshot(store, snapshot)
         for arm in arms:
             experiment = client.get_experiment_by_name(arm.experiment)

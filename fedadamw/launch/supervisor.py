@@ -1,6 +1,6 @@
 """The `fedadamw run` process: it supervises the simulation process and cleans up after it.
 
-The simulation (`fedadamw.run.simulate`) runs in a child process that leads a process group of
+The simulation (`fedadamw.launch.simulate`) runs in a child process that leads a process group of
 its own; Ray's processes (GCS, raylet, agents, workers) join that group. This process:
 
 - forwards Ctrl-C (SIGINT, to the process or its terminal's group) and SIGTERM to the child as
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from fedadamw.errors import print_error
-from fedadamw.run.simulate import EXIT_STOPPED, EXIT_WORKER_LOST, Spec
+from fedadamw.launch.spec import EXIT_STOPPED, EXIT_WORKER_LOST, Spec
 
 GRACE_S = 6.0  # orderly stop (arms marked, Ray shut down) before the group is killed
 RAY_DIR_PREFIX = "fedadamw-ray-"
@@ -172,7 +172,7 @@ class Supervisor:
             # processes know (they inherit it), nobody else can use the local cluster.
             env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.child = subprocess.Popen(
-            [sys.executable, "-m", "fedadamw.run.simulate", str(spec_file)],
+            [sys.executable, "-m", "fedadamw.launch.simulate", str(spec_file)],
             env=env,
             start_new_session=True,  # its own group: a terminal's Ctrl-C reaches only us
             pass_fds=(self.lock_fd,),  # the child shares the writer lock while it lives

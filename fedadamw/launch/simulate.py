@@ -1,11 +1,11 @@
 """The simulation process of `fedadamw run`: it runs every arm on the engine its config names.
 
 `engine = flower`: Flower's simulation engine, with Ray started first and lean
-(`fedadamw.run.raystart`); `engine = vmap`: the same ServerApp logic on the in-process cohort
+(`fedadamw.launch.raystart`); `engine = vmap`: the same ServerApp logic on the in-process cohort
 grid (`server.cohort_grid`), no Ray; with `--ray-address` and a grid of several points, one Ray
-task per point (`fedadamw.run.cluster`).
+task per point (`fedadamw.launch.cluster`).
 
-`fedadamw run` (`fedadamw.run.supervisor`) starts this module as a child process in a session of
+`fedadamw run` (`fedadamw.launch.supervisor`) starts this module as a child process in a session of
 its own, so that the child and every Ray process it starts form one process group that the
 parent can end as a whole. Here:
 
@@ -23,7 +23,6 @@ parent can end as a whole. Here:
 from __future__ import annotations
 
 import _thread
-import json
 import logging
 import os
 import signal
@@ -33,55 +32,32 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fedadamw.config import Config
 from fedadamw.errors import ConfigError, print_error
+from fedadamw.launch.spec import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_WORKER_LOST,
+    Spec,
+)
 from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
+from fedadamw.schema import STORE_FILE
 
 if TYPE_CHECKING:
     # Not at run time: the recorder imports torch, and this module is imported by the CLI
     # (`fedadamw run`'s parent needs no torch) and starts Ray before it imports torch.
-    from fedadamw.run.raystart import RayStart
+    from fedadamw.launch.raystart import RayStart
     from fedadamw.run.recorder import Progress
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORKER_LOST, EXIT_STOPPED = 0, 1, 2, 75, 130
 # After a stop is asked for, the process exits as soon as the ServerApp has marked its arm
 # (Ray's own orderly shutdown takes seconds; the parent kills Ray's processes instead), and at
 # the latest this long after the request.
 HARD_STOP_S = 3.0
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What the parent hands the simulation process (as JSON)."""
-
-    configs: list[dict[str, Any]]
-    out_dir: str
-    client_cpus: float
-    client_gpus: float | None  # None: 0.25 when CUDA is available, else 0
-    verbose: bool
-    restart: bool
-    ray_temp_dir: str | None  # None: no Ray of our own (engine=vmap, or a cluster's address)
-    parent_pid: int
-    ray_address: str | None = None  # an existing Ray cluster to run on (--ray-address)
-    # torch threads of this process. One by default: on a machine whose cores are busy (Ray's
-    # actors, other jobs), more threads than free cores spin and wait; measured on 2 shared
-    # cores, a vmap round took 15–25 s with 2 threads against 1.6 s with 1.
-    threads: int = 1
-    # engine = grid: at most this many runs trained together; 0: as many as memory allows.
-    max_batch_runs: int = 0
-
-    def write(self, path: Path) -> None:
-        """Save as JSON."""
-        path.write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def read(cls, path: Path) -> Spec:
-        """Load from JSON."""
-        return cls(**json.loads(path.read_text()))
 
 
 class _Stopper:
@@ -148,7 +124,7 @@ def _groups(configs: list[Config]) -> list[list[Config]]:
 
 def _start_ray(spec: Spec) -> RayStart:
     """Ray for Flower's engine: a lean local head, or the cluster at `spec.ray_address`."""
-    from fedadamw.run.raystart import start
+    from fedadamw.launch.raystart import start
 
     # Ray warns that it will stop overriding CUDA_VISIBLE_DEVICES for CPU-only actors.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -193,7 +169,7 @@ def _simulate(
 
 def _sweep(spec: Spec, configs: list[Config], stopper: _Stopper) -> int:
     """Every grid point as a Ray task on the cluster; the driver alone writes the store."""
-    from fedadamw.run.cluster import run_sweep
+    from fedadamw.launch.cluster import run_sweep
     from fedadamw.run.progress import ConsoleProgress
 
     progress = ConsoleProgress(configs)
@@ -263,17 +239,17 @@ def _run_flower(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `python -m fedadamw.run.simulate SPEC.json`."""
+    """Entry point: `python -m fedadamw.launch.simulate SPEC.json`."""
     args = sys.argv[1:] if argv is None else argv
     spec = Spec.read(Path(args[0]))
     stopper = _Stopper(spec)
     code = EXIT_FAILED
     try:
         configs = [Config.from_mapping(c) for c in spec.configs]
-        # A grid on a cluster: one Ray task per grid point (fedadamw.run.cluster).
+        # A grid on a cluster: one Ray task per grid point (fedadamw.launch.cluster).
         sweep = spec.ray_address is not None and len(configs) > 1
         # Ray starts first, in the background: its processes come up while this one imports
-        # torch and Flower and prepares the data (fedadamw.run.raystart).
+        # torch and Flower and prepares the data (fedadamw.launch.raystart).
         flower = any(c.engine == "flower" for c in configs)
         ray_start = _start_ray(spec) if flower and not sweep else None
         if not spec.verbose:
@@ -326,7 +302,7 @@ def _orphan_cleanup(spec: Spec) -> None:
     from fedadamw.results.writer import ResultStore
 
     try:
-        with ResultStore(Path(spec.out_dir) / "results.db") as store:
+        with ResultStore(Path(spec.out_dir) / STORE_FILE) as store:
             store.mark_interrupted()
     except Exception:  # readers show a lock-less "running" run as interrupted anyway
         pass

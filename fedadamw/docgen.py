@@ -1,0 +1,178 @@
+"""Write docs/config.md, the table of every config key, from the code that defines the keys.
+
+`python -m fedadamw.docgen` writes it; `python -m fedadamw.docgen --check` exits 1 when the
+file on disk differs (tests/test_docs.py runs that), so the table cannot drift from the code.
+
+What each column comes from, one source each:
+- key, type: the fields of `fedadamw.config.Config`;
+- default and description: `[tool.flwr.app.config]` in pyproject.toml, where every key's line
+  carries its description as a trailing comment (`key = value  # text`) or in the indented
+  comment lines right below it (`    # text`); a comment line at column 0 starts a group;
+- allowed values of a choice key: whatever `Config`'s own validation names when it is given a
+  value no vocabulary holds, so the list is the one the code checks, wherever it lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from fedadamw.config import PYPROJECT, Config, default_config, defaults
+from fedadamw.errors import ConfigError
+
+CONFIG_MD = PYPROJECT.parent / "docs" / "config.md"
+_TABLE = "[tool.flwr.app.config]"
+_KEY_LINE = re.compile(r"^([a-z0-9-]+)\s*=\s*(.*?)(?:\s+#\s?(.*))?$")
+_FIRST_GROUP = "data, clients and local training"
+# A value no vocabulary holds; Config's choice checks answer "... expected one of a, b, c".
+_NOT_A_CHOICE = "\x00"
+_ONE_OF = re.compile(r"(?:expected one of|allowed: comma-separated) (.+)$")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key as docs/config.md shows it."""
+
+    name: str
+    kind: str
+    default: str
+    description: str
+    group: str
+    choices: tuple[str, ...]
+
+
+def described_keys(pyproject_text: str) -> list[tuple[str, str, str]]:
+    """(key, description, group) for every key line of the app-config table, in file order.
+
+    Raises ConfigError naming a key that has no description.
+    """
+    lines = pyproject_text.splitlines()
+    try:
+        start = lines.index(_TABLE) + 1
+    except ValueError:
+        raise ConfigError(f"pyproject.toml has no {_TABLE} table") from None
+    out: list[tuple[str, list[str], str]] = []
+    group = _FIRST_GROUP
+    for line in lines[start:]:
+        if line.startswith("["):
+            break
+        if line.startswith("#"):
+            group = line.lstrip("#").strip()
+        elif line.startswith((" ", "\t")) and line.strip().startswith("#"):
+            if not out:
+                raise ConfigError(f"{_TABLE}: an indented comment before the first key: {line!r}")
+            out[-1][1].append(line.strip().lstrip("#").strip())
+        elif match := _KEY_LINE.match(line):
+            key, _, trailing = match.groups()
+            out.append((key, [trailing] if trailing else [], group))
+    missing = [key for key, text, _ in out if not text]
+    if missing:
+        raise ConfigError(
+            f"{_TABLE}: no description for {', '.join(missing)}; add `  # text` after the value "
+            "or indented `    # text` lines below it"
+        )
+    return [(key, " ".join(text), group) for key, text, group in out]
+
+
+def _choices(key: str) -> tuple[str, ...]:
+    """The values Config's validation allows for a string key, () when it is free text."""
+    try:
+        default_config().replace(**{key.replace("-", "_"): _NOT_A_CHOICE})
+    except ConfigError as err:
+        match = _ONE_OF.search(str(err))
+        if match:
+            return tuple(c.strip() for c in match.group(1).split(","))
+    return ()
+
+
+def config_keys(pyproject_text: str | None = None) -> list[Key]:
+    """Every key of Config with its default, description, group and allowed values."""
+    text = PYPROJECT.read_text() if pyproject_text is None else pyproject_text
+    described = {key: (desc, group) for key, desc, group in described_keys(text)}
+    values = defaults()
+    keys = []
+    for field in fields(Config):
+        name = field.name.replace("_", "-")
+        if name not in described:
+            raise ConfigError(f"{_TABLE}: Config field {name!r} has no line in pyproject.toml")
+        desc, group = described[name]
+        kind = str(field.type)
+        keys.append(
+            Key(
+                name=name,
+                kind=kind,
+                default=_show(values[name]),
+                description=desc,
+                group=group,
+                choices=_choices(name) if kind == "str" else (),
+            )
+        )
+    extra = sorted(set(described) - {k.name for k in keys})
+    if extra:
+        raise ConfigError(f"{_TABLE}: {', '.join(extra)} are not fields of Config")
+    return keys
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return f"`{value}`"
+
+
+def render(keys: Sequence[Key]) -> str:
+    """docs/config.md's text."""
+    out = [
+        "# Configuration keys",
+        "",
+        "<!-- Generated by `python -m fedadamw.docgen` (`make docs`) from `fedadamw/config.py`'s "
+        "`Config` and `[tool.flwr.app.config]` in pyproject.toml. Do not edit: change the "
+        "comments there and re-run; tests/test_docs.py fails while this file is stale. -->",
+        "",
+        "Every run is one flat set of these keys. Defaults come from `[tool.flwr.app.config]` in "
+        "`pyproject.toml` (which `flwr run .` reads too); an experiment file, `--set KEY=VALUE` "
+        "or Flower's `--run-config` override them, and `Config` validates the result once: a "
+        "bad value is a one-line error naming the key, the value and what is allowed "
+        "([usage](usage.md#running-experiments)).",
+    ]
+    groups: dict[str, list[Key]] = {}
+    for key in keys:
+        groups.setdefault(key.group, []).append(key)
+    for group, members in groups.items():
+        out += ["", f"## {group[0].upper()}{group[1:]}", ""]
+        out += ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+        for key in members:
+            allowed = ", ".join(f"`{c}`" for c in key.choices)
+            out.append(
+                f"| `{key.name}` | {key.kind} | {key.default} | {allowed} | {key.description} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write docs/config.md, or with --check say whether it is up to date."""
+    parser = argparse.ArgumentParser(prog="python -m fedadamw.docgen", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/config.md is stale")
+    parser.add_argument("--out", type=Path, default=CONFIG_MD, help="where to write (or check)")
+    args = parser.parse_args(argv)
+    try:
+        text = render(config_keys())
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.check:
+        if not args.out.is_file() or args.out.read_text() != text:
+            print(f"{args.out} is stale: run `python -m fedadamw.docgen`", file=sys.stderr)
+            return 1
+        return 0
+    args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""`fedadamw compare`'s output: a `compare.Report` as a console table, markdown, csv or json.
+
+`fedadamw.results.compare` does the analysis (selection, pairing, intervals, Holm); this module
+only lays its numbers out, so every format shows the same rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from fedadamw.errors import ConfigError
+from fedadamw.results.compare import (
+    FINAL_ROUNDS,
+    Point,
+    Report,
+    Row,
+    Selection,
+    compare,
+    format_point,
+)
+from fedadamw.results.stats import CI_LEVEL, Interval
+from fedadamw.schema import OPTIMIZER_KEYS, STORE_FILE
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def _explanation(report: Report) -> list[str]:
+    on = (
+        "validation accuracy"
+        if report.selected_on == "validation"
+        else "test accuracy (no validation stored)"
+    )
+    keys = ", ".join(OPTIMIZER_KEYS)
+    return [
+        f"final-rounds = {report.final_rounds}: test and validation accuracy are each run's mean "
+        f"over its last {report.final_rounds} rounds; dispersions are means over all trained "
+        "rounds (undefined rounds skipped).",
+        f"Selection: each mode's point ({keys}) with the highest mean {on} over seeds; "
+        "λ = 0 is never a decay mode's pick (that is the none arm).",
+        f"A − B: paired by seed, mean [{100 * CI_LEVEL:g}% Student-t CI]; p: paired t-test; "
+        f"p Holm: Holm-adjusted over the {report.tests} tests of this table.",
+    ]
+
+
+def _p(value: float) -> str:
+    if math.isnan(value):
+        return "—"
+    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def _acc(interval: Interval) -> str:
+    if interval.n == 0:
+        return "—"
+    if interval.n < 2:
+        return f"{100 * interval.mean:.1f}% (n=1)"
+    return f"{100 * interval.mean:.1f}% [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+
+
+def _kind(row: Row) -> str:
+    if row.kind == "shrink":
+        return f"shrink {row.shrink_a:.2g} vs {row.shrink_b:.2g}"
+    return row.kind
+
+
+def _selection_cells(s: Selection) -> list[str]:
+    cells = [s.setting, s.mode, format_point(s.point), str(s.candidates)]
+    return [*cells, _acc(s.validation), _acc(s.test), _plain(s.dispersion)]
+
+
+def _plain(interval: Interval) -> str:
+    return str(interval).replace("+", "") if interval.n else "—"
+
+
+def _row_cells(r: Row) -> list[str]:
+    return [
+        r.setting,
+        f"{r.mode_a} − {r.mode_b}",
+        _kind(r),
+        format_point(r.point_a),
+        format_point(r.point_b),
+        str(len(r.seeds)),
+        r.measure,
+        str(r.difference),
+        _p(r.p_value),
+        _p(r.p_holm),
+    ]
+
+
+SELECTION_HEADER = ["setting", "mode", "selected", "of", "score [95% CI]", "test acc [95% CI]"]
+SELECTION_HEADER += ["dispersion [95% CI]"]
+ROW_HEADER = ["setting", "A − B", "match", "A at", "B at", "seeds", "measure"]
+ROW_HEADER += ["A − B [95% CI]", "p", "p Holm"]
+
+
+def render(report: Report, fmt: str, points: bool = False) -> str:
+    """The report as `fmt` (one of FORMATS); `points` adds every point's scores (not to csv)."""
+    if fmt == "json":
+        return json.dumps(_as_json(report, points), indent=1, allow_nan=False) + "\n"
+    if fmt == "csv":
+        return _as_csv(report)
+    if fmt == "markdown":
+        return _as_markdown(report, points)
+    if fmt == "table":
+        return _as_table(report, points)
+    raise ConfigError(f"--format: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
+
+
+def _num(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _point_dict(point: Point) -> dict[str, float | None]:
+    return {k: _num(v) for k, v in zip(OPTIMIZER_KEYS, point, strict=True)}
+
+
+def _interval_dict(iv: Interval) -> dict[str, float | int | None]:
+    return {"mean": _num(iv.mean), "low": _num(iv.low), "high": _num(iv.high), "n": iv.n}
+
+
+def _selection_dict(s: Selection) -> dict[str, Any]:
+    return {
+        "setting": s.setting,
+        "mode": s.mode,
+        "point": _point_dict(s.point),
+        "candidates": s.candidates,
+        "selection_score": _interval_dict(s.validation),
+        "test_accuracy": _interval_dict(s.test),
+        "dispersion": _interval_dict(s.dispersion),
+    }
+
+
+def _as_json(report: Report, points: bool = False) -> dict[str, Any]:
+    extra = {"points": [_selection_dict(s) for s in report.points]} if points else {}
+    return {
+        "final_rounds": report.final_rounds,
+        "match": report.match,
+        "selected_on": report.selected_on,
+        "confidence": CI_LEVEL,
+        "tests": report.tests,
+        "explanation": _explanation(report),
+        "selections": [_selection_dict(s) for s in report.selections],
+        **extra,
+        "rows": [
+            {
+                "setting": r.setting,
+                "match": r.kind,
+                "mode_a": r.mode_a,
+                "mode_b": r.mode_b,
+                "point_a": _point_dict(r.point_a),
+                "point_b": _point_dict(r.point_b),
+                "seeds": list(r.seeds),
+                "measure": r.measure,
+                "difference": _interval_dict(r.difference),
+                "p": _num(r.p_value),
+                "p_holm": _num(r.p_holm),
+                "shrink_a": _num(r.shrink_a),
+                "shrink_b": _num(r.shrink_b),
+            }
+            for r in report.rows
+        ],
+        "notes": report.notes,
+    }
+
+
+def _as_csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    keys = [f"{side}_{k}" for side in ("a", "b") for k in OPTIMIZER_KEYS]
+    writer.writerow(
+        [
+            "setting",
+            "match",
+            "mode_a",
+            "mode_b",
+            *keys,
+            "seeds",
+            "measure",
+            "mean",
+            "low",
+            "high",
+            "n",
+            "p",
+            "p_holm",
+            "shrink_a",
+            "shrink_b",
+            "final_rounds",
+            "selected_on",
+        ]
+    )
+    for r in report.rows:
+        d = r.difference
+        writer.writerow(
+            [
+                r.setting,
+                r.kind,
+                r.mode_a,
+                r.mode_b,
+                *(repr(v) for v in (*r.point_a, *r.point_b)),
+                " ".join(str(s) for s in r.seeds),
+                r.measure,
+                *(_csv(v) for v in (d.mean, d.low, d.high)),
+                d.n,
+                *(_csv(v) for v in (r.p_value, r.p_holm, r.shrink_a, r.shrink_b)),
+                report.final_rounds,
+                report.selected_on,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _csv(value: float) -> str:
+    return "" if math.isnan(value) else repr(value)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), "| " + " | ".join("---" for _ in header) + " |", *map(line, rows)]
+
+
+def _as_markdown(report: Report, points: bool = False) -> str:
+    lines = [*(f"- {t}" for t in _explanation(report)), ""]
+    lines += ["**Selected points**", ""]
+    lines += _md_table(SELECTION_HEADER, [_selection_cells(s) for s in report.selections])
+    if points:
+        lines += ["", "**Every point** (means over seeds)", ""]
+        lines += _md_table(SELECTION_HEADER, [_selection_cells(s) for s in report.points])
+    lines += ["", "**Differences**", ""]
+    if report.rows:
+        lines += _md_table(ROW_HEADER, [_row_cells(r) for r in report.rows])
+    else:
+        lines.append("No pair of finished runs to compare (pairs need a setting and a seed).")
+    if report.notes:
+        lines += ["", "**Notes**", "", *(f"- {n}" for n in report.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _as_table(report: Report, points: bool = False) -> str:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    # A pipe has no width: 120 columns. Numeric cells never wrap, and every cell folds onto
+    # the next line where a narrow terminal leaves no room, instead of losing digits to "…".
+    width = shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120
+    console = Console(file=io.StringIO(), highlight=False, width=width, force_terminal=False)
+
+    def print_selections(title: str, selections: list[Selection]) -> None:
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in SELECTION_HEADER:
+            table.add_column(col, overflow="fold", no_wrap=col not in ("setting", "selected"))
+        for sel in selections:
+            table.add_row(*_selection_cells(sel))
+        console.print(table)
+
+    print_selections("selected points", report.selections)
+    if points:
+        print_selections("every point (means over seeds)", report.points)
+    blocks: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for r in report.rows:
+        blocks[(r.setting, r.mode_a, r.mode_b)].append(r)
+    for (setting, a, b), rows in blocks.items():
+        table = Table(title=f"{setting}: {a} − {b}", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("match", f"{a} at", f"{b} at", "seeds", "measure", *ROW_HEADER[-3:]):
+            numeric = col in ("seeds", *ROW_HEADER[-3:])
+            table.add_column(
+                col, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric
+            )
+        # One group per pair of points: its match, points and seeds once, then its measures.
+        for (kind, pa, pb), group in groupby(rows, key=lambda r: (r.kind, r.point_a, r.point_b)):
+            members = list(group)
+            first = members[0]
+            for n, r in enumerate(members):
+                head = [kind, _side(pa, first.shrink_a), _side(pb, first.shrink_b)]
+                cells = [*head, str(len(first.seeds))] if n == 0 else ["", "", "", ""]
+                table.add_row(
+                    *cells,
+                    r.measure,
+                    str(r.difference),
+                    _p(r.p_value),
+                    _p(r.p_holm),
+                    end_section=n == len(members) - 1,
+                )
+        console.print(table)
+    if not report.rows:
+        console.print("No pair of finished runs to compare (pairs need a setting and a seed).")
+    for text in [*_explanation(report), *report.notes]:
+        console.print(text, overflow="fold")
+    out = console.file
+    assert isinstance(out, io.StringIO)
+    return out.getvalue()
+
+
+def _side(point: Point, shrink: float) -> str:
+    text = format_point(point)
+    return text if math.isnan(shrink) else f"{text} (shrink {shrink:.3g})"
+
+
+def compare_command(
+    out: Path,
+    mode_a: str,
+    modes_b: Sequence[str],
+    *,
+    final_rounds: int = FINAL_ROUNDS,
+    match: str = "tuned",
+    fmt: str = "table",
+    points: bool = False,
+) -> int:
+    """Print the comparison of `out`/results.db in `fmt`; 1 when there is nothing to compare."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
+    report = compare(out / STORE_FILE, mode_a, modes_b, final_rounds=final_rounds, match=match)
+    sys.stdout.write(render(report, fmt, points))
+    return 0 if report.rows else 1
