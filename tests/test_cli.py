@@ -164,3 +164,49 @@ def test_bad_experiment_file_value(tmp_path: Path) -> None:
         "fedadamw: error: weight-decay: -0.5 is not allowed; "
         "expected a finite number >= 0 that float32 can hold (<= 3.4e38)"
     )
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The refusal's one stderr line (exit 2, no traceback)."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("fedadamw: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "sql", ["create table runs(a,b); insert into runs values(1,2);", "create table foo(x);"]
+)
+def test_a_foreign_sqlite_store_is_refused_and_left_byte_identical(
+    tmp_path: Path, sql: str
+) -> None:
+    import sqlite3
+
+    out = tmp_path / "foreign"
+    out.mkdir()
+    conn = sqlite3.connect(out / "results.db")
+    conn.executescript(sql)
+    conn.commit()
+    conn.close()
+    before = (out / "results.db").read_bytes()
+    args = ("--set", "engine=vmap", "--set", "num-clients=3", "--set", "num-server-rounds=2")
+    line = _one_error_line(_run("run", *args, "--out", str(out), cwd=tmp_path))
+    assert "is not a fedadamw results store" in line and "left untouched" in line
+    assert (out / "results.db").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["results.db"]  # no lock, no log, no WAL
+
+
+def test_a_data_dependent_refusal_leaves_the_out_folder_as_it_was(tmp_path: Path) -> None:
+    out = tmp_path / "new"
+    line = _one_error_line(
+        _run("run", "--set", "num-clients=5000", "--out", str(out), cwd=tmp_path)
+    )
+    assert "num-clients: 5000 is not allowed" in line
+    assert not out.exists()  # it made the folder, and removed it again
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "config.json").write_text("{}")
+    _one_error_line(_run("run", "--set", "num-clients=5000", "--out", str(kept), cwd=tmp_path))
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json"]  # no lock, no failures.log
+    assert (kept / "config.json").read_text() == "{}"

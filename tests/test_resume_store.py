@@ -17,6 +17,7 @@ import pytest
 from fedadamw.results.lock import FolderInUseError, WriterLock, writer_alive
 from fedadamw.results.reader import arm_summary, connect_readonly
 from fedadamw.results.writer import (
+    SCHEMA,
     ResultStore,
     RoundRecord,
     RunInfo,
@@ -237,3 +238,59 @@ def test_a_store_in_a_read_only_folder_is_readable(shared_tmp: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[('finished', 1)]"
+
+
+@pytest.mark.parametrize(
+    ("sql", "needle"),
+    [
+        ("create table runs(a,b); insert into runs values(1,2);", "no meta table"),
+        ("create table foo(x);", "no meta table"),
+        (
+            "create table meta(key text primary key, value text not null);"
+            "insert into meta values('schema_version','6'); create table foo(x);",
+            "table 'foo'",
+        ),
+        (
+            "create table meta(key text primary key, value text not null);"
+            "insert into meta values('schema_version','6'); create table runs(a, b);",
+            "table 'runs': no arm",
+        ),
+        (
+            "create table meta(key text primary key, value text not null);"
+            "insert into meta values('schema_version','six');",
+            "schema version 'six'",
+        ),
+        ("create table meta(k, v);", "a meta table of other columns"),
+    ],
+)
+def test_a_store_fedadamw_did_not_create_is_refused_and_left_byte_identical(
+    tmp_path: Path, sql: str, needle: str
+) -> None:
+    path = tmp_path / "results.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(sql)
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="is not a fedadamw results store") as info:
+        ResultStore(path)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.db"]  # no -wal, no -shm
+
+
+def test_a_store_of_an_older_schema_without_the_added_columns_is_still_ours(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "results.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+    conn.execute("ALTER TABLE checkpoints DROP COLUMN server_state")  # added in schema 6
+    conn.commit()
+    conn.close()
+    ResultStore(path).close()  # upgraded in place
+    conn = sqlite3.connect(path)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(checkpoints)")}
+    conn.close()
+    assert "server_state" in columns

@@ -158,7 +158,8 @@ def _quiet_flower(spec: Spec) -> None:
     from flwr.supercore.logger import update_console_handler
 
     update_console_handler(level=logging.CRITICAL)
-    to_file = logging.FileHandler(Path(spec.out_dir) / LOG_FILE, encoding="utf-8")
+    # delay: the file is made by the first error, so a run without one leaves none
+    to_file = logging.FileHandler(Path(spec.out_dir) / LOG_FILE, encoding="utf-8", delay=True)
     to_file.setLevel(logging.ERROR)
     to_file.setFormatter(logging.Formatter("=== %(asctime)s flower %(levelname)s\n%(message)s"))
     logging.getLogger("flwr").addHandler(to_file)
