@@ -210,3 +210,58 @@ def test_a_data_dependent_refusal_leaves_the_out_folder_as_it_was(tmp_path: Path
     _one_error_line(_run("run", "--set", "num-clients=5000", "--out", str(kept), cwd=tmp_path))
     assert sorted(p.name for p in kept.iterdir()) == ["config.json"]  # no lock, no failures.log
     assert (kept / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "seed=99999999999999999999"], "seed: 99999999999999999999 is not allowed"),
+        (["--set", "num-clients=10000000000"], "num-clients: 10000000000 is not allowed"),
+        (["--set", "seed=-1"], "seed: -1 is not allowed"),
+        (["--set", "seed=true"], "seed: 'true' is not allowed"),
+        (["--set", "local-steps=nan"], "local-steps: 'nan' is not allowed"),
+        (["--set", "server-tau=inf"], "server-tau: 'inf' is not allowed"),
+        (["--set", "dirichlet-alpha=1e300"], "dirichlet-alpha: 1e+300 is not allowed"),
+        (["--client-cpus", "100000"], "--client-cpus: 100000 is not allowed; this machine has"),
+        (["--out", "x" * 300], "a folder name of 300 bytes"),
+    ],
+)
+def test_values_beyond_limits_are_refused_before_anything_starts(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    out = ["--out", str(tmp_path / "out")] if "--out" not in args else []
+    line = _one_error_line(_run("run", *args, *out, cwd=tmp_path))
+    assert needle in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made, not even --out
+
+
+def test_client_gpus_without_cuda_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    count = torch.cuda.device_count()  # the reference: what this machine has
+    line = _one_error_line(
+        _run("run", "--client-gpus", str(count + 1), "--out", str(tmp_path / "o"), cwd=tmp_path)
+    )
+    assert f"--client-gpus: {count + 1} is not allowed; this machine has {count} CUDA" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [(b'experiment = "caf\xe9"\n', "not UTF-8 text"), (bytes(range(256)) * 4, "not UTF-8 text")],
+)
+def test_a_config_file_of_bad_bytes_is_one_line(tmp_path: Path, data: bytes, needle: str) -> None:
+    exp = tmp_path / "exp.toml"
+    exp.write_bytes(data)
+    for command in ("run", "partitions"):
+        line = _one_error_line(_run(command, "--config", str(exp), cwd=tmp_path))
+        assert needle in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
+
+
+def test_a_sweep_value_given_twice_is_refused(tmp_path: Path) -> None:
+    exp = tmp_path / "exp.toml"
+    exp.write_text("[sweep]\nseed = [0, 0]\n")
+    line = _one_error_line(_run("run", "--config", str(exp), cwd=tmp_path))
+    assert "sweep 'seed' lists 0 twice" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
