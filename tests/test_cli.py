@@ -265,3 +265,25 @@ def test_a_sweep_value_given_twice_is_refused(tmp_path: Path) -> None:
     line = _one_error_line(_run("run", "--config", str(exp), cwd=tmp_path))
     assert "sweep 'seed' lists 0 twice" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
+
+
+def test_client_resources_are_checked_against_the_ray_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    from fedadamw.errors import ConfigError
+    from fedadamw.run.simulate import check_cluster_resources
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8.0}},
+        {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},  # a dead node holds nothing
+    ]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    check_cluster_resources(8.0, 0.0)
+    check_cluster_resources(2.0, 0.5)
+    for cpus, gpus in ((9.0, 0.0), (4.0, 1.0), (1.0, 2.0)):
+        with pytest.raises(ConfigError, match="no Ray node has that much") as info:
+            check_cluster_resources(cpus, gpus)
+        assert "the largest has 8 CPUs, 1 GPUs" in str(info.value)

@@ -286,3 +286,17 @@ def test_a_second_writer_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     finally:
         first.proc.send_signal(signal.SIGINT)
         _finish(first, timeout=60)
+
+
+def test_a_killed_simulation_child_is_explained(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli = _start(out, "--set", "engine=vmap", "--set", "num-server-rounds=200")
+    _wait_for_round(out, "coupled", 1)
+    os.kill(_simulation_pgid(out), signal.SIGKILL)  # as the out-of-memory killer would
+    code, _, stderr = _finish(cli)
+    assert code == 1
+    assert stderr.strip().splitlines()[-1] == (
+        "fedadamw: error: the simulation process was killed by SIGKILL (often the kernel's "
+        "out-of-memory killer); finished rounds are stored: run the same command to resume"
+    )
+    assert arm_summary(out / "results.db")  # the rounds it stored are there

@@ -233,6 +233,7 @@ def _run_flower(
     gpus = spec.client_gpus
     if gpus is None:  # decided here, where torch is imported anyway (the CLI stays light)
         gpus = 0.25 if torch.cuda.is_available() else 0.0
+    check_cluster_resources(spec.client_cpus, gpus)
     # Ray is already up (`_start_ray`): Flower's backend then uses it as it is.
     run_simulation(
         server_app=make_app(
@@ -252,6 +253,24 @@ def _run_flower(
             "client_resources": {"num_cpus": spec.client_cpus, "num_gpus": gpus},
         },
         verbose_logging=spec.verbose,
+    )
+
+
+def check_cluster_resources(cpus: float, gpus: float) -> None:
+    """ConfigError when no node of the running Ray cluster can hold one client's resources.
+
+    Flower would otherwise start an empty actor pool and end with "An error was encountered".
+    """
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0.0) >= cpus and n.get("GPU", 0.0) >= gpus for n in nodes):
+        return
+    most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    most_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    raise ConfigError(
+        f"--client-cpus {cpus:g} / --client-gpus {gpus:g}: no Ray node has that much "
+        f"(the largest has {most_cpus:g} CPUs, {most_gpus:g} GPUs); ask for less per client"
     )
 
 
