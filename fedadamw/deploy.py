@@ -28,8 +28,18 @@ CONNECTION_NAME = "fedadamw-docker"
 DEFAULT_ADDRESS = "127.0.0.1:8000"
 DEFAULT_CA = ROOT / "docker" / "certs" / "ca.crt"
 
-_ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d+)$")
+_ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d+)$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_address(address: str) -> None:
+    """ConfigError unless `address` is HOST:PORT (or [IPv6]:PORT) with a port in 1-65535."""
+    match = _ADDRESS.match(address)
+    if not match:
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--address {address!r}: port {port} is not allowed; expected 1-65535")
 
 
 def flower_config_path() -> Path:
@@ -55,8 +65,7 @@ def write_connection(
     """
     if not _BARE_KEY.match(name):
         raise ConfigError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
-    if not _ADDRESS.match(address) and not address.startswith("["):
-        raise ConfigError(f"--address {address!r}: expected HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    check_address(address)
     entry: dict[str, Any] = {"address": address}
     if root_certificates is None:
         entry["insecure"] = True

@@ -905,6 +905,35 @@ def test_connect_leaves_a_file_it_cannot_parse_alone(
     assert config.read_text() == 'superlink = "not a table"\n'
 
 
+@pytest.mark.parametrize(
+    ("address", "needle"),
+    [
+        ("127.0.0.1:99999", "port 99999 is not allowed; expected 1-65535"),
+        ("127.0.0.1:0", "port 0 is not allowed; expected 1-65535"),
+        ("[::1]:65536", "port 65536 is not allowed"),
+        ("127.0.0.1", "expected HOST:PORT"),
+        ("[not ipv6]:8000", "expected HOST:PORT"),
+    ],
+)
+def test_connect_range_checks_the_port(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    address: str,
+    needle: str,
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    config = tmp_path / "config.toml"
+    config.write_text('[superlink.local]\naddress = ":local:"\n')
+    before = config.read_bytes()
+    assert deploy.main(["connect", "--insecure", "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+    assert config.read_bytes() == before and not deploy.backup_path(config).exists()
+    for good in ("127.0.0.1:1", "[::1]:65535"):
+        deploy.check_address(good)
+
+
 class _FakeGrid:
     def __init__(self, nodes: list[int]) -> None:
         self.nodes = nodes
