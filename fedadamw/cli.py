@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from fedadamw.config import Config
-from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error
+from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error, survive_closed_stdout
 from fedadamw.results.writer import ResultStore, StoreError
 from fedadamw.run.experiment import Experiment, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
@@ -202,6 +202,7 @@ def resolve_config(config_file: str | None, overrides: Sequence[str]) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fedadamw` console script."""
     args = _build_parser().parse_args(argv)
+    survive_closed_stdout()  # `fedadamw run … | head` goes on; what head did not read is dropped
     try:
         if args.command == "run":
             return _run(args)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedadamw.config import Config
-from fedadamw.errors import ConfigError, print_error
+from fedadamw.errors import ConfigError, print_error, survive_closed_stdout
 from fedadamw.run.failures import LOG_FILE, NonFiniteRunError, WorkerLostError, summary
 
 if TYPE_CHECKING:
@@ -277,6 +277,7 @@ def check_cluster_resources(cpus: float, gpus: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `python -m fedadamw.run.simulate SPEC.json`."""
     args = sys.argv[1:] if argv is None else argv
+    survive_closed_stdout()  # a closed pipe (`| head`) is not a failed arm
     spec = Spec.read(Path(args[0]))
     stopper = _Stopper(spec)
     code = EXIT_FAILED
