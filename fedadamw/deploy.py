@@ -9,6 +9,7 @@ No flwr import here: this module only reads and writes text.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -115,10 +116,59 @@ def _let_flower_create(config: Path) -> None:
         )
 
 
+# How `flwr run --run-config "k=v k2='text'"` splits its pairs (flwr.common.config).
+_RUN_CONFIG_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
+
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """The overrides of a `--run-config` string, read as `flwr run` reads them (TOML values)."""
+    toml = "\n".join(f"{k} = {v}" for k, v in _RUN_CONFIG_PAIR.findall(text))
+    try:
+        return tomllib.loads(toml)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--run-config {text!r}: not key=value pairs of TOML ({exc})") from None
+
+
+def summary_command(run_config: str) -> int:
+    """After `flwr run`: the run's closing table and results path; 1 unless every arm finished.
+
+    `flwr run --stream` exits 0 whatever happened to the run: this reads the store the
+    ServerApp wrote (under the results root, fedadamw.run.outdir) to say how it ended.
+    """
+    from fedadamw.config import Config
+    from fedadamw.results.reader import arm_summary
+    from fedadamw.run.experiment import run_id_for
+    from fedadamw.run.outdir import resolve_under_root
+    from fedadamw.run.progress import print_summary
+
+    cfg = Config.from_mapping(parse_run_config(run_config))
+    out_dir = resolve_under_root(cfg.out_dir, cfg.experiment)
+    store = out_dir / "results.db"
+    if not store.is_file():
+        print_error(f"the run wrote no results store at {store}; see the run's log above")
+        return 1
+    print_summary([cfg], out_dir, math.nan)
+    ids = [run_id_for(cfg, arm) for arm in cfg.arm_list]
+    ended = {str(r["run_id"]): str(r["status"]) for r in arm_summary(store, ids)}
+    bad = [
+        f"{arm} {ended.get(rid, 'not started')}"
+        for arm, rid in zip(cfg.arm_list, ids, strict=True)
+        if ended.get(rid) != "finished"
+    ]
+    if bad:
+        print_error(f"the run did not finish every arm ({'; '.join(bad)}); results: {store}")
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m fedadamw.deploy connect`: write the connection for `flwr run . <name>`."""
     parser = argparse.ArgumentParser(prog="python -m fedadamw.deploy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    summary = sub.add_parser(
+        "summary", help="after `flwr run`: how its arms ended (exit 1: not all finished)"
+    )
+    summary.add_argument("--run-config", default="", help="the --run-config given to flwr run")
     connect = sub.add_parser("connect", help="add the SuperLink connection to Flower's config")
     connect.add_argument("--name", default=CONNECTION_NAME, help=f"default {CONNECTION_NAME}")
     connect.add_argument(
@@ -129,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     connect.add_argument("--insecure", action="store_true", help="no TLS (not recommended)")
     args = parser.parse_args(argv)
+    if args.command == "summary":
+        try:
+            return summary_command(args.run_config)
+        except ConfigError as exc:
+            return print_error(exc)
     config = flower_config_path()
     if not config.is_file():
         _let_flower_create(config)

@@ -621,6 +621,8 @@ def test_make_flwr_run_works_without_an_activated_venv(tmp_path: Path) -> None:
         assert proc.returncode == 0, text[-6000:]
         assert "Unable to launch `flower-superlink`" not in text
         assert f"({FLWR_RUN_CLIENTS} simulated SuperNodes)" in text
+        # `make flwr-run` ends with the run's summary and where its results are
+        assert f"results: {results / experiment / 'results.db'}" in text
         superlinks = _local_superlinks(home)
         assert len(superlinks) == 1, f"expected the one local SuperLink; found {superlinks}"
     finally:
@@ -932,6 +934,39 @@ def test_connect_range_checks_the_port(
     assert config.read_bytes() == before and not deploy.backup_path(config).exists()
     for good in ("127.0.0.1:1", "[::1]:65535"):
         deploy.check_address(good)
+
+
+def test_the_flwr_run_summary_says_how_the_arms_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedadamw.run.experiment import run_id_for
+
+    monkeypatch.setenv("FEDADAMW_RESULTS_ROOT", str(tmp_path))
+    text = "num-clients=3 num-server-rounds=2 experiment='flwr-sum'"
+    assert deploy.parse_run_config(text) == {
+        "num-clients": 3,
+        "num-server-rounds": 2,
+        "experiment": "flwr-sum",
+    }
+    assert deploy.main(["summary", "--run-config", text]) == 1  # nothing was written
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wrote no results store" in err
+    cfg = Config.from_mapping(deploy.parse_run_config(text))
+    store = tmp_path / "flwr-sum" / "results.db"
+    with ResultStore(store) as writer:
+        for arm, status in zip(cfg.arm_list, ("finished", "failed: RuntimeError: x"), strict=True):
+            rid = run_id_for(cfg, arm)
+            writer.start_run(rid, cfg.experiment, arm, arm, cfg.weight_decay, cfg.to_json())
+            writer.finish_run(rid, status)
+    assert deploy.main(["summary", "--run-config", text]) == 1
+    out, err = capsys.readouterr()
+    assert f"results: {store}" in out
+    assert err.count("\n") == 1
+    assert f"did not finish every arm ({cfg.arm_list[1]} failed: RuntimeError: x)" in err
+    with ResultStore(store) as writer:
+        writer.finish_run(run_id_for(cfg, cfg.arm_list[1]))
+    assert deploy.main(["summary", "--run-config", text]) == 0
+    assert f"results: {store}" in capsys.readouterr().out
 
 
 class _FakeGrid:
