@@ -435,3 +435,21 @@ def test_dashboard_command_waits_for_a_folder_that_does_not_exist_yet(tmp_path: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_page_opens_on_a_setting_with_decay_and_says_why_lambda_zero_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid = [{"weight-decay": wd} for wd in (0.0, 0.01, 0.1)]
+    write_synthetic_store(
+        tmp_path, seeds=(0, 1), num_rounds=2, experiment="align", grid=grid, parts=True
+    )
+    at = open_app(tmp_path, monkeypatch)
+    setting = at.selectbox(key="setting")
+    # not λ = 0, where coupled and decoupled are the same optimizer: the largest λ (equal rounds)
+    assert "weight-decay=0.1" in setting.format_func(setting.value)
+    assert not any("λ = 0" in t for t in [*texts(at, "info"), *texts(at, "caption")])
+    zero = list(setting.options).index("weight-decay=0")  # the options as the page shows them
+    setting.select_index(zero).run()
+    assert any("λ = 0 in this setting" in t for t in texts(at, "info"))
+    assert any("decay-part panel stays empty" in t for t in texts(at, "caption"))
