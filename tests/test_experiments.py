@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,7 +108,9 @@ def test_a_grid_beyond_the_bound_is_refused_before_it_is_made(tmp_path: Path) ->
     from fedadamw.run.experiment import MAX_GRID_POINTS, Experiment, expand, grid_size
 
     # 6.6e11 points: 7 keys of 48 values. Making them would never end; counting is instant.
-    sweep = {k: list(range(48)) for k in ("seed", "num-clients", "local-steps", "batch-size")}
+    sweep: dict[str, list[Any]] = {
+        k: list(range(48)) for k in ("seed", "num-clients", "local-steps", "batch-size")
+    }
     sweep |= {k: [0.001 * (i + 1) for i in range(48)] for k in ("weight-decay", "learning-rate")}
     sweep["pairs-limit"] = list(range(2, 50))
     exp = Experiment(sweep=sweep)

@@ -263,7 +263,8 @@ def check_cluster_resources(cpus: float, gpus: float) -> None:
     """
     import ray
 
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    listed: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    nodes = [n.get("Resources", {}) for n in listed if n.get("Alive")]
     if any(n.get("CPU", 0.0) >= cpus and n.get("GPU", 0.0) >= gpus for n in nodes):
         return
     most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
