@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -161,6 +162,44 @@ def summary_command(run_config: str) -> int:
     return 0
 
 
+def superexec_command(flower_args: Sequence[str]) -> int:
+    """`python -m fedadamw.deploy superexec -- ARGS`: `flower-superexec ARGS`, and its end told.
+
+    A SuperExec serves until it is stopped. Flower 1.41's stops with status 0 and only
+    "terminated gracefully" when the SuperLink refuses it (a wrong or missing secret: HTTP 401
+    on AcquireTask), so a supervisor would think all is well. Here a stop nobody asked for is
+    an error: one line, exit 1. SIGINT and SIGTERM are passed on, and end it with its status.
+    """
+    search = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    program = shutil.which("flower-superexec", path=search)
+    if program is None:
+        return print_error("flower-superexec is not installed; pip install flwr")
+    proc = subprocess.Popen([program, *flower_args])
+    asked: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        asked.append(signum)
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if asked:
+        return code if code >= 0 else 128 - code
+    if code == 0:
+        print_error(
+            "flower-superexec stopped by itself: the SuperLink refused it or went away "
+            "(check that --superexec-auth-secret-file holds the SuperLink's secret; the "
+            "SuperLink's log says 'SuperExec authentication failed' for a wrong one)"
+        )
+        return 1
+    print_error(f"flower-superexec exited with status {code}")
+    return code if code > 0 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m fedadamw.deploy connect`: write the connection for `flwr run . <name>`."""
     parser = argparse.ArgumentParser(prog="python -m fedadamw.deploy", description=__doc__)
@@ -169,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "summary", help="after `flwr run`: how its arms ended (exit 1: not all finished)"
     )
     summary.add_argument("--run-config", default="", help="the --run-config given to flwr run")
+    sub.add_parser(
+        "superexec",
+        help="-- ARGS: run flower-superexec ARGS; exit 1 when it stops without being asked",
+    )
     connect = sub.add_parser("connect", help="add the SuperLink connection to Flower's config")
     connect.add_argument("--name", default=CONNECTION_NAME, help=f"default {CONNECTION_NAME}")
     connect.add_argument(
@@ -178,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ca", type=Path, default=DEFAULT_CA, help="CA certificate (default docker/certs/ca.crt)"
     )
     connect.add_argument("--insecure", action="store_true", help="no TLS (not recommended)")
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["superexec"]:  # everything after `--` is flower-superexec's
+        rest = given[1:]
+        return superexec_command(rest[1:] if rest[:1] == ["--"] else rest)
     args = parser.parse_args(argv)
     if args.command == "summary":
         try:

@@ -470,6 +470,13 @@ def test_nodes_and_processes_without_their_credentials_are_refused(tmp_path: Pat
         args = dep.run_args("escape", outside, stream=False)
         run_id = int(json.loads(dep.flwr(*args, "--format", "json").stdout)["run-id"])
         dep.start("no-secret", _without(dep.argv("serverapp"), SECRET_FLAG), "serverapp")
+        wrong = tmp_path / "wrong.secret"
+        wrong.write_text(os.urandom(32).hex())  # the form generate.sh writes, not the secret
+        dep.start(
+            "wrong-secret",
+            [*_without(dep.argv("serverapp"), SECRET_FLAG), f"{SECRET_FLAG}={wrong}"],
+            "serverapp",
+        )
 
         # (a): the node gives up, and the SuperLink says why (HTTP 412 on activate-node).
         assert dep.wait_exit("supernode-2") != 0
@@ -481,8 +488,11 @@ def test_nodes_and_processes_without_their_credentials_are_refused(tmp_path: Pat
         assert dep.wait_exit("supernode-3") != 0
         assert "CERTIFICATE_VERIFY" in dep.procs.log("supernode-3"), dep.procs.tails()
         # (c): the SuperLink answers the SuperExec's first AcquireTask with 401 and the
-        # SuperExec stops (Flower 1.41 exits it with status 0: the log is the evidence).
-        dep.wait_exit("no-secret", 60)
+        # SuperExec stops (Flower 1.41 exits it with status 0; fedadamw.deploy says why, exit 1).
+        assert dep.wait_exit("no-secret", 60) == 1
+        assert dep.wait_exit("wrong-secret", 60) == 1
+        for name in ("no-secret", "wrong-secret"):
+            assert "fedadamw: error: flower-superexec stopped by itself" in dep.procs.log(name)
         link_log = dep.procs.log("superlink")
         assert "SuperExec authentication failed for /flwr.proto.Runtime/AcquireTask" in link_log
         assert '"POST /v1/runtime/acquire-task HTTP/1.1" 401' in link_log
@@ -780,7 +790,11 @@ def test_compose_services_become_loopback_processes() -> None:
     assert f"--superexec-auth-secret-file={certs}/superexec.secret" in argvs["superlink"]
     assert f"--database={state}/state.db" in argvs["superlink"]
     assert argvs["serverapp"] == [
-        "flower-superexec",
+        "python",
+        "-m",
+        "fedadamw.deploy",
+        "superexec",
+        "--",
         "--runtime-api-address=127.0.0.1:30000",
         f"--root-certificates={certs}/ca.crt",
         f"--superexec-auth-secret-file={certs}/superexec.secret",
@@ -967,6 +981,25 @@ def test_the_flwr_run_summary_says_how_the_arms_ended(
         writer.finish_run(run_id_for(cfg, cfg.arm_list[1]))
     assert deploy.main(["summary", "--run-config", text]) == 0
     assert f"results: {store}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("exit_code", "expected"), [(0, 1), (3, 3)])
+def test_a_superexec_that_stops_by_itself_is_an_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    exit_code: int,
+    expected: int,
+) -> None:
+    fake = tmp_path / "flower-superexec"  # stands in for Flower's, refused by the SuperLink
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\nexit {exit_code}\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr("fedadamw.deploy.shutil.which", lambda name, path=None: str(fake))
+    assert deploy.main(["superexec", "--", "--runtime-api-address=x:1", "--insecure"]) == expected
+    assert (tmp_path / "args").read_text().split() == ["--runtime-api-address=x:1", "--insecure"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert ("stopped by itself" if exit_code == 0 else f"exited with status {exit_code}") in err
 
 
 class _FakeGrid:
