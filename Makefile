@@ -30,9 +30,12 @@ flwr-run: setup  ## the same app through `flwr run .` on Flower's local simulati
 	# flwr starts its local SuperLink by looking `flower-superlink` up on PATH: the venv's bin
 	# goes first there, so no activated venv is needed. Runtime dependency installation off:
 	# it would uv-sync a CUDA torch for every run. One SuperNode per client.
+	# `flwr run` exits 0 whatever the run did: the summary reads the store and exits 1 unless
+	# every arm finished, after printing the closing table and where the results are.
 	PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . \
 	    --federation-config "num-supernodes=$(CLIENTS) client-resources-num-cpus=1" --stream \
 	    --run-config "num-clients=$(CLIENTS) $(RUN_CONFIG)"
+	$(BIN)/python -m fedadamw.deploy summary --run-config "num-clients=$(CLIENTS) $(RUN_CONFIG)"
 
 docs: setup  ## regenerate docs/config.md from Config and [tool.flwr.app.config]
 	$(BIN)/python -m fedadamw.docgen

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fedadamw.config import Config
-from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error
+from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error, survive_closed_stdout
 from fedadamw.results.writer import ResultStore, StoreError
 from fedadamw.run.experiment import Experiment, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
 from fedadamw.schema import SPEC_FILE, STORE_FILE
+
+if TYPE_CHECKING:
+    from fedadamw.launch.supervisor import Supervisor
 
 
 class _Parser(argparse.ArgumentParser):
@@ -215,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fedadamw` console script."""
     args = _build_parser().parse_args(argv)
     command: Callable[[argparse.Namespace], int] = args.func  # set_defaults of each subparser
+    survive_closed_stdout()  # `fedadamw run … | head` goes on; what head did not read is dropped
     try:
         return command(args)
     except (ConfigError, StoreError) as exc:
@@ -310,13 +315,20 @@ def _finite(name: str, value: float, low: float, inclusive: bool) -> float:
 
 def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
     """The output folder, created and checked: writable, a folder, not someone else's files."""
-    out_dir = Path(out or Path("runs") / experiment).expanduser().resolve()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {str(out_dir)!r}: is a file; expected a folder for {STORE_FILE}")
+    given = str(out or Path("runs") / experiment)
     try:
+        out_dir = Path(given).expanduser().resolve()
+        _check_name_lengths(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(
+                f"--out {str(out_dir)!r}: is a file; expected a folder for results.db"
+            )
         out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {str(out_dir)!r}: cannot be created ({exc.strerror})") from None
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of links
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"--out {given[:80]!r}: cannot be created ({why})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {str(out_dir)!r}: is not writable; choose another folder")
     foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OWN_FILES)
@@ -327,6 +339,74 @@ def prepare_out_dir(out: str | None, experiment: str, force: bool) -> Path:
             "choose a new or empty folder, or pass --force to write there anyway"
         )
     return out_dir
+
+
+def _check_name_lengths(path: Path) -> None:
+    """ConfigError for a folder name longer than the file system takes (ENAMETOOLONG)."""
+    existing = next((p for p in (path, *path.parents) if os.path.isdir(p)), Path("/"))
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    # The longest file written inside (results.db-journal) must fit too.
+    longest = len(os.fsencode(str(path / "results.db-journal")))
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ConfigError(
+                f"--out {part[:40]!r}…: a folder name of {len(os.fsencode(part))} bytes; "
+                f"this file system takes at most {name_max}"
+            )
+    if longest > path_max:
+        raise ConfigError(
+            f"--out: a path of {longest} bytes; this file system takes at most {path_max}"
+        )
+
+
+# What a refused run may have made in its --out folder before the refusal, and removes again.
+_REFUSAL_LEFTOVERS = (".fedadamw.results.lock", SPEC_FILE, "config.json")
+
+
+def _clean_after_refusal(out_dir: Path, before: frozenset[str] | None) -> None:
+    """Remove what a refused run made (`before`: the folder's names before; None: it was new).
+
+    A run that stored results (a new results.db) keeps everything but an empty failures.log.
+    """
+    old = before or frozenset()
+    log = out_dir / "failures.log"
+    with contextlib.suppress(OSError):
+        if "failures.log" not in old and log.is_file() and log.stat().st_size == 0:
+            log.unlink()
+        if "results.db" in old or not (out_dir / "results.db").exists():
+            for name in _REFUSAL_LEFTOVERS:
+                if name not in old:
+                    (out_dir / name).unlink(missing_ok=True)
+        if before is None and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+
+
+def _check_resources(cpus: float, gpus: float | None, ray_address: str | None) -> None:
+    """ConfigError when one client asks for more CPUs or GPUs than this machine has.
+
+    A Ray cluster (`--ray-address`) is checked by the simulation against the cluster's totals.
+    """
+    if ray_address is not None:
+        return
+    have = os.cpu_count() or 1
+    if cpus > have:
+        raise ConfigError(
+            f"--client-cpus: {cpus:g} is not allowed; this machine has {have} CPUs "
+            "(one client needs at most that many)"
+        )
+    if gpus:
+        import torch
+
+        count = torch.cuda.device_count()
+        if gpus > count:
+            raise ConfigError(
+                f"--client-gpus: {gpus:g} is not allowed; this machine has {count} CUDA "
+                "devices" + (" (pass --client-gpus 0)" if count == 0 else "")
+            )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -346,9 +426,42 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--max-batch-runs: {args.max_batch_runs} is not allowed; expected >= 0 (0: automatic)"
         )
+    if any(c.engine == "flower" for c in configs):
+        _check_resources(cpus, gpus, args.ray_address)
+    given = Path(args.out or Path("runs") / configs[0].experiment).expanduser()
+    before: frozenset[str] | None = None  # the folder's names before the run (None: no folder)
+    with contextlib.suppress(OSError, ValueError):
+        before = frozenset(p.name for p in given.iterdir()) if given.is_dir() else None
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
+    try:
+        code, supervisor = _supervise(args, configs, out_dir, cpus, gpus)
+    except (ConfigError, StoreError):
+        _clean_after_refusal(out_dir, before)
+        raise
+    if code == EXIT_BAD_INPUT:
+        _clean_after_refusal(out_dir, before)
+        return code
     configs = [c.replace(out_dir=str(out_dir)) for c in configs]
+    if trackers:
+        _write_trackers(configs, out_dir, trackers)
+    if supervisor.signal is not None:
+        print(
+            "fedadamw: interrupted; finished rounds are in the store — run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+    return code
 
+
+def _supervise(
+    args: argparse.Namespace,
+    configs: list[Config],
+    out_dir: Path,
+    cpus: float,
+    gpus: float | None,
+) -> tuple[int, Supervisor]:
+    """Run the simulation under the folder's writer lock; its exit code and supervisor."""
+    configs = [c.replace(out_dir=str(out_dir)) for c in configs]
     from fedadamw.launch.spec import Spec
     from fedadamw.launch.supervisor import Supervisor, make_ray_dir, sweep_stale_ray_dirs
     from fedadamw.results.lock import FolderInUseError, WriterLock
@@ -386,16 +499,9 @@ def _run(args: argparse.Namespace) -> int:
         code = supervisor.run(out_dir / SPEC_FILE)
         _mark_interrupted(out_dir)  # whatever the child left running, it is not running now
         (out_dir / SPEC_FILE).unlink(missing_ok=True)
-    _print_summary(configs, out_dir, time.perf_counter() - started)
-    if trackers:
-        _write_trackers(configs, out_dir, trackers)
-    if supervisor.signal is not None:
-        print(
-            "fedadamw: interrupted; finished rounds are in the store — run the same command "
-            "again to resume",
-            file=sys.stderr,
-        )
-    return code
+    if code != EXIT_BAD_INPUT or (out_dir / STORE_FILE).exists():
+        _print_summary(configs, out_dir, time.perf_counter() - started)
+    return code, supervisor
 
 
 def _write_trackers(configs: list[Config], out_dir: Path, trackers: Sequence[str]) -> None:

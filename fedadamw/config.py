@@ -106,6 +106,7 @@ class Config:
     optimizer_state: str
 
     def __post_init__(self) -> None:
+        check_limits(self)
         _check(
             self,
             "experiment",
@@ -235,6 +236,48 @@ class Config:
         if missing:
             raise ConfigError(f"config keys without a value: {', '.join(missing)}")
         return cls(**{k.replace("-", "_"): v for k, v in merged.items() if k in types})
+
+
+# Every integer key is stored in SQLite (INTEGER: 64-bit) and reaches numpy and torch: it must
+# fit in a signed 64-bit integer. The seed seeds torch.manual_seed and numpy's generators.
+INT64_LIMIT = 2**63
+# Keys that size what is allocated or looped over get a bound a machine can reach (a value
+# above it would run out of memory or time instead of failing in one line).
+INT_BOUNDS = {
+    "num-clients": 1_000_000,
+    "num-server-rounds": 1_000_000,
+    "local-epochs": 100_000,
+    "local-steps": 100_000_000,
+    "batch-size": 1_000_000,
+    "pairs-limit": 100_000,
+}
+
+
+def check_limits(cfg: Config) -> None:
+    """ConfigError for a number outside what its type can carry through the run.
+
+    Integers: a bool is not one, and each is below 2**63 (or its `INT_BOUNDS` bound); floats:
+    finite and within float32's range, which clients train in.
+    """
+    for f in fields(cfg):
+        key, value = f.name.replace("_", "-"), getattr(cfg, f.name)
+        if f.type == "int":
+            bound = INT_BOUNDS.get(key, INT64_LIMIT - 1)
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if not ok or not -bound <= value <= bound:
+                raise ConfigError(
+                    f"{key}: {value!r} is not allowed; expected an integer of at most "
+                    f"{bound:,} (and at least {-bound:,})"
+                    if ok
+                    else f"{key}: {value!r} is not allowed; expected an integer"
+                )
+        elif f.type == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+                raise ConfigError(
+                    f"{key}: {value!r} is not allowed; expected a finite number that float32 "
+                    "can hold (|x| <= 3.4e38)"
+                )
 
 
 def batch_size_list(text: str) -> list[int]:

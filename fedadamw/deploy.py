@@ -9,9 +9,11 @@ No flwr import here: this module only reads and writes text.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -28,8 +30,18 @@ CONNECTION_NAME = "fedadamw-docker"
 DEFAULT_ADDRESS = "127.0.0.1:8000"
 DEFAULT_CA = ROOT / "docker" / "certs" / "ca.crt"
 
-_ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d+)$")
+_ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d+)$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_address(address: str) -> None:
+    """ConfigError unless `address` is HOST:PORT (or [IPv6]:PORT) with a port in 1-65535."""
+    match = _ADDRESS.match(address)
+    if not match:
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--address {address!r}: port {port} is not allowed; expected 1-65535")
 
 
 def flower_config_path() -> Path:
@@ -55,8 +67,7 @@ def write_connection(
     """
     if not _BARE_KEY.match(name):
         raise ConfigError(f"connection name {name!r}: use letters, digits, '-' and '_' only")
-    if not _ADDRESS.match(address) and not address.startswith("["):
-        raise ConfigError(f"--address {address!r}: expected HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    check_address(address)
     entry: dict[str, Any] = {"address": address}
     if root_certificates is None:
         entry["insecure"] = True
@@ -106,10 +117,101 @@ def _let_flower_create(config: Path) -> None:
         )
 
 
+# How `flwr run --run-config "k=v k2='text'"` splits its pairs (flwr.common.config).
+_RUN_CONFIG_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
+
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """The overrides of a `--run-config` string, read as `flwr run` reads them (TOML values)."""
+    toml = "\n".join(f"{k} = {v}" for k, v in _RUN_CONFIG_PAIR.findall(text))
+    try:
+        return tomllib.loads(toml)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--run-config {text!r}: not key=value pairs of TOML ({exc})") from None
+
+
+def summary_command(run_config: str) -> int:
+    """After `flwr run`: the run's closing table and results path; 1 unless every arm finished.
+
+    `flwr run --stream` exits 0 whatever happened to the run: this reads the store the
+    ServerApp wrote (under the results root, fedadamw.run.outdir) to say how it ended.
+    """
+    from fedadamw.config import Config
+    from fedadamw.results.summaries import arm_summary
+    from fedadamw.run.experiment import run_id_for
+    from fedadamw.run.outdir import resolve_under_root
+    from fedadamw.run.progress import print_summary
+
+    cfg = Config.from_mapping(parse_run_config(run_config))
+    out_dir = resolve_under_root(cfg.out_dir, cfg.experiment)
+    store = out_dir / "results.db"
+    if not store.is_file():
+        print_error(f"the run wrote no results store at {store}; see the run's log above")
+        return 1
+    print_summary([cfg], out_dir, math.nan)
+    ids = [run_id_for(cfg, arm) for arm in cfg.arm_list]
+    ended = {str(r["run_id"]): str(r["status"]) for r in arm_summary(store, ids)}
+    bad = [
+        f"{arm} {ended.get(rid, 'not started')}"
+        for arm, rid in zip(cfg.arm_list, ids, strict=True)
+        if ended.get(rid) != "finished"
+    ]
+    if bad:
+        print_error(f"the run did not finish every arm ({'; '.join(bad)}); results: {store}")
+        return 1
+    return 0
+
+
+def superexec_command(flower_args: Sequence[str]) -> int:
+    """`python -m fedadamw.deploy superexec -- ARGS`: `flower-superexec ARGS`, and its end told.
+
+    A SuperExec serves until it is stopped. Flower 1.41's stops with status 0 and only
+    "terminated gracefully" when the SuperLink refuses it (a wrong or missing secret: HTTP 401
+    on AcquireTask), so a supervisor would think all is well. Here a stop nobody asked for is
+    an error: one line, exit 1. SIGINT and SIGTERM are passed on, and end it with its status.
+    """
+    search = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    program = shutil.which("flower-superexec", path=search)
+    if program is None:
+        return print_error("flower-superexec is not installed; pip install flwr")
+    proc = subprocess.Popen([program, *flower_args])
+    asked: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        asked.append(signum)
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if asked:
+        return code if code >= 0 else 128 - code
+    if code == 0:
+        print_error(
+            "flower-superexec stopped by itself: the SuperLink refused it or went away "
+            "(check that --superexec-auth-secret-file holds the SuperLink's secret; the "
+            "SuperLink's log says 'SuperExec authentication failed' for a wrong one)"
+        )
+        return 1
+    print_error(f"flower-superexec exited with status {code}")
+    return code if code > 0 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m fedadamw.deploy connect`: write the connection for `flwr run . <name>`."""
     parser = argparse.ArgumentParser(prog="python -m fedadamw.deploy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    summary = sub.add_parser(
+        "summary", help="after `flwr run`: how its arms ended (exit 1: not all finished)"
+    )
+    summary.add_argument("--run-config", default="", help="the --run-config given to flwr run")
+    sub.add_parser(
+        "superexec",
+        help="-- ARGS: run flower-superexec ARGS; exit 1 when it stops without being asked",
+    )
     connect = sub.add_parser("connect", help="add the SuperLink connection to Flower's config")
     connect.add_argument("--name", default=CONNECTION_NAME, help=f"default {CONNECTION_NAME}")
     connect.add_argument(
@@ -119,7 +221,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ca", type=Path, default=DEFAULT_CA, help="CA certificate (default docker/certs/ca.crt)"
     )
     connect.add_argument("--insecure", action="store_true", help="no TLS (not recommended)")
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["superexec"]:  # everything after `--` is flower-superexec's
+        rest = given[1:]
+        return superexec_command(rest[1:] if rest[:1] == ["--"] else rest)
     args = parser.parse_args(argv)
+    if args.command == "summary":
+        try:
+            return summary_command(args.run_config)
+        except ConfigError as exc:
+            return print_error(exc)
     config = flower_config_path()
     if not config.is_file():
         _let_flower_create(config)

@@ -164,3 +164,126 @@ def test_bad_experiment_file_value(tmp_path: Path) -> None:
         "fedadamw: error: weight-decay: -0.5 is not allowed; "
         "expected a finite number >= 0 that float32 can hold (<= 3.4e38)"
     )
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The refusal's one stderr line (exit 2, no traceback)."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("fedadamw: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "sql", ["create table runs(a,b); insert into runs values(1,2);", "create table foo(x);"]
+)
+def test_a_foreign_sqlite_store_is_refused_and_left_byte_identical(
+    tmp_path: Path, sql: str
+) -> None:
+    import sqlite3
+
+    out = tmp_path / "foreign"
+    out.mkdir()
+    conn = sqlite3.connect(out / "results.db")
+    conn.executescript(sql)
+    conn.commit()
+    conn.close()
+    before = (out / "results.db").read_bytes()
+    args = ("--set", "engine=vmap", "--set", "num-clients=3", "--set", "num-server-rounds=2")
+    line = _one_error_line(_run("run", *args, "--out", str(out), cwd=tmp_path))
+    assert "is not a fedadamw results store" in line and "left untouched" in line
+    assert (out / "results.db").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["results.db"]  # no lock, no log, no WAL
+
+
+def test_a_data_dependent_refusal_leaves_the_out_folder_as_it_was(tmp_path: Path) -> None:
+    out = tmp_path / "new"
+    line = _one_error_line(
+        _run("run", "--set", "num-clients=5000", "--out", str(out), cwd=tmp_path)
+    )
+    assert "num-clients: 5000 is not allowed" in line
+    assert not out.exists()  # it made the folder, and removed it again
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "config.json").write_text("{}")
+    _one_error_line(_run("run", "--set", "num-clients=5000", "--out", str(kept), cwd=tmp_path))
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json"]  # no lock, no failures.log
+    assert (kept / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "seed=99999999999999999999"], "seed: 99999999999999999999 is not allowed"),
+        (["--set", "num-clients=10000000000"], "num-clients: 10000000000 is not allowed"),
+        (["--set", "seed=-1"], "seed: -1 is not allowed"),
+        (["--set", "seed=true"], "seed: 'true' is not allowed"),
+        (["--set", "local-steps=nan"], "local-steps: 'nan' is not allowed"),
+        (["--set", "server-tau=inf"], "server-tau: 'inf' is not allowed"),
+        (["--set", "dirichlet-alpha=1e300"], "dirichlet-alpha: 1e+300 is not allowed"),
+        (["--client-cpus", "100000"], "--client-cpus: 100000 is not allowed; this machine has"),
+        (["--out", "x" * 300], "a folder name of 300 bytes"),
+    ],
+)
+def test_values_beyond_limits_are_refused_before_anything_starts(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    out = ["--out", str(tmp_path / "out")] if "--out" not in args else []
+    line = _one_error_line(_run("run", *args, *out, cwd=tmp_path))
+    assert needle in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made, not even --out
+
+
+def test_client_gpus_without_cuda_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    count = torch.cuda.device_count()  # the reference: what this machine has
+    line = _one_error_line(
+        _run("run", "--client-gpus", str(count + 1), "--out", str(tmp_path / "o"), cwd=tmp_path)
+    )
+    assert f"--client-gpus: {count + 1} is not allowed; this machine has {count} CUDA" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [(b'experiment = "caf\xe9"\n', "not UTF-8 text"), (bytes(range(256)) * 4, "not UTF-8 text")],
+)
+def test_a_config_file_of_bad_bytes_is_one_line(tmp_path: Path, data: bytes, needle: str) -> None:
+    exp = tmp_path / "exp.toml"
+    exp.write_bytes(data)
+    for command in ("run", "partitions"):
+        line = _one_error_line(_run(command, "--config", str(exp), cwd=tmp_path))
+        assert needle in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
+
+
+def test_a_sweep_value_given_twice_is_refused(tmp_path: Path) -> None:
+    exp = tmp_path / "exp.toml"
+    exp.write_text("[sweep]\nseed = [0, 0]\n")
+    line = _one_error_line(_run("run", "--config", str(exp), cwd=tmp_path))
+    assert "sweep 'seed' lists 0 twice" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.toml"]
+
+
+def test_client_resources_are_checked_against_the_ray_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    from fedadamw.errors import ConfigError
+    from fedadamw.launch.simulate import check_cluster_resources
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8.0}},
+        {"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},  # a dead node holds nothing
+    ]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    check_cluster_resources(8.0, 0.0)
+    check_cluster_resources(2.0, 0.5)
+    for cpus, gpus in ((9.0, 0.0), (4.0, 1.0), (1.0, 2.0)):
+        with pytest.raises(ConfigError, match="no Ray node has that much") as info:
+            check_cluster_resources(cpus, gpus)
+        assert "the largest has 8 CPUs, 1 GPUs" in str(info.value)

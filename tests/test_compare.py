@@ -265,3 +265,33 @@ def test_labels_name_only_the_keys_a_setting_used() -> None:
         "a": "decoupled · partitioner=iid",
         "b": "decoupled · dirichlet-alpha=0.1 · partitioner=dirichlet",
     }
+
+
+def test_runs_shorter_than_the_final_rounds_window_are_noted(tmp_path: Path) -> None:
+    runs: dict[tuple[str, float, float, int], dict[str, object]] = {}
+    for seed in range(3):
+        runs[("coupled", 0.01, 0.1, seed)] = {"val_accuracy": 0.5, "test_accuracy": _ramp(0.6)}
+        runs[("decoupled", 0.01, 0.1, seed)] = {"val_accuracy": 0.5, "test_accuracy": 0.5}
+    _store(tmp_path / "r.db", runs)
+    long = compare(tmp_path / "r.db", final_rounds=ROUNDS)
+    assert not any("fewer than final-rounds" in n for n in long.notes)
+    short = compare(tmp_path / "r.db", final_rounds=ROUNDS + 2)
+    assert any(
+        f"6 run(s) have fewer than final-rounds = {ROUNDS + 2} trained rounds (as few as {ROUNDS})"
+        in n
+        for n in short.notes
+    )
+    # the mean is then over every stored round: the formula on the ramp
+    (row,) = [r for r in short.rows if r.measure == "test_accuracy"]
+    assert row.difference.mean == pytest.approx(np.mean(_ramp(0.6)) - 0.5)
+
+
+def test_compare_during_a_live_run_says_nothing_has_finished(tmp_path: Path) -> None:
+    cfg = Config.from_mapping({"arms": "coupled"})
+    with ResultStore(tmp_path / "r.db") as store:
+        store.start_run("x:coupled:1", "x", "coupled", "coupled", 0.1, cfg.to_json())
+        store.write_round(RoundRecord("x:coupled:1", 1, {"test_accuracy": 0.5}))
+        report = compare(tmp_path / "r.db")  # the writer is still open: the run is running
+    assert report.rows == []
+    assert any("no run has finished yet" in n for n in report.notes)
+    assert not any("no validation accuracy" in n for n in report.notes)

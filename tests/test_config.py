@@ -83,3 +83,49 @@ def test_experiment_file_overrides_and_rejects_tables(tmp_path: Path) -> None:
     broken.write_text("weight-decay = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_experiment(broken)
+
+
+def _keys_of(kind: str) -> list[str]:
+    return [f.name.replace("_", "-") for f in fields(Config) if f.type == kind]
+
+
+@pytest.mark.parametrize("key", _keys_of("int"))
+@pytest.mark.parametrize(
+    "raw", ["99999999999999999999", str(2**63), str(-(2**63) - 1), "nan", "inf", "1e400"]
+)
+def test_every_integer_key_refuses_values_beyond_its_type(key: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping({key: raw}, strings=True)
+    assert str(info.value).startswith(f"{key}: ") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", _keys_of("int"))
+def test_every_integer_key_refuses_a_bool_and_a_huge_toml_value(key: str) -> None:
+    for raw in (True, 10**20, 1e30):
+        with pytest.raises(ConfigError, match=f"^{key}: "):
+            Config.from_mapping({key: raw})
+
+
+@pytest.mark.parametrize("key", _keys_of("float"))
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "1e39", "-1e39", "1e400"])
+def test_every_float_key_refuses_non_finite_and_beyond_float32(key: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_mapping({key: raw}, strings=True)
+    assert str(info.value).startswith(f"{key}: ") and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=f"^{key}: "):
+        Config.from_mapping({key: True})
+
+
+def test_the_largest_seed_allowed_seeds_torch_and_numpy() -> None:
+    import numpy as np
+    import torch
+
+    from fedadamw.config import INT64_LIMIT
+
+    top = Config.from_mapping({"seed": str(INT64_LIMIT - 1)}, strings=True)
+    torch.manual_seed(top.seed)  # the references: both accept it
+    np.random.default_rng([top.seed, 1, 2])
+    with pytest.raises(ConfigError, match=r"^seed: 9223372036854775808 is not allowed"):
+        Config.from_mapping({"seed": str(INT64_LIMIT)}, strings=True)
+    with pytest.raises((RuntimeError, ValueError)):  # what the bound protects: torch refuses 2**64
+        torch.manual_seed(2**64)

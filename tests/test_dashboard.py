@@ -239,8 +239,9 @@ def test_unknown_config_falls_back_to_partition_order(
 def test_dashboard_command_rejects_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert dashboard_command(tmp_path / "no" / "such", 8501) == 2
-    assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert dashboard_command(tmp_path / "a-file" / "out", 8501) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
     assert dashboard_command(tmp_path, 70000) == 2
     assert "--port: 70000 is not allowed" in capsys.readouterr().err
     with socket.socket() as busy:
@@ -393,3 +394,62 @@ def test_dashboard_command_stops_its_server_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_every_broken_store_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torn = b"SQLite format 3\x00" + b"\x00" * 40
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.db").write_bytes(torn)
+    (tmp_path / "three").mkdir()
+    _older_schema(tmp_path / "three")
+    outs = [tmp_path / n for n in ("one", "two", "three")]
+    monkeypatch.setenv(STORE_ENV, os.pathsep.join(str(p) for p in outs))
+    at = AppTest.from_file(str(DASHBOARD_SCRIPT), default_timeout=TIMEOUT)
+    at.run()
+    (shown,) = texts(at, "error")
+    assert "none of the 3 stores can be shown" in shown
+    for out in outs:
+        assert str(out / "results.db") in shown
+    assert shown.count("half-written or damaged") == 2 and "written by an older fedadamw" in shown
+
+
+def test_dashboard_command_waits_for_a_folder_that_does_not_exist_yet(tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "later"
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from pathlib import Path; "
+        "from fedadamw.viz.commands import dashboard_command; "
+        f"sys.exit(dashboard_command(Path({str(out)!r}), {port}))",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert f"http://127.0.0.1:{port}" in line and "waiting for the run to create it" in line
+        assert proc.poll() is None and not out.exists()  # serving, and it made nothing
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_page_opens_on_a_setting_with_decay_and_says_why_lambda_zero_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid = [{"weight-decay": wd} for wd in (0.0, 0.01, 0.1)]
+    write_synthetic_store(
+        tmp_path, seeds=(0, 1), num_rounds=2, experiment="align", grid=grid, parts=True
+    )
+    at = open_app(tmp_path, monkeypatch)
+    setting = at.selectbox(key="setting")
+    # not λ = 0, where coupled and decoupled are the same optimizer: the largest λ (equal rounds)
+    assert "weight-decay=0.1" in setting.format_func(setting.value)
+    assert not any("λ = 0" in t for t in [*texts(at, "info"), *texts(at, "caption")])
+    zero = list(setting.options).index("weight-decay=0")  # the options as the page shows them
+    setting.select_index(zero).run()
+    assert any("λ = 0 in this setting" in t for t in texts(at, "info"))
+    assert any("decay-part panel stays empty" in t for t in texts(at, "caption"))

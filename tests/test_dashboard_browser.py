@@ -47,8 +47,16 @@ def chromium() -> str:
     return needs.chromium()
 
 
-def _wait_healthy(url: str, proc: Any, timeout: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout
+# Waits follow the page's state, not a budget sized for a quiet machine: a wait goes on while
+# the server lives and Streamlit is still running the script (its "Running…" widget is up),
+# and fails at once on a dead server or a drawn exception. IDLE_S bounds how long an idle
+# page may go without the awaited state; CEILING_S only catches a hang.
+IDLE_S = 30.0
+CEILING_S = 600.0
+
+
+def _wait_healthy(url: str, proc: Any) -> None:
+    deadline = time.monotonic() + CEILING_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the dashboard server exited with status {proc.returncode}")
@@ -58,7 +66,29 @@ def _wait_healthy(url: str, proc: Any, timeout: float = 40.0) -> None:
                     return
         except OSError:
             time.sleep(0.25)
-    raise TimeoutError(f"the dashboard did not answer at {url} within {timeout:.0f} s")
+    raise TimeoutError(f"the dashboard did not answer at {url} within {CEILING_S:.0f} s")
+
+
+def _wait_for_page(page: Any, condition: str, what: str, server: Any) -> None:
+    """Until the JS `condition` holds on the page (see IDLE_S and CEILING_S above)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    started = idle_since = time.monotonic()
+    while True:
+        try:
+            page.wait_for_function(condition, timeout=2_000)
+            return
+        except PlaywrightTimeout:
+            pass
+        now = time.monotonic()
+        assert server.poll() is None, f"the dashboard server exited while waiting for {what}"
+        errors = page.locator("[data-testid='stException']")
+        assert errors.count() == 0, errors.first.inner_text()
+        busy = page.locator("[data-testid='stStatusWidget']").count() > 0
+        if busy:
+            idle_since = now
+        assert now - idle_since < IDLE_S, f"the page is idle without {what} for {IDLE_S:.0f} s"
+        assert now - started < CEILING_S, f"no {what} within {CEILING_S:.0f} s"
 
 
 def _settle(page: Any) -> None:
@@ -69,7 +99,7 @@ def _settle(page: Any) -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def served(tmp_path: Path) -> Iterator[tuple[str, Path, Any]]:
     """A dashboard server over a synthetic store: three seeds, and one run still writing."""
     out = tmp_path / "run"
     write_synthetic_store(out, seeds=(0, 1, 2), num_rounds=8, num_clients=10, real_labels=True)
@@ -83,7 +113,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url, proc)
-        yield url, out
+        yield url, out, proc
     finally:
         stop_process(proc)  # by pid: terminate, then kill if it lingers
         writer.release()
@@ -91,12 +121,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_dashboard_renders_in_chromium(
-    chromium: str, served: tuple[str, Path], tmp_path: Path
+    chromium: str, served: tuple[str, Path, Any], tmp_path: Path
 ) -> None:
     shots = Path(os.environ.get("FEDADAMW_SCREENSHOTS") or tmp_path)
     from playwright.sync_api import sync_playwright
 
-    url, out = served
+    url, out, _ = served
     errors: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
@@ -105,9 +135,11 @@ def test_dashboard_renders_in_chromium(
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_function(
+            _wait_for_page(
+                page,
                 f"document.querySelectorAll('.js-plotly-plot').length >= {MAIN_FIGURES}",
-                timeout=40_000,
+                f"{MAIN_FIGURES} figures",
+                served[2],
             )
             # Every figure drew traces with data points into its SVG.
             drawn = page.evaluate(
@@ -120,6 +152,14 @@ def test_dashboard_renders_in_chromium(
             )
             assert len(drawn) >= MAIN_FIGURES
             assert all(d["traces"] > 0 and d["points"] > 0 and d["svg"] > 0 for d in drawn), drawn
+            # Bands take their arm's colour: coupled's and decoupled's differ, neither is grey.
+            fills = page.evaluate(
+                """() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(
+                    gd => (gd._fullData || []).filter(t => t.fill === 'toself')
+                        .map(t => t.fillcolor))"""
+            )
+            rgb = {tuple(int(v) for v in re.findall(r"\d+", f)[:3]) for f in fills}
+            assert len(rgb) >= 2 and all(len(set(c)) > 1 for c in rgb), fills
             lines = page.locator(".js-plotly-plot .scatterlayer .js-line").count()
             heatmaps = page.locator(".js-plotly-plot .hm image").count()
             assert lines >= 4 and heatmaps == 2
@@ -181,7 +221,12 @@ def test_dashboard_follows_a_run_that_starts_after_it_opened(chromium: str, tmp_
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.goto(url, wait_until="domcontentloaded")
-                page.get_by_text("no results store at").wait_for(timeout=40_000)
+                _wait_for_page(
+                    page,
+                    "document.body.innerText.includes('no results store at')",
+                    "the waiting note",
+                    server,
+                )
                 # A small real run, through the command researchers type, with both trackers.
                 run = subprocess.Popen(
                     [

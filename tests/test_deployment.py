@@ -37,6 +37,7 @@ from fedadamw.config import Config
 from fedadamw.data.split import DataSpec, holdout, partition_indices
 from fedadamw.errors import ConfigError
 from fedadamw.results.reader import connect_readonly
+from fedadamw.results.writer import ResultStore
 from fedadamw.viz.serve import free_ports
 from server import strategy as strategy_module
 from server.app import discover_partitions
@@ -468,6 +469,13 @@ def test_nodes_and_processes_without_their_credentials_are_refused(tmp_path: Pat
         args = dep.run_args("escape", outside, stream=False)
         run_id = int(json.loads(dep.flwr(*args, "--format", "json").stdout)["run-id"])
         dep.start("no-secret", _without(dep.argv("serverapp"), SECRET_FLAG), "serverapp")
+        wrong = tmp_path / "wrong.secret"
+        wrong.write_text(os.urandom(32).hex())  # the form generate.sh writes, not the secret
+        dep.start(
+            "wrong-secret",
+            [*_without(dep.argv("serverapp"), SECRET_FLAG), f"{SECRET_FLAG}={wrong}"],
+            "serverapp",
+        )
 
         # (a): the node gives up, and the SuperLink says why (HTTP 412 on activate-node).
         assert dep.wait_exit("supernode-2") != 0
@@ -479,8 +487,11 @@ def test_nodes_and_processes_without_their_credentials_are_refused(tmp_path: Pat
         assert dep.wait_exit("supernode-3") != 0
         assert "CERTIFICATE_VERIFY" in dep.procs.log("supernode-3"), dep.procs.tails()
         # (c): the SuperLink answers the SuperExec's first AcquireTask with 401 and the
-        # SuperExec stops (Flower 1.41 exits it with status 0: the log is the evidence).
-        dep.wait_exit("no-secret", 60)
+        # SuperExec stops (Flower 1.41 exits it with status 0; fedadamw.deploy says why, exit 1).
+        assert dep.wait_exit("no-secret", 60) == 1
+        assert dep.wait_exit("wrong-secret", 60) == 1
+        for name in ("no-secret", "wrong-secret"):
+            assert "fedadamw: error: flower-superexec stopped by itself" in dep.procs.log(name)
         link_log = dep.procs.log("superlink")
         assert "SuperExec authentication failed for /flwr.proto.Runtime/AcquireTask" in link_log
         assert '"POST /v1/runtime/acquire-task HTTP/1.1" 401' in link_log
@@ -619,6 +630,8 @@ def test_make_flwr_run_works_without_an_activated_venv(tmp_path: Path) -> None:
         assert proc.returncode == 0, text[-6000:]
         assert "Unable to launch `flower-superlink`" not in text
         assert f"({FLWR_RUN_CLIENTS} simulated SuperNodes)" in text
+        # `make flwr-run` ends with the run's summary and where its results are
+        assert f"results: {results / experiment / 'results.db'}" in text
         superlinks = _local_superlinks(home)
         assert len(superlinks) == 1, f"expected the one local SuperLink; found {superlinks}"
     finally:
@@ -776,7 +789,11 @@ def test_compose_services_become_loopback_processes() -> None:
     assert f"--superexec-auth-secret-file={certs}/superexec.secret" in argvs["superlink"]
     assert f"--database={state}/state.db" in argvs["superlink"]
     assert argvs["serverapp"] == [
-        "flower-superexec",
+        "python",
+        "-m",
+        "fedadamw.deploy",
+        "superexec",
+        "--",
         "--runtime-api-address=127.0.0.1:30000",
         f"--root-certificates={certs}/ca.crt",
         f"--superexec-auth-secret-file={certs}/superexec.secret",
@@ -901,6 +918,87 @@ def test_connect_leaves_a_file_it_cannot_parse_alone(
     with pytest.raises(ConfigError, match="connection name"):
         deploy.write_connection(config, "a b", "127.0.0.1:8000", ca)
     assert config.read_text() == 'superlink = "not a table"\n'
+
+
+@pytest.mark.parametrize(
+    ("address", "needle"),
+    [
+        ("127.0.0.1:99999", "port 99999 is not allowed; expected 1-65535"),
+        ("127.0.0.1:0", "port 0 is not allowed; expected 1-65535"),
+        ("[::1]:65536", "port 65536 is not allowed"),
+        ("127.0.0.1", "expected HOST:PORT"),
+        ("[not ipv6]:8000", "expected HOST:PORT"),
+    ],
+)
+def test_connect_range_checks_the_port(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    address: str,
+    needle: str,
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    config = tmp_path / "config.toml"
+    config.write_text('[superlink.local]\naddress = ":local:"\n')
+    before = config.read_bytes()
+    assert deploy.main(["connect", "--insecure", "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+    assert config.read_bytes() == before and not deploy.backup_path(config).exists()
+    for good in ("127.0.0.1:1", "[::1]:65535"):
+        deploy.check_address(good)
+
+
+def test_the_flwr_run_summary_says_how_the_arms_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedadamw.run.experiment import run_id_for
+
+    monkeypatch.setenv("FEDADAMW_RESULTS_ROOT", str(tmp_path))
+    text = "num-clients=3 num-server-rounds=2 experiment='flwr-sum'"
+    assert deploy.parse_run_config(text) == {
+        "num-clients": 3,
+        "num-server-rounds": 2,
+        "experiment": "flwr-sum",
+    }
+    assert deploy.main(["summary", "--run-config", text]) == 1  # nothing was written
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wrote no results store" in err
+    cfg = Config.from_mapping(deploy.parse_run_config(text))
+    store = tmp_path / "flwr-sum" / "results.db"
+    with ResultStore(store) as writer:
+        for arm, status in zip(cfg.arm_list, ("finished", "failed: RuntimeError: x"), strict=True):
+            rid = run_id_for(cfg, arm)
+            writer.start_run(rid, cfg.experiment, arm, arm, cfg.weight_decay, cfg.to_json())
+            writer.finish_run(rid, status)
+    assert deploy.main(["summary", "--run-config", text]) == 1
+    out, err = capsys.readouterr()
+    assert f"results: {store}" in out
+    assert err.count("\n") == 1
+    assert f"did not finish every arm ({cfg.arm_list[1]} failed: RuntimeError: x)" in err
+    with ResultStore(store) as writer:
+        writer.finish_run(run_id_for(cfg, cfg.arm_list[1]))
+    assert deploy.main(["summary", "--run-config", text]) == 0
+    assert f"results: {store}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("exit_code", "expected"), [(0, 1), (3, 3)])
+def test_a_superexec_that_stops_by_itself_is_an_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    exit_code: int,
+    expected: int,
+) -> None:
+    fake = tmp_path / "flower-superexec"  # stands in for Flower's, refused by the SuperLink
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\nexit {exit_code}\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr("fedadamw.deploy.shutil.which", lambda name, path=None: str(fake))
+    assert deploy.main(["superexec", "--", "--runtime-api-address=x:1", "--insecure"]) == expected
+    assert (tmp_path / "args").read_text().split() == ["--runtime-api-address=x:1", "--insecure"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert ("stopped by itself" if exit_code == 0 else f"exited with status {exit_code}") in err
 
 
 class _FakeGrid:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,55 @@ def test_bad_sweeps_are_one_line_errors(
     with pytest.raises(ConfigError) as info:
         expand(load(f), sets)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sweep]\nseed = [0, 0]\n", "sweep 'seed' lists 0 twice"),
+        ("[sweep]\nweight-decay = [0.1, 0.2, 0.1]\n", "sweep 'weight-decay' lists 0.1 twice"),
+        ("[sweep]\nx = [{seed = 1}, {seed = 1}]\n", 'lists {"seed": 1} twice'),
+        ("[sweep]\nseed = [0, 0.0]\n", "grid points 1 and 2 are the same config"),
+        ("[sweep]\nx = [{seed = 1}, {seed = 1.0}]\n", "grid points 1 and 2 are the same config"),
+    ],
+)
+def test_a_value_swept_twice_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    from fedadamw.errors import ConfigError
+    from fedadamw.run.experiment import expand, load
+
+    f = tmp_path / "dup.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        expand(load(f))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_grid_beyond_the_bound_is_refused_before_it_is_made(tmp_path: Path) -> None:
+    from fedadamw.errors import ConfigError
+    from fedadamw.run.experiment import MAX_GRID_POINTS, Experiment, expand, grid_size
+
+    # 6.6e11 points: 7 keys of 48 values. Making them would never end; counting is instant.
+    sweep: dict[str, list[Any]] = {
+        k: list(range(48)) for k in ("seed", "num-clients", "local-steps", "batch-size")
+    }
+    sweep |= {k: [0.001 * (i + 1) for i in range(48)] for k in ("weight-decay", "learning-rate")}
+    sweep["pairs-limit"] = list(range(2, 50))
+    exp = Experiment(sweep=sweep)
+    assert grid_size(exp) == 48**7 > MAX_GRID_POINTS
+    with pytest.raises(ConfigError, match=r"48 × 48 .* = 587,068,342,272 grid points"):
+        expand(exp)
+
+
+@pytest.mark.parametrize(
+    "data", [b'seed = 1\nexperiment = "caf\xe9"\n', bytes(range(256)), b"\xff\xfe\x00s"]
+)
+def test_an_experiment_file_that_is_not_utf8_is_one_line(tmp_path: Path, data: bytes) -> None:
+    from fedadamw.errors import ConfigError
+    from fedadamw.run.experiment import load
+
+    f = tmp_path / "bad.toml"
+    f.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load(f)
+    assert "\n" not in str(info.value)
+    assert "not UTF-8 text" in str(info.value)

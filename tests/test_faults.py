@@ -286,3 +286,49 @@ def test_a_second_writer_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     finally:
         first.proc.send_signal(signal.SIGINT)
         _finish(first, timeout=60)
+
+
+def test_a_killed_simulation_child_is_explained(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli = _start(out, "--set", "engine=vmap", "--set", "num-server-rounds=200")
+    _wait_for_round(out, "coupled", 1)
+    os.kill(_simulation_pgid(out), signal.SIGKILL)  # as the out-of-memory killer would
+    code, _, stderr = _finish(cli)
+    assert code == 1
+    assert stderr.strip().splitlines()[-1] == (
+        "fedadamw: error: the simulation process was killed by SIGKILL (often the kernel's "
+        "out-of-memory killer); finished rounds are stored: run the same command to resume"
+    )
+    assert arm_summary(out / "results.db")  # the rounds it stored are there
+
+
+def test_a_closed_stdout_pipe_does_not_fail_the_arms(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = " ".join(
+        [
+            sys.executable,
+            "-m",
+            "fedadamw.cli",
+            "run",
+            "--out",
+            str(out),
+            *ARGS,
+            "--set",
+            "engine=vmap",
+        ]
+    )
+    # `head -n 1` reads the header line and exits: every later line meets a closed pipe.
+    proc = subprocess.run(
+        ["bash", "-c", f"{command} | head -n 1; exit ${{PIPESTATUS[0]}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("fedadamw faults:") and proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    summary = arm_summary(out / "results.db")
+    assert {r["status"] for r in summary} == {"finished"}
+    assert {r["rounds"] for r in summary} == {ROUNDS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from fedadamw.results.lock import FolderInUseError, WriterLock, writer_alive
 from fedadamw.results.reader import connect_readonly
 from fedadamw.results.summaries import arm_summary
 from fedadamw.results.writer import (
+    SCHEMA,
     ResultStore,
     RoundRecord,
     RunInfo,
@@ -192,44 +194,54 @@ def test_read_only_uri_survives_odd_characters(tmp_path: Path, name: str) -> Non
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("results.db")) == []
 
 
+# The reader, in a process that imports everything first and only then gives up its rights,
+# so whether `nobody` could reach the checkout or its venv (a 0700 home above it) never
+# matters: only the store's own folder must be reachable, and `_open_to_all` makes one.
+_READ_AS_NOBODY = """
+import os, sys
+from fedadamw.results.summaries import arm_summary
+arm_summary(sys.argv[1])  # a writable copy: every lazy import happens now
+if os.geteuid() == 0:  # root ignores file modes: become nobody, as a reader without rights
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+assert not os.access(sys.argv[2], os.W_OK), "the folder must be read-only to this process"
+print([(r["status"], r["rounds"]) for r in arm_summary(os.path.join(sys.argv[2], "results.db"))])
+"""
+
+
 @pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A temp folder another user can enter (pytest's own tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="fedadamw-ro-"))
+def open_to_all() -> Iterator[Path]:
+    """A folder of ours that every user can enter: under the first temp root whose every
+    ancestor lets others through (pytest's tmp_path, TMPDIR, a home may be private)."""
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):
+        chain = [Path(base).resolve(), *Path(base).resolve().parents]
+        if all(p.is_dir() and p.stat().st_mode & stat.S_IXOTH for p in chain):
+            break
+    else:
+        pytest.fail("no temp folder that other users can enter (/tmp, /var/tmp, /dev/shm)")
+    path = Path(tempfile.mkdtemp(prefix="fedadamw-ro-", dir=base))
     path.chmod(0o755)
     yield path
-    for sub in path.rglob("*"):
+    for sub in [path, *path.rglob("*")]:
         if sub.is_dir():
             sub.chmod(0o755)
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _unprivileged(argv: list[str]) -> list[str]:
-    """Run `argv` as `nobody` when we are root: root ignores file permissions."""
-    if os.geteuid() != 0:
-        return argv
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.fail("setpriv (util-linux) is needed to test read-only folders as root")
-    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-
-
-def test_a_store_in_a_read_only_folder_is_readable(shared_tmp: Path) -> None:
-    folder = shared_tmp / "run"
+def test_a_store_in_a_read_only_folder_is_readable(open_to_all: Path, tmp_path: Path) -> None:
+    folder = open_to_all / "run"
     with ResultStore(folder / "results.db") as store:
         store.start_run(RUN, "e", "decoupled", "decoupled", 0.01, "{}")
         _write(store, 1)
         store.finish_run(RUN)
+    warm = tmp_path / "warm"
+    shutil.copytree(folder, warm)
     for p in folder.iterdir():
         p.chmod(0o644)
     folder.chmod(0o555)
-    code = (
-        "from fedadamw.results.summaries import arm_summary; "
-        "print([(r['status'], r['rounds']) for r in arm_summary("
-        f"{str(folder / 'results.db')!r})])"
-    )
     proc = subprocess.run(
-        _unprivileged([sys.executable, "-c", code]),
+        [sys.executable, "-c", _READ_AS_NOBODY, str(warm / "results.db"), str(folder)],
         capture_output=True,
         text=True,
         check=False,
@@ -238,3 +250,60 @@ def test_a_store_in_a_read_only_folder_is_readable(shared_tmp: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[('finished', 1)]"
+    assert sorted(p.name for p in folder.iterdir()) == ["results.db"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("sql", "needle"),
+    [
+        ("create table runs(a,b); insert into runs values(1,2);", "no meta table"),
+        ("create table foo(x);", "no meta table"),
+        (
+            "create table meta(key text primary key, value text not null);"
+            "insert into meta values('schema_version','6'); create table foo(x);",
+            "table 'foo'",
+        ),
+        (
+            "create table meta(key text primary key, value text not null);"
+            "insert into meta values('schema_version','6'); create table runs(a, b);",
+            "table 'runs': no arm",
+        ),
+        (
+            "create table meta(key text primary key, value text not null);"
+            "insert into meta values('schema_version','six');",
+            "schema version 'six'",
+        ),
+        ("create table meta(k, v);", "a meta table of other columns"),
+    ],
+)
+def test_a_store_fedadamw_did_not_create_is_refused_and_left_byte_identical(
+    tmp_path: Path, sql: str, needle: str
+) -> None:
+    path = tmp_path / "results.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(sql)
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="is not a fedadamw results store") as info:
+        ResultStore(path)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.db"]  # no -wal, no -shm
+
+
+def test_a_store_of_an_older_schema_without_the_added_columns_is_still_ours(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "results.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+    conn.execute("ALTER TABLE checkpoints DROP COLUMN server_state")  # added in schema 6
+    conn.commit()
+    conn.close()
+    ResultStore(path).close()  # upgraded in place
+    conn = sqlite3.connect(path)
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(checkpoints)")}
+    conn.close()
+    assert "server_state" in columns

@@ -136,3 +136,76 @@ def test_run_with_an_unknown_tracker_exits_2_before_anything_runs(
     err = capsys.readouterr().err
     assert "--log: 'wandb' is not allowed" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def _mlflow_runs(uri: str) -> dict[str, list[tuple[str, str]]]:
+    """Every MLflow run (deleted ones too) by fedadamw run id: (MLflow id, lifecycle stage)."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found: dict[str, list[tuple[str, str]]] = {}
+    for run in client.search_runs(ids, run_view_type=ViewType.ALL):
+        key = run.data.tags["fedadamw.run_id"]
+        found.setdefault(key, []).append((run.info.run_id, run.info.lifecycle_stage))
+    return found
+
+
+def test_one_arm_is_one_mlflow_run_across_interrupt_resume_export_and_restart(
+    synthetic: Synthetic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    folder = tmp_path / "ml"
+    uri = f"sqlite:///{folder}/mlflow.db"
+    # The store as an interrupted run left it: rounds after 1 not written yet.
+    partial = tmp_path / "partial"
+    shutil.copytree(synthetic.path.parent, partial)
+    conn = sqlite3.connect(partial / "results.db")
+    for table in ("rounds", "clients", "layers", "pairs", "rejections"):
+        conn.execute(f"DELETE FROM {table} WHERE round > 1")
+    conn.execute("UPDATE runs SET status='interrupted'")
+    conn.commit()
+    conn.close()
+
+    def export(out: Path) -> None:
+        assert cli.main(["export", str(out), "--format", "mlflow", "--dir", str(folder)]) == 0
+
+    export(partial)
+    first = _mlflow_runs(uri)
+    assert sorted(first) == sorted(synthetic.run_ids.values())
+    export(synthetic.path.parent)  # resumed and finished
+    export(synthetic.path.parent)  # exported again
+    after = _mlflow_runs(uri)
+    assert after == first  # the same one MLflow run per arm, none deleted, none added
+    client = MlflowClient(tracking_uri=uri)
+    for run_id, [(mlflow_id, _)] in after.items():
+        assert client.get_run(mlflow_id).info.status == "FINISHED"
+        ref = _store_rounds(synthetic, run_id)
+        for column in ("test_accuracy", "dispersion"):
+            got = sorted(
+                (m.step, m.value) for m in client.get_metric_history(mlflow_id, metric_name(column))
+            )
+            # each stored round exactly once
+            assert got == [(k, ref[k][column]) for k in sorted(ref) if column in ref[k]]
+    # --restart ran one arm again: different rows for rounds it held, so its run is replaced.
+    redone = tmp_path / "redone"
+    shutil.copytree(synthetic.path.parent, redone)
+    run_id = sorted(synthetic.run_ids.values())[0]
+    conn = sqlite3.connect(redone / "results.db")
+    conn.execute("UPDATE rounds SET test_accuracy = 0.125 WHERE run_id=? AND round=1", (run_id,))
+    conn.commit()
+    conn.close()
+    export(redone)
+    final = _mlflow_runs(uri)
+    assert {k: v for k, v in final.items() if k != run_id} == {
+        k: v for k, v in first.items() if k != run_id
+    }
+    live = [m for m, stage in final[run_id] if stage == "active"]
+    assert len(live) == 1 and live[0] != first[run_id][0][0]
+    history = client.get_metric_history(live[0], metric_name("test_accuracy"))
+    assert [m.value for m in history if m.step == 1] == [0.125]

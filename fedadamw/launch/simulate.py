@@ -33,10 +33,10 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedadamw.config import Config
-from fedadamw.errors import ConfigError, print_error
+from fedadamw.errors import ConfigError, print_error, survive_closed_stdout
 from fedadamw.launch.spec import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -136,7 +136,8 @@ def _quiet_flower(spec: Spec) -> None:
     from flwr.supercore.logger import update_console_handler
 
     update_console_handler(level=logging.CRITICAL)
-    to_file = logging.FileHandler(Path(spec.out_dir) / LOG_FILE, encoding="utf-8")
+    # delay: the file is made by the first error, so a run without one leaves none
+    to_file = logging.FileHandler(Path(spec.out_dir) / LOG_FILE, encoding="utf-8", delay=True)
     to_file.setLevel(logging.ERROR)
     to_file.setFormatter(logging.Formatter("=== %(asctime)s flower %(levelname)s\n%(message)s"))
     logging.getLogger("flwr").addHandler(to_file)
@@ -216,6 +217,7 @@ def _run_flower(
     gpus = spec.client_gpus
     if gpus is None:  # decided here, where torch is imported anyway (the CLI stays light)
         gpus = 0.25 if torch.cuda.is_available() else 0.0
+    check_cluster_resources(spec.client_cpus, gpus)
     # Ray is already up (`_start_ray`): Flower's backend then uses it as it is.
     run_simulation(
         server_app=make_app(
@@ -238,9 +240,29 @@ def _run_flower(
     )
 
 
+def check_cluster_resources(cpus: float, gpus: float) -> None:
+    """ConfigError when no node of the running Ray cluster can hold one client's resources.
+
+    Flower would otherwise start an empty actor pool and end with "An error was encountered".
+    """
+    import ray
+
+    listed: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    nodes = [n.get("Resources", {}) for n in listed if n.get("Alive")]
+    if any(n.get("CPU", 0.0) >= cpus and n.get("GPU", 0.0) >= gpus for n in nodes):
+        return
+    most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    most_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    raise ConfigError(
+        f"--client-cpus {cpus:g} / --client-gpus {gpus:g}: no Ray node has that much "
+        f"(the largest has {most_cpus:g} CPUs, {most_gpus:g} GPUs); ask for less per client"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `python -m fedadamw.launch.simulate SPEC.json`."""
     args = sys.argv[1:] if argv is None else argv
+    survive_closed_stdout()  # a closed pipe (`| head`) is not a failed arm
     spec = Spec.read(Path(args[0]))
     stopper = _Stopper(spec)
     code = EXIT_FAILED

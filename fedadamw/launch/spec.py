@@ -11,7 +11,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WORKER_LOST, EXIT_STOPPED = 0, 1, 2, 75, 130
+from fedadamw.errors import EXIT_BAD_INPUT
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "EXIT_STOPPED", "EXIT_WORKER_LOST", "Spec"]
+
+EXIT_OK, EXIT_FAILED, EXIT_WORKER_LOST, EXIT_STOPPED = 0, 1, 75, 130  # bad input: errors.py
 
 
 @dataclass(frozen=True)

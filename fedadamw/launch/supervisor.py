@@ -105,6 +105,19 @@ def end_group(pgid: int, timeout: float = 3.0) -> bool:
     return False
 
 
+def killed_message(signum: int) -> str:
+    """Why the run stopped when something outside killed the simulation process."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    oom = " (often the kernel's out-of-memory killer)" if signum == signal.SIGKILL else ""
+    return (
+        f"the simulation process was killed by {name}{oom}; finished rounds are stored: "
+        "run the same command to resume"
+    )
+
+
 class Supervisor:
     """Runs the simulation process, restarting it after a lost worker; see the module."""
 
@@ -188,5 +201,8 @@ class Supervisor:
                     end_group(self.child.pid)  # no orderly stop in time: end it all
         end_group(self.child.pid)  # Ray's agents and workers outlive the child otherwise
         if code < 0:  # killed by a signal
-            return EXIT_STOPPED if self.signal is not None else 1
+            if self.signal is not None:
+                return EXIT_STOPPED
+            print_error(killed_message(-code))
+            return 1
         return code if code < 128 else EXIT_STOPPED

@@ -127,6 +127,7 @@ def _load(path: Path, final_rounds: int, notes: list[str]) -> tuple[_Table, dict
     unfinished = int((runs["status"] != FINISHED).sum())
     if unfinished:
         notes.append(f"{unfinished} run(s) not finished are left out")
+    _note_short_runs(runs, trained, final_rounds, notes)
     table: _Table = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     has_validation = False
     for _, run in runs[runs["status"] == FINISHED].iterrows():
@@ -143,6 +144,19 @@ def _load(path: Path, final_rounds: int, notes: list[str]) -> tuple[_Table, dict
         setting = setting_of(cfg, also_without=OPTIMIZER_KEYS)
         table[setting][str(run["mode"])][point][int(cfg.get("seed", 0))] = values
     return table, _labels(list(table)), has_validation
+
+
+def _note_short_runs(runs: Any, trained: Any, final_rounds: int, notes: list[str]) -> None:
+    """Say so when finished runs have fewer trained rounds than the final-rounds window."""
+    done = set(runs.loc[runs["status"] == FINISHED, "run_id"])
+    counts = trained[trained["run_id"].isin(done)].groupby("run_id")["round"].nunique()
+    short = counts[counts < final_rounds]
+    if len(short):
+        notes.append(
+            f"{len(short)} run(s) have fewer than final-rounds = {final_rounds} trained rounds "
+            f"(as few as {int(short.min())}): their final accuracy is the mean over all of "
+            "their rounds; pass --final-rounds to match"
+        )
 
 
 def _labels(settings: list[str]) -> dict[str, str]:
@@ -274,7 +288,9 @@ def compare(
     table, labels, has_validation = _load(Path(path), final_rounds, notes)
     on = VAL_ACCURACY if has_validation else "test_accuracy"
     report = Report(final_rounds, match, "validation" if has_validation else "test", notes=notes)
-    if not has_validation:
+    if not table:
+        notes.append("no run has finished yet: compare again once arms have finished")
+    elif not has_validation:
         notes.append(
             "no validation accuracy stored (val-fraction 0 or an older store): points are "
             "selected on the test split they are scored on, which is optimistic"

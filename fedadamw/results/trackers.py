@@ -14,7 +14,9 @@ exactly the rounds the store holds. Each arm's files are rewritten as a whole ev
   params, every per-round statistic as metrics (step = round) and a snapshot of the results
   store as an artifact. MLflow 3 refuses its plain-file backend unless told otherwise; SQLite
   is its recommended local store (`mlflow ui --backend-store-uri sqlite:///OUT/mlflow/mlflow.db`).
-  `MLFLOW_TRACKING_URI`, when set, sends the runs to that store instead.
+  `MLFLOW_TRACKING_URI`, when set, sends the runs to that store instead. An arm stays one
+  MLflow run across interrupts, resumes, exports and re-runs (found by its `fedadamw.run_id`
+  tag; later commands add only the rounds it lacks); `--restart` replaces it.
 
 Only `tensorboard` (its event writer and protos, no TensorFlow) and `mlflow-skinny` are
 needed: `pip install 'fedadamw[trackers]'`. Neither imports torch.
@@ -23,6 +25,7 @@ needed: `pip install 'fedadamw[trackers]'`. Neither imports torch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import math
@@ -49,6 +52,7 @@ PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_DIR = "mlflow"
 RUN_ID_TAG = "fedadamw.run_id"  # the MLflow tag that finds an arm's run again
+LOGGED_TAG = "fedadamw.logged"  # "<last round>:<digest of the rows up to it>" it holds
 # hparams metrics: what a run ended with, and how spread its clients' updates were
 SUMMARY_METRICS = (
     "final_accuracy",
@@ -321,23 +325,16 @@ def write_mlflow(store: Path, folder: Path, arms: Sequence[ArmLog]) -> str:
                 )
             else:
                 experiment_id = experiment.experiment_id
-            # An arm logged before (a resumed or re-run command) is replaced, not duplicated.
-            for old in client.search_runs(
-                [experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{arm.run_id}'"
-            ):
-                client.delete_run(old.info.run_id)
-            run = client.create_run(
-                experiment_id,
-                start_time=int(arm.started_at * 1000),
-                run_name=arm.run_id,
-                tags={RUN_ID_TAG: arm.run_id, "fedadamw.status": arm.status, "mode": arm.mode},
-            )
-            rid = run.info.run_id
-            params = [Param(k, str(v)) for k, v in arm.config.items()]
+            rid, first = _mlflow_run(client, experiment_id, arm)
+            if first == 0:  # a new MLflow run: params are written once (they never change)
+                params = [Param(k, str(v)) for k, v in arm.config.items()]
+                client.log_batch(rid, params=params, tags=[RunTag("fedadamw.store", str(store))])
             metrics = []
             wall = arm.started_at
             for _, row in arm.rounds.iterrows():
                 wall += _seconds(row)
+                if int(row["round"]) < first:
+                    continue  # logged by an earlier command, and unchanged in the store
                 metrics += [
                     Metric(str(k), float(v), int(wall * 1000), int(row["round"]))
                     for k, v in row.items()
@@ -345,11 +342,14 @@ def write_mlflow(store: Path, folder: Path, arms: Sequence[ArmLog]) -> str:
                 ]
             last = int(arm.rounds["round"].max())
             metrics += [
-                Metric(f"hparams/{k}", v, int(wall * 1000), last) for k, v in arm.summary.items()
+                Metric(f"hparams/{k}", v, int(wall * 1000), last)
+                for k, v in arm.summary.items()
+                if last >= first
             ]
-            client.log_batch(rid, params=params, tags=[RunTag("fedadamw.store", str(store))])
             for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 per batch
                 client.log_batch(rid, metrics=metrics[i : i + 1000])
+            client.set_tag(rid, "fedadamw.status", arm.status)
+            client.set_tag(rid, LOGGED_TAG, f"{last}:{_rounds_digest(arm, last)}")
             client.log_artifact(rid, str(snapshot))
             status = MLFLOW_STATUS.get(arm.status, "FAILED")
             if arm.status.startswith(FAILED_PREFIX):
@@ -357,6 +357,52 @@ def write_mlflow(store: Path, folder: Path, arms: Sequence[ArmLog]) -> str:
             end = arm.finished_at or wall
             client.set_terminated(rid, status=status, end_time=int(end * 1000))
     return uri
+
+
+def _rounds_digest(arm: ArmLog, last: int) -> str:
+    """A fingerprint of the arm's stored rows up to round `last` (what a tracker holds)."""
+    rows = arm.rounds[arm.rounds["round"] <= last]
+    text = rows.to_json(orient="split", double_precision=15)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _mlflow_run(client: Any, experiment_id: str, arm: ArmLog) -> tuple[str, int]:
+    """The MLflow run of an arm and the first round it still needs (0: a fresh run).
+
+    One arm of the store is one MLflow run, found again by its `RUN_ID_TAG` across interrupts,
+    resumes, exports and re-runs: while the rounds it holds are still the store's rows (a
+    resumed arm only adds rounds), only the new rounds are added to it. When they are not
+    (`--restart` ran the arm again), the run is replaced by a new one.
+    """
+    from mlflow.entities import ViewType
+
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_ID_TAG}` = '{arm.run_id}'",
+        run_view_type=ViewType.ALL,
+        order_by=["attributes.start_time ASC"],
+    )
+    live = [r for r in found if r.info.lifecycle_stage == "active"]
+    keep = (live or found or [None])[0]
+    for extra in live:  # an older fedadamw made one run per command: keep one
+        if extra is not keep:
+            client.delete_run(extra.info.run_id)
+    if keep is not None:
+        logged, _, digest = str(keep.data.tags.get(LOGGED_TAG, "")).partition(":")
+        if logged.isdigit() and digest == _rounds_digest(arm, int(logged)):
+            if keep.info.lifecycle_stage != "active":
+                client.restore_run(keep.info.run_id)
+            client.update_run(keep.info.run_id, status="RUNNING")
+            return keep.info.run_id, int(logged) + 1
+        if keep.info.lifecycle_stage == "active":
+            client.delete_run(keep.info.run_id)  # its rows are gone from the store
+    run = client.create_run(
+        experiment_id,
+        start_time=int(arm.started_at * 1000),
+        run_name=arm.run_id,
+        tags={RUN_ID_TAG: arm.run_id, "mode": arm.mode},
+    )
+    return str(run.info.run_id), 0
 
 
 def _snapshot(store: Path, target: Path) -> None:

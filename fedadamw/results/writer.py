@@ -31,6 +31,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,9 @@ class ResultStore:
             raise
 
     def _open(self) -> None:
-        found = self._schema_version()  # reads the file: "not a database" surfaces here
+        self._check_own_tables()  # reads the file: "not a database" surfaces here
+        found = self._schema_version()
+        self._check_own_columns(found)  # nothing is written into a file we did not make
         if found is not None and found != SCHEMA_VERSION and found not in _UPGRADABLE:
             newer = found > SCHEMA_VERSION
             raise StoreError(
@@ -225,6 +228,34 @@ class ResultStore:
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
 
+    def _check_own_tables(self) -> None:
+        """StoreError, before anything is written, for a file fedadamw did not create.
+
+        A store of ours has only our tables, each with our columns (an older schema may lack
+        the columns `_ADDED_COLUMNS` names, and whole tables); an empty file is a new store.
+        """
+        have = _tables(self._conn)
+        if not have:
+            return
+        if have.get("meta") != _expected_tables()["meta"]:
+            what = "no meta table" if "meta" not in have else "a meta table of other columns"
+            raise StoreError(_foreign(self.path, what))
+
+    def _check_own_columns(self, found: int | None) -> None:
+        if found is not None and found > SCHEMA_VERSION:
+            return  # a newer fedadamw's store: its own tables; refused by version next
+        have, expected = _tables(self._conn), _expected_tables()
+        unknown = sorted(set(have) - set(expected))
+        if unknown:
+            raise StoreError(_foreign(self.path, f"table {unknown[0]!r}"))
+        for table, columns in have.items():
+            added = {c.split()[0] for c in _ADDED_COLUMNS.get(table, ())}
+            missing = set(expected[table]) - added - set(columns)
+            extra = set(columns) - set(expected[table])
+            if missing or extra:
+                odd = ", ".join([*(f"no {c}" for c in sorted(missing)), *sorted(extra)])
+                raise StoreError(_foreign(self.path, f"table {table!r}: {odd}"))
+
     def _add_columns(self) -> None:
         for table, columns in _ADDED_COLUMNS.items():
             have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
@@ -239,6 +270,8 @@ class ResultStore:
         if not has_meta:
             return None
         row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is not None and not str(row[0]).isdigit():
+            raise StoreError(_foreign(self.path, f"schema version {str(row[0])[:20]!r}"))
         return None if row is None else int(row[0])
 
     def close(self) -> None:
@@ -431,6 +464,34 @@ class ResultStore:
                     "VALUES (?, ?, ?, ?)",
                     (*key, pack_state(rec.checkpoint), pack_state(rec.server_state)),
                 )
+
+
+def _tables(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """Every table of a database (SQLite's own left out) and its column names."""
+    names = [
+        str(r[0])
+        for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        if not str(r[0]).startswith("sqlite_")
+    ]
+    return {n: [str(r[1]) for r in conn.execute(f'PRAGMA table_info("{n}")')] for n in names}
+
+
+@cache
+def _expected_tables() -> dict[str, list[str]]:
+    """The tables and columns this version's `SCHEMA` makes, read from SQLite itself."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(SCHEMA)
+        return _tables(conn)
+    finally:
+        conn.close()
+
+
+def _foreign(path: Path, what: str) -> str:
+    return (
+        f"{path} is not a fedadamw results store ({what}); it was left untouched: "
+        "move it away or choose another --out"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+import math
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,13 @@ def load(path: str | Path) -> Experiment:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config {str(p)!r}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8: binary or another encoding
+        raise ConfigError(
+            f"--config {str(p)!r}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "an experiment file is UTF-8 TOML"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"--config {str(p)!r}: cannot be read ({exc.strerror})") from None
     sweep = data.pop("sweep", {})
     if not isinstance(sweep, dict):
         raise ConfigError(f"--config {str(p)!r}: 'sweep' must be a table of lists")
@@ -76,12 +85,36 @@ def load(path: str | Path) -> Experiment:
                 f"--config {str(p)!r}: sweep {key!r} mixes tables and values; "
                 "a list of tables sets several keys together, one table per grid value"
             )
+        _check_distinct(p, key, values)
         keys = sorted({k for t in tables for k in t}) if tables else [key]
         for k in keys:
             if k in data or k in swept:
                 raise ConfigError(f"--config {str(p)!r}: {k!r} is both set and swept")
         swept += keys
     return Experiment(overrides=data, sweep={k: list(v) for k, v in sweep.items()})
+
+
+# The most grid points one experiment may have: each point runs every arm and is one row of
+# `runs`; the grid is counted (product of the lengths) before any point is made.
+MAX_GRID_POINTS = 100_000
+
+
+def _check_distinct(path: Path, key: str, values: list[Any]) -> None:
+    """ConfigError for a sweep list that names a value twice (it would count as two seeds)."""
+    seen: set[str] = set()
+    for value in values:
+        token = json.dumps(value, sort_keys=True, default=str)
+        if token in seen:
+            raise ConfigError(
+                f"--config {str(path)!r}: sweep {key!r} lists {token} twice; each value runs "
+                "once (a repeat would count as a second replicate of the same run)"
+            )
+        seen.add(token)
+
+
+def grid_size(experiment: Experiment) -> int:
+    """How many points the [sweep] grid has (1 without one), counted without making them."""
+    return math.prod(len(v) for v in experiment.sweep.values())
 
 
 def expand(experiment: Experiment, sets: Sequence[str] = ()) -> list[Config]:
@@ -101,6 +134,13 @@ def expand(experiment: Experiment, sets: Sequence[str] = ()) -> list[Config]:
         )
     if assigned:
         base = Config.from_mapping(assigned, base=base, strings=True)
+    size = grid_size(experiment)
+    if size > MAX_GRID_POINTS:
+        lengths = " × ".join(str(len(v)) for v in experiment.sweep.values())
+        raise ConfigError(
+            f"[sweep]: {lengths} = {size:,} grid points is not allowed; expected at most "
+            f"{MAX_GRID_POINTS:,} (split it into several experiments)"
+        )
     keys = list(experiment.sweep)
     configs = []
     for values in itertools.product(*(experiment.sweep[k] for k in keys)):
@@ -109,6 +149,14 @@ def expand(experiment: Experiment, sets: Sequence[str] = ()) -> list[Config]:
             # A table sets its keys together; its sweep name is a label.
             point.update(value if isinstance(value, dict) else {key: value})
         configs.append(Config.from_mapping(point, base=base) if point else base)
+    seen: dict[str, int] = {}
+    for i, cfg in enumerate(configs):
+        first = seen.setdefault(cfg.to_json(), i)
+        if first != i:  # e.g. seed = [0, 0.0], or two tables that set the same values
+            raise ConfigError(
+                f"[sweep]: grid points {first + 1} and {i + 1} are the same config "
+                f"({describe(cfg, cfg.arms, swept_keys(configs))}); each point runs once"
+            )
     return configs
 
 

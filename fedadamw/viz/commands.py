@@ -45,8 +45,10 @@ def dashboard_command(outs: Sequence[Path] | Path, port: int) -> int:
     outs = [outs] if isinstance(outs, Path) else list(outs)
     paths = [resolve_store_path(out) for out in outs]
     for out, path in zip(outs, paths, strict=True):
-        if not path.parent.is_dir():
-            return print_error(f"OUT {str(out)!r}: no such folder")
+        # A folder that does not exist yet is fine: the page waits for the run to create it.
+        existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            return print_error(f"OUT {str(out)!r}: {existing} is a file, not a folder")
     if not 0 <= port <= 65535:
         return print_error(f"--port: {port} is not allowed; expected 1..65535 (0: any free port)")
     port = port or free_port()

@@ -117,6 +117,7 @@ def _controls(store: Stores, runs: pd.DataFrame) -> dict[str, Any]:
     setting = c2.selectbox(
         "Setting",
         [*settings, ALL_SETTINGS] if len(settings) > 1 else list(settings),
+        index=informative_setting(in_experiment, list(settings)),
         format_func=lambda k: "all settings" if k == ALL_SETTINGS else settings[k],
         disabled=len(settings) == 1,
         key="setting",
@@ -216,6 +217,11 @@ def _divergence(store: Stores, sel: dict[str, Any]) -> None:
     st.caption(
         f"{stat_label(stat)} · {where} · lines: mean across seeds · {band_note(runs, sel['band'])}"
         + (" · panels: whole update, data part, decay part" if len(parts) > 1 else "")
+        + (
+            " · λ = 0 here: there is no decay, so the decay-part panel stays empty"
+            if len(parts) > 1 and _no_decay(runs)
+            else ""
+        )
     )
     _chart(
         views.divergence_figure(store, runs, stat, layer, band=sel["band"]),
@@ -224,11 +230,46 @@ def _divergence(store: Stores, sel: dict[str, Any]) -> None:
     )
 
 
+def informative_setting(runs: pd.DataFrame, settings: Sequence[str]) -> int:
+    """Where the setting selector opens: the setting that tells the modes apart best.
+
+    λ = 0 is left for last (coupled and decoupled decay are then the same optimizer, and their
+    lines lie on top of each other); among the rest, the one with the most trained rounds
+    over its runs, then the largest λ.
+    """
+    if len(settings) < 2 or "setting" not in runs:
+        return 0
+    decay = pd.to_numeric(runs.get("weight_decay", pd.Series(0.0, index=runs.index)))
+    done = pd.to_numeric(runs.get("rounds_done", pd.Series(0, index=runs.index))).fillna(0)
+    frame = pd.DataFrame({"setting": runs["setting"], "decay": decay, "done": done})
+    per = frame.groupby("setting").agg(decay=("decay", "min"), done=("done", "sum"))
+
+    def rank(i: int) -> tuple[bool, float, float, int]:
+        if settings[i] not in per.index:
+            return (True, 0.0, 0.0, i)
+        decay, done = float(per.at[settings[i], "decay"]), float(per.at[settings[i], "done"])
+        return (not decay > 0, -done, -decay, i)
+
+    return min(range(len(settings)), key=rank)
+
+
+def _no_decay(runs: pd.DataFrame) -> bool:
+    """Whether every run of a selection has λ = 0 (no decay: decay views have nothing)."""
+    decay = pd.to_numeric(runs.get("weight_decay", pd.Series(dtype=float)))
+    return bool(len(decay)) and bool((decay == 0).all())
+
+
 def _shrink(store: Stores, sel: dict[str, Any]) -> None:
     fig = views.shrink_figure(store, sel["runs"])
     if fig is None:
         return  # track-decay was off: nothing to show, and nothing missing
     st.subheader("Decay shrink ratio")
+    if _no_decay(sel["runs"]):
+        st.info(
+            "λ = 0 in this setting: no weight decay, so there is no decay step to measure "
+            "and this panel stays empty. Choose a setting with λ > 0 above."
+        )
+        return
     st.caption(
         "Per weight, |decay step| / (ηλ|w|): line = median weight, band = p5 to p95, means over "
         "seeds. 1 everywhere means uniform decay (AdamW); coupled decay divides λw by √v̂."

@@ -61,8 +61,13 @@ class Stores:
             self.tags.append(tag)
             self.warnings += [f"{tag}: {w}" if len(resolved) > 1 else w for w in store.warnings]
         if not self.stores:
-            empty = [e for e in errors if isinstance(e, EmptyStoreError)]
-            raise (empty or errors)[0]
+            broken = [e for e in errors if not isinstance(e, EmptyStoreError)]
+            if len(broken) > 1:  # name every store that cannot be shown, not only the first
+                raise StoreError(
+                    f"none of the {len(errors)} stores can be shown: "
+                    + "; ".join(str(e) for e in errors)
+                )
+            raise (broken or errors)[0]
         self.warnings += [str(e) for e in errors]
         self.tagged = len(resolved) > 1
         self.paths = [s.path for s in self.stores]
