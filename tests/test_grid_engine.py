@@ -166,3 +166,17 @@ def test_the_batch_size_is_capped_by_the_flag_and_by_memory() -> None:
     assert size == runs and f"{runs} runs in 1 batch" in why
     size, why = batch_size(configs, most=4)
     assert size == 4 and f"{runs} runs in {-(-runs // 4)} batches of up to 4" in why
+
+
+def test_a_cluster_task_is_a_batch_of_grid_points_spread_over_the_nodes() -> None:
+    from fedadamw.launch.cluster import cells
+
+    grid = _grid()  # 5 points of 3, 4, 2, 2 and 2 runs
+    assert [len(c) for c in cells(grid, nodes=1)] == [5]  # all 13 runs in one task
+    two = cells(grid, nodes=2)
+    assert [sum(len(c.arm_list) for c in cell) for cell in two] == [7, 6]  # ≤ ⌈13/2⌉ each
+    assert [c for cell in two for c in cell] == grid  # every point once, in order
+    # A point is never split, even where it alone is above the cap.
+    assert [len(c) for c in cells(grid, nodes=1, most_runs=4)] == [1, 1, 2, 1]
+    flower = [c.replace(engine="flower") for c in grid]
+    assert cells(flower, nodes=1) == [[c] for c in flower]  # one point per task, as before
