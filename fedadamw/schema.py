@@ -152,7 +152,9 @@ def setting_of(config: Mapping[str, Any], also_without: Iterable[str] = ()) -> s
 LR_SCHEDULES = ("constant", "cosine", "warmup-cosine", "step", "cosine-restarts")
 DECAY_SCHEDULES = ("constant", "lr-compensated", "after-warmup", "normalized")
 DECAY_SCALINGS = ("torch", "paper")  # decoupled shrink per step: ηₜλ, or multiplierₜ·λ
-DECAY_PARAMS = ("matrices", "all")  # ndim ≥ 2 only (biases, norm weights kept), or every tensor
+# ndim ≥ 2 only (biases, norm weights kept), every tensor, or ndim ≥ 2 less the embedding tables
+# (minGPT's transformer convention: decay on Linear matrices; none on LayerNorm, biases, embeddings)
+DECAY_PARAMS = ("matrices", "all", "no-embeddings")
 DECOUPLED_MODES = ("decoupled", "sgd-decoupled")  # the modes whose shrink decay-scaling defines
 CLIENT_WEIGHT_DECAY = "client-weight-decay"  # reply metric: the base λ this client used
 CLIENT_DECAY_COLUMN = "weight_decay"  # clients column of that λ (normalized: per client)

@@ -114,7 +114,9 @@ class DivergenceMixin(FedAvg):
         self.first_round = first_round
         cfg = recorder.cfg
         self.server_decay = (
-            ServerDecay(cfg.learning_rate, cfg.weight_decay, decayed_names(recorder.model))
+            ServerDecay(
+                cfg.learning_rate, cfg.weight_decay, decayed_names(recorder.model, cfg.decay_params)
+            )
             if recorder.arm == schema.SERVER_DECAY_MODE
             else None
         )

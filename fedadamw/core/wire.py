@@ -53,6 +53,9 @@ class TrainRequest:
     data: DataSpec
     model: str
     resnet_norm: str
+    transformer_layers: int  # the transformer's sizes (unused by the other models)
+    transformer_dim: int
+    transformer_heads: int
     mode: str
     learning_rate: float
     weight_decay: float
