@@ -30,7 +30,7 @@ from torch import nn
 
 from clients.app import partition_reply, read_request, train_reply
 from fedadamw.core.cohort import CohortClient, train_cohort
-from fedadamw.core.models import build_model
+from fedadamw.core.models import build_model, sizes_of
 from fedadamw.core.records import state_dict
 from fedadamw.core.training import TrainSpec, pick_device
 from fedadamw.core.wire import TrainRequest
@@ -63,7 +63,7 @@ class CohortGrid(Grid):
             TaskIdentity.task_id, TaskIdentity.run_id = 1, self._run.run_id
             TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._replies: dict[str, Message] = {}
-        self._models: dict[tuple[str, str, int, str], nn.Module] = {}
+        self._models: dict[tuple[str, str, int, str, tuple[int, int, int]], nn.Module] = {}
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -135,11 +135,18 @@ class CohortGrid(Grid):
 
     def _model(self, request: TrainRequest) -> nn.Module:
         """The arm's model structure (train_cohort takes the weights from the message)."""
-        key = (request.model, request.data.dataset, request.data.seed, request.resnet_norm)
+        sizes = sizes_of(request)
+        key = (request.model, request.data.dataset, request.data.seed, request.resnet_norm, sizes)
         if key not in self._models:
             data = registry.get(request.data.dataset)
             self._models[key] = build_model(
-                request.model, data.shape, data.num_classes, request.data.seed, request.resnet_norm
+                request.model,
+                data.shape,
+                data.num_classes,
+                request.data.seed,
+                request.resnet_norm,
+                sizes,
+                data.tokens,
             )
         return self._models[key]
 
