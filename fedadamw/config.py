@@ -87,6 +87,7 @@ class Config:
     client_batch_sizes: str
     engine: str
     pairs_limit: int
+    checkpoint_every: int  # keep the global model every k rounds (0: only the last)
     # schedules (fedadamw.core.schedules) and which tensors decay
     lr_schedule: str
     warmup_rounds: int
@@ -181,6 +182,12 @@ class Config:
         )
         _check_choice(self, "engine", ENGINES)
         _check(self, "pairs-limit", self.pairs_limit >= 2, "an integer >= 2")
+        _check(
+            self,
+            "checkpoint-every",
+            self.checkpoint_every >= 0,
+            "an integer >= 0 (0: keep only the last round's checkpoint)",
+        )
         _check_schedules(self)
         # server optimizers and FedProx
         _check_choice(self, "server-optimizer", SERVER_OPTIMIZERS)
@@ -267,6 +274,7 @@ INT_BOUNDS = {
     "local-steps": 100_000_000,
     "batch-size": 1_000_000,
     "pairs-limit": 100_000,
+    "checkpoint-every": 1_000_000,
 }
 
 
