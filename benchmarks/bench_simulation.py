@@ -1,6 +1,7 @@
 """Whole-process wall time: a plain torch loop against `fedadamw run` with each engine, one run.
 
     python benchmarks/bench_simulation.py [--repeats 2] [--scale 10,100,1000] [--skip-jobs]
+        [--transformer 20,3] [--skip-transformer]
 
 Table 1, the reference job of the issue (MNIST-1D, cnn1d, 2 local epochs of AdamW with lr 1e-3
 and λ 0.01, batch 32, Dirichlet α = 0.3, one decoupled arm) at 20 clients × 30 rounds and at
@@ -14,6 +15,11 @@ and λ 0.01, batch 32, Dirichlet α = 0.3, one decoupled arm) at 20 clients × 3
 Ratios are to the plain loop of the same repeat; the runs alternate, and each cell is the
 median over `--repeats`. "fixed" is the whole time less the stored rounds' seconds: imports,
 data preparation, Ray's start and stop.
+
+Table 1b, the transformer job (`--transformer CLIENTS,ROUNDS`): the same three paths on
+Shakespeare's speaking roles (natural-id, one client per role), the causal transformer at its
+default sizes (2 layers, d = 32, 4 heads, 80-character windows), 10 local steps of AdamW (lr 3e-3,
+λ 0.1, `decay-params = no-embeddings`) of batch 16, every client every round.
 
 Table 2, scale: `synthetic` data (FedProx's Synthetic(1, 1), one natural client each), cnn1d,
 1 local epoch, 2 rounds, every client in every round, for each client count: the median
@@ -46,9 +52,22 @@ REFERENCE = {
     "arms": "decoupled",
 }
 JOBS = ((20, 30), (100, 10))  # (clients, rounds)
+TRANSFORMER = {
+    "dataset": "shakespeare",
+    "model": "transformer",
+    "partitioner": "natural-id",
+    "min-partition-size": 0,
+    "local-steps": 10,
+    "learning-rate": 3e-3,
+    "weight-decay": 0.1,
+    "decay-params": "no-embeddings",
+    "batch-size": 16,
+    "arms": "decoupled",
+}
+SETTINGS = {"reference": REFERENCE, "transformer": TRANSFORMER}
 
 
-def plain_loop(clients: int, rounds: int) -> float:
+def plain_loop(clients: int, rounds: int, job: str = "reference") -> float:
     """FedAvg as a single-process torch loop; the final test accuracy."""
     import torch
 
@@ -59,7 +78,9 @@ def plain_loop(clients: int, rounds: int) -> float:
     from fedadamw.data.split import DataSpec, load_partition, load_splits
 
     torch.set_num_threads(1)  # one core, as each Ray client and `fedadamw run --threads 1`
-    cfg = Config.from_mapping({**REFERENCE, "num-clients": clients, "num-server-rounds": rounds})
+    cfg = Config.from_mapping(
+        {**SETTINGS[job], "num-clients": clients, "num-server-rounds": rounds}
+    )
     spec = DataSpec.from_config(cfg)
     _, test = load_splits(spec)
     model = model_for(cfg)
@@ -78,6 +99,8 @@ def plain_loop(clients: int, rounds: int) -> float:
                 cfg.seed,
                 pid,
                 rnd,
+                local_steps=cfg.local_steps,
+                decay_params=cfg.decay_params,
             )
             result = train_local(model, load_partition(spec, pid), task)
             total += result.num_examples
@@ -99,9 +122,9 @@ def _timed(argv: list[str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def run_loop(clients: int, rounds: int) -> tuple[float, float]:
+def run_loop(clients: int, rounds: int, job: str = "reference") -> tuple[float, float]:
     """(whole-process seconds, final accuracy) of the plain loop."""
-    argv = [sys.executable, __file__, "--plain-loop", f"{clients},{rounds}"]
+    argv = [sys.executable, __file__, "--plain-loop", f"{clients},{rounds},{job}"]
     seconds, out = _timed(argv)
     return seconds, float(out.strip().splitlines()[-1])
 
@@ -131,25 +154,32 @@ def _prepare(settings: dict[str, object]) -> None:
     prepare(Config.from_mapping(settings))
 
 
-def jobs(repeats: int) -> None:
-    """Table 1: the plain loop and both engines, whole processes, alternating."""
-    print(
-        "reference job: MNIST-1D, cnn1d, 2 local epochs AdamW (lr 1e-3, λ 0.01), batch 32, "
-        f"Dirichlet α=0.3, one arm; whole process; median of {repeats}"
-    )
+def jobs(repeats: int, job: str = "reference", sizes: tuple[tuple[int, int], ...] = JOBS) -> None:
+    """Table 1 (or 1b): the plain loop and both engines, whole processes, alternating."""
+    if job == "reference":
+        print(
+            "reference job: MNIST-1D, cnn1d, 2 local epochs AdamW (lr 1e-3, λ 0.01), batch 32, "
+            f"Dirichlet α=0.3, one arm; whole process; median of {repeats}"
+        )
+    else:
+        print(
+            "\ntransformer job: Shakespeare roles (natural-id), transformer 2×32×4, 10 local "
+            "steps AdamW (lr 3e-3, λ 0.1, no-embeddings), batch 16, one arm; whole process; "
+            f"median of {repeats}"
+        )
     print(
         f"{'job':<22}{'path':<28}{'seconds':>9}{'ratio':>7}{'rounds s':>10}{'fixed s':>9}{'acc':>7}"
     )
-    for clients, rounds in JOBS:
-        _prepare({**REFERENCE, "num-clients": clients})
+    for clients, rounds in sizes:
+        _prepare({**SETTINGS[job], "num-clients": clients})
         cells: dict[str, list[tuple[float, float, float, float]]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(repeats):
-                loop_s, loop_acc = run_loop(clients, rounds)
+                loop_s, loop_acc = run_loop(clients, rounds, job)
                 cells.setdefault("plain torch loop", []).append((loop_s, 1.0, 0.0, loop_acc))
                 for engine in ("flower", "vmap"):
                     settings = {
-                        **REFERENCE,
+                        **SETTINGS[job],
                         "num-clients": clients,
                         "num-server-rounds": rounds,
                         "engine": engine,
@@ -280,22 +310,29 @@ def scale(client_counts: list[int], flower_at_scale: bool) -> None:
 def main() -> None:
     """Print both tables (or, with --plain-loop, run the loop and print its accuracy)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plain-loop", metavar="CLIENTS,ROUNDS", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-loop", metavar="CLIENTS,ROUNDS,JOB", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each path (median)")
     parser.add_argument("--scale", default="10,100,1000", help="client counts of table 2")
     parser.add_argument("--skip-jobs", action="store_true", help="only table 2")
     parser.add_argument("--skip-scale", action="store_true", help="only table 1")
+    parser.add_argument(
+        "--transformer", default="20,3", metavar="CLIENTS,ROUNDS", help="table 1b's job"
+    )
+    parser.add_argument("--skip-transformer", action="store_true", help="no table 1b")
     parser.add_argument(
         "--flower-at-scale", action="store_true", help="also time the Flower engine above 100"
     )
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # flwr-datasets' split progress bars
     if args.plain_loop:
-        clients, rounds = (int(v) for v in args.plain_loop.split(","))
-        print(plain_loop(clients, rounds))
+        clients, rounds, job = args.plain_loop.split(",")
+        print(plain_loop(int(clients), int(rounds), job))
         return
     if not args.skip_jobs:
         jobs(args.repeats)
+    if not args.skip_transformer:
+        clients, rounds = (int(v) for v in args.transformer.split(","))
+        jobs(args.repeats, "transformer", ((clients, rounds),))
     if not args.skip_scale:
         scale([int(k) for k in args.scale.split(",")], args.flower_at_scale)
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from fedadamw import schema
 from fedadamw.core import wire
-from fedadamw.core.models import build_model
+from fedadamw.core.models import build_model, sizes_of
 from fedadamw.core.records import array_record, state_dict
 from fedadamw.core.training import TrainResult, TrainSpec, train_local
 from fedadamw.data import registry
@@ -105,10 +105,10 @@ def _state_key(request: wire.TrainRequest) -> str:
 
 
 @cache
-def _model(name: str, dataset: str, seed: int, norm: str) -> nn.Module:
+def _model(name: str, dataset: str, seed: int, norm: str, sizes: tuple[int, int, int]) -> nn.Module:
     """The arm's model, built once per process (a simulation actor serves many messages)."""
     data = registry.get(dataset)
-    return build_model(name, data.shape, data.num_classes, seed, norm)
+    return build_model(name, data.shape, data.num_classes, seed, norm, sizes, data.tokens)
 
 
 @app.query()
@@ -122,7 +122,13 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's partition with the requested decay mode."""
     request, spec = read_request(msg, _partition_id(context))
     data = load_partition(request.data, spec.partition_id)  # cached per process
-    model = _model(request.model, request.data.dataset, request.data.seed, request.resnet_norm)
+    model = _model(
+        request.model,
+        request.data.dataset,
+        request.data.seed,
+        request.resnet_norm,
+        sizes_of(request),
+    )
     # Every weight and buffer comes from the message: nothing of the previous call survives.
     model.load_state_dict(state_dict(msg.content.array_records["arrays"]))
     started = time.perf_counter()

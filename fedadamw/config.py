@@ -75,7 +75,11 @@ class Config:
     synthetic_alpha: float
     synthetic_beta: float
     synthetic_iid: bool
+    shakespeare_min_chars: int
     resnet_norm: str
+    transformer_layers: int
+    transformer_dim: int
+    transformer_heads: int
     seed: int
     out_dir: str
     track_decay: bool
@@ -84,6 +88,7 @@ class Config:
     client_batch_sizes: str
     engine: str
     pairs_limit: int
+    checkpoint_every: int  # keep the global model every k rounds (0: only the last)
     # schedules (fedadamw.core.schedules) and which tensors decay
     lr_schedule: str
     warmup_rounds: int
@@ -154,7 +159,21 @@ class Config:
         _check(self, "val-fraction", 0.0 <= self.val_fraction < 1.0, "a number in [0, 1)")
         _check(self, "synthetic-alpha", self.synthetic_alpha >= 0.0, "a finite number >= 0")
         _check(self, "synthetic-beta", self.synthetic_beta >= 0.0, "a finite number >= 0")
+        _check(
+            self,
+            "shakespeare-min-chars",
+            self.shakespeare_min_chars >= 1,
+            "an integer >= 1 (characters a role needs to be a client)",
+        )
         _check_choice(self, "resnet-norm", NORMS)
+        _check(self, "transformer-layers", self.transformer_layers >= 1, "an integer >= 1")
+        _check(self, "transformer-heads", self.transformer_heads >= 1, "an integer >= 1")
+        _check(
+            self,
+            "transformer-dim",
+            self.transformer_dim >= 1 and self.transformer_dim % self.transformer_heads == 0,
+            f"an integer >= 1 divisible by transformer-heads = {self.transformer_heads}",
+        )
         _check(self, "seed", self.seed >= 0, "an integer >= 0")
         _check(self, "dropout-rate", 0.0 <= self.dropout_rate < 1.0, "a number in [0, 1)")
         _check(self, "straggler-rate", 0.0 <= self.straggler_rate <= 1.0, "a number in [0, 1]")
@@ -164,6 +183,12 @@ class Config:
         )
         _check_choice(self, "engine", ENGINES)
         _check(self, "pairs-limit", self.pairs_limit >= 2, "an integer >= 2")
+        _check(
+            self,
+            "checkpoint-every",
+            self.checkpoint_every >= 0,
+            "an integer >= 0 (0: keep only the last round's checkpoint)",
+        )
         _check_schedules(self)
         # server optimizers and FedProx
         _check_choice(self, "server-optimizer", SERVER_OPTIMIZERS)
@@ -250,6 +275,7 @@ INT_BOUNDS = {
     "local-steps": 100_000_000,
     "batch-size": 1_000_000,
     "pairs-limit": 100_000,
+    "checkpoint-every": 1_000_000,
 }
 
 
@@ -342,12 +368,17 @@ def _coerce(key: str, raw: Any, kind: type, strings: bool = False) -> Scalar:
     return value
 
 
+def model_fits(takes: str, kind: str) -> bool:
+    """Whether a model that takes `takes` (MODEL_INPUTS) fits examples of `kind`."""
+    return takes == kind or (takes == "any" and kind in ("vector", "image"))
+
+
 def check_compatible(cfg: Config) -> None:
     """Raise ConfigError when the model, data set and partitioner do not fit together."""
     data = REGISTRY[cfg.dataset]
     takes, has = MODEL_INPUTS[cfg.model], data.kind
-    if takes not in ("any", has):
-        fits = [m for m in MODELS if MODEL_INPUTS[m] in ("any", has)]
+    if not model_fits(takes, has):
+        fits = [m for m in MODELS if model_fits(MODEL_INPUTS[m], has)]
         raise ConfigError(
             f"model: {cfg.model!r} does not fit dataset {cfg.dataset!r} ({has} examples); "
             f"expected one of {', '.join(fits)}"

@@ -79,13 +79,15 @@ PARTITIONERS = (
     "natural-id",
 )
 # What each model takes (the kinds of fedadamw.data.registry.example_kind): mlp and logreg
-# flatten any example; the convolutions need their shape. fedadamw.core.models builds them.
+# flatten any float example (vector or image, not token ids); the convolutions need their shape;
+# the transformer takes token windows. fedadamw.core.models builds them.
 MODEL_INPUTS = {
     "cnn1d": "vector",
     "mlp": "any",
     "cnn": "image",
     "resnet20": "image",
     "logreg": "any",
+    "transformer": "tokens",
 }
 MODELS = tuple(MODEL_INPUTS)
 NORMS = ("batch", "group")
@@ -214,7 +216,9 @@ def setting_of(config: Mapping[str, Any], also_without: Iterable[str] = ()) -> s
 LR_SCHEDULES = ("constant", "cosine", "warmup-cosine", "step", "cosine-restarts")
 DECAY_SCHEDULES = ("constant", "lr-compensated", "after-warmup", "normalized")
 DECAY_SCALINGS = ("torch", "paper")  # decoupled shrink per step: ηₜλ, or multiplierₜ·λ
-DECAY_PARAMS = ("matrices", "all")  # ndim ≥ 2 only (biases, norm weights kept), or every tensor
+# ndim ≥ 2 only (biases, norm weights kept), every tensor, or ndim ≥ 2 less the embedding tables
+# (minGPT's transformer convention: decay on Linear matrices; none on LayerNorm, biases, embeddings)
+DECAY_PARAMS = ("matrices", "all", "no-embeddings")
 CLIENT_WEIGHT_DECAY = "client-weight-decay"  # reply metric: the base λ this client used
 CLIENT_DECAY_COLUMN = "weight_decay"  # clients column of that λ (normalized: per client)
 PARAM_COUNTS_TABLE = "param_counts"  # per run: decayed / undecayed tensors and weights

@@ -30,13 +30,15 @@ from torch import nn
 
 from clients.app import partition_reply, read_request, train_reply
 from fedadamw.core.cohort import CohortClient, train_cohort
-from fedadamw.core.models import build_model
+from fedadamw.core.models import build_model, sizes_of
 from fedadamw.core.records import state_dict
 from fedadamw.core.training import TrainSpec, pick_device
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data import registry
 from fedadamw.data.split import ArrayDataset, load_partition
 
+# What fixes a model's structure: (model, data set, norm, transformer sizes).
+_ModelKey = tuple[str, str, str, tuple[int, int, int]]
 # Node i holds partition i. Far above Flower's own SuperLink node id (1), like its random ids.
 NODE_ID_BASE = 1 << 32
 
@@ -64,7 +66,7 @@ class CohortGrid(Grid):
             TaskIdentity.task_id, TaskIdentity.run_id = 1, self._run.run_id
             TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._replies: dict[str, Message] = {}
-        self._models: dict[tuple[str, str, str], nn.Module] = {}
+        self._models: dict[_ModelKey, nn.Module] = {}
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -92,7 +94,7 @@ class CohortGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Answer every message; the train messages as cohorts (one per round and request)."""
         ids: list[str] = []
-        cohorts: dict[tuple[tuple[str, str, str], str, str], list[_Member]] = {}
+        cohorts: dict[tuple[_ModelKey, str, str], list[_Member]] = {}
         states: dict[int, dict[str, torch.Tensor]] = {}
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's grids do
@@ -147,19 +149,21 @@ class CohortGrid(Grid):
         self._replies[reply.metadata.reply_to_message_id] = reply
 
     @staticmethod
-    def _model_key(request: TrainRequest) -> tuple[str, str, str]:
+    def _model_key(request: TrainRequest) -> _ModelKey:
         """What fixes a model's structure (its weights come from the message)."""
-        return (request.model, request.data.dataset, request.resnet_norm)
+        return (request.model, request.data.dataset, request.resnet_norm, sizes_of(request))
 
-    def _model(self, key: tuple[str, str, str]) -> nn.Module:
+    def _model(self, key: _ModelKey) -> nn.Module:
         """The model structure of `key` (train_cohort takes the weights from the messages)."""
         if key not in self._models:
-            model, dataset, norm = key
+            model, dataset, norm, sizes = key
             data = registry.get(dataset)
-            self._models[key] = build_model(model, data.shape, data.num_classes, 0, norm)
+            self._models[key] = build_model(
+                model, data.shape, data.num_classes, 0, norm, sizes, data.tokens
+            )
         return self._models[key]
 
-    def _train(self, model_key: tuple[str, str, str], members: list[_Member]) -> None:
+    def _train(self, model_key: _ModelKey, members: list[_Member]) -> None:
         """Train one cohort and answer each of its messages."""
         # Each push's clients by partition id: Flower samples them in a random order, and a
         # stack in partition order makes identical settings identical calls (the pairing).

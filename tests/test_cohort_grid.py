@@ -58,7 +58,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 class ClientAppGrid(CohortGrid):
     """The same federation, each train message answered by `clients.app.train` on its own."""
 
-    def _train(self, model_key: tuple[str, str, str], members: list[Any]) -> None:
+    def _train(self, model_key: Any, members: list[Any]) -> None:
         for msg, spec, *_ in members:
             context = Context(
                 0, msg.metadata.dst_node_id, {"partition-id": spec.partition_id}, RecordDict(), {}

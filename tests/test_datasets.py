@@ -260,11 +260,12 @@ def test_registry_records_name_config_and_split_inputs() -> None:
         assert set(data.generator_keys) <= spec_fields  # the split's inputs include them
     for name, data in REGISTRY.items():  # the config accepts exactly the registered data sets
         partitioner = "natural-id" if data.generated_per_client else "iid"
-        cfg = Config.from_mapping({"dataset": name, "model": "mlp", "partitioner": partitioner})
+        model = "transformer" if data.tokens else "mlp"
+        cfg = Config.from_mapping({"dataset": name, "model": model, "partitioner": partitioner})
         assert cfg.dataset == name
         if not data.natural_clients:
             with pytest.raises(ConfigError, match="which has no client column"):
-                Config.from_mapping({"dataset": name, "model": "mlp", "partitioner": "natural-id"})
+                Config.from_mapping({"dataset": name, "model": model, "partitioner": "natural-id"})
     with pytest.raises(ConfigError, match="dataset: 'mnist2d' is not allowed; expected one of"):
         Config.from_mapping({"dataset": "mnist2d"})
 

@@ -24,7 +24,8 @@ def _params(model: nn.Module) -> int:
 
 
 def _fits(model: str, dataset: str) -> bool:
-    return MODEL_INPUTS[model] in ("any", REGISTRY[dataset].kind)
+    kind = REGISTRY[dataset].kind
+    return MODEL_INPUTS[model] == kind or (MODEL_INPUTS[model] == "any" and kind != "tokens")
 
 
 PAIRS = [(m, d) for m in MODELS for d in REGISTRY if _fits(m, d)]
@@ -37,10 +38,13 @@ def test_every_model_has_a_builder() -> None:
 @pytest.mark.parametrize(("name", "dataset"), PAIRS)
 def test_every_fitting_model_maps_a_batch_to_class_logits(name: str, dataset: str) -> None:
     data = REGISTRY[dataset]
-    model = build_model(name, data.shape, data.num_classes, seed=0)
-    x = torch.randn(3, *data.shape)
-    out = model.train()(x)
-    assert out.shape == (3, data.num_classes)
+    model = build_model(name, data.shape, data.num_classes, seed=0, tokens=data.tokens)
+    if data.tokens:  # token windows: logits per position, (batch, vocabulary, length)
+        out = model.train()(torch.randint(0, data.num_classes, (3, *data.shape)))
+        assert out.shape == (3, data.num_classes, *data.shape)
+    else:
+        out = model.train()(torch.randn(3, *data.shape))
+        assert out.shape == (3, data.num_classes)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -113,10 +117,11 @@ def test_same_seed_same_weights_and_the_global_rng_is_untouched(name: str) -> No
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = build_model(name, shape, 10, seed=4).state_dict()
+    tokens = MODEL_INPUTS[name] == "tokens"
+    a = build_model(name, shape, 10, seed=4, tokens=tokens).state_dict()
     assert torch.equal(torch.rand(1), before)  # building a model drew nothing from the global RNG
-    b = build_model(name, shape, 10, seed=4).state_dict()
-    c = build_model(name, shape, 10, seed=5).state_dict()
+    b = build_model(name, shape, 10, seed=4, tokens=tokens).state_dict()
+    c = build_model(name, shape, 10, seed=5, tokens=tokens).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 

@@ -441,10 +441,14 @@ def _loss(model: nn.Module, fixed: dict[str, Tensor]) -> LossFn:
     ) -> Tensor:
         logits: Tensor = functional_call(model, {**params, **fixed}, (x,))
         # F.cross_entropy(reduction="none") is −log_softmax picked at the label: the same
-        # numbers, written out as batched ops with plain autograd formulas.
-        rows = -logits.log_softmax(dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        # Sum then divide, as F.cross_entropy's mean: its gradient per row is then 1/count too.
-        return (rows * mask).sum() / count
+        # numbers, written out as batched ops with plain autograd formulas. The classes are
+        # dim 1: logits (b, classes) with labels (b,), or (b, vocab, T) with targets (b, T).
+        rows = -logits.log_softmax(dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+        # Sum then divide, as F.cross_entropy's mean over every target of the real rows: its
+        # gradient per target is then 1/(count · targets per row) too.
+        per_row = rows[0].numel()
+        rows = rows.reshape(rows.shape[0], per_row)
+        return (rows * mask.unsqueeze(1)).sum() / (count * per_row)
 
     return loss
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - torch's convention
 
-from fedadamw.config import Config
+from fedadamw.config import Config, model_fits
 from fedadamw.data import registry
 from fedadamw.data.registry import example_kind
 from fedadamw.errors import ConfigError
@@ -162,16 +162,86 @@ class ResNet20(nn.Module):
         return self.fc(h.mean(dim=(2, 3)))  # type: ignore[no-any-return]
 
 
-# How each model of fedadamw.schema.MODELS is built from (example shape, classes, norm); which
-# shapes it takes is MODEL_INPUTS there, checked before building.
-_BUILDERS: dict[str, Callable[[tuple[int, ...], int, str], nn.Module]] = {
-    "cnn1d": lambda shape, classes, norm: CNN1D(shape[0], classes),
-    "mlp": lambda shape, classes, norm: MLP(math.prod(shape), classes),
-    "cnn": lambda shape, classes, norm: CNN((shape[0], shape[1], shape[2]), classes),
-    "resnet20": lambda shape, classes, norm: ResNet20(shape[0], classes, norm),
-    "logreg": lambda shape, classes, norm: LogReg(math.prod(shape), classes),
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) (GPT-2's order)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(d, dim=2)
+        # (B, heads, T, d / heads) each; causal: position t attends to positions ≤ t only.
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))  # type: ignore[no-any-return]
+
+
+class Transformer(nn.Module):
+    """A small causal character transformer: token and position embeddings (nn.Embedding),
+    `layers` pre-LayerNorm blocks, a final LayerNorm and an untied linear head.
+
+    The head is untied from the token embedding so that every tensor is either a matrix of a
+    Linear layer, an embedding table, a bias or a LayerNorm weight: `decay-params` then says
+    exactly which decay (`no-embeddings`: the Linear matrices only, head included). No dropout,
+    no BatchNorm, no buffers (the cohort engine stacks parameters only). Input (B, T) int64 ids,
+    T ≤ context; output logits (B, vocab, T), the layout F.cross_entropy takes with (B, T)
+    targets.
+    """
+
+    def __init__(self, vocab: int, context: int, layers: int, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(
+                f"transformer-dim: {dim} is not divisible by transformer-heads {heads}"
+            )
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(context, dim)
+        self.blocks = nn.Sequential(*(Block(dim, heads) for _ in range(layers)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+        for m in self.modules():  # GPT-2's initialisation: N(0, 0.02) weights, zero biases
+            if isinstance(m, nn.Linear | nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[-1], device=x.device)
+        h = self.blocks(self.tokens(x) + self.positions(pos))
+        return self.head(self.norm(h)).transpose(1, 2)  # type: ignore[no-any-return]
+
+
+def transformer_param_count(vocab: int, context: int, layers: int, dim: int) -> int:
+    """The Transformer's parameter count by formula (embeddings, blocks, final norm, head)."""
+    block = 2 * 2 * dim + (3 * dim * dim + 3 * dim) + (dim * dim + dim)
+    block += (dim * 4 * dim + 4 * dim) + (4 * dim * dim + dim)
+    return vocab * dim + context * dim + layers * block + 2 * dim + dim * vocab + vocab
+
+
+# The transformer's (layers, dim, heads) when not given: pyproject's defaults.
+TRANSFORMER_SIZES = (2, 32, 4)
+Sizes = tuple[int, int, int]
+
+# How each model of fedadamw.schema.MODELS is built from (example shape, classes, norm,
+# transformer sizes); which shapes it takes is MODEL_INPUTS there, checked before building.
+_BUILDERS: dict[str, Callable[[tuple[int, ...], int, str, Sizes], nn.Module]] = {
+    "cnn1d": lambda shape, classes, norm, sizes: CNN1D(shape[0], classes),
+    "mlp": lambda shape, classes, norm, sizes: MLP(math.prod(shape), classes),
+    "cnn": lambda shape, classes, norm, sizes: CNN((shape[0], shape[1], shape[2]), classes),
+    "resnet20": lambda shape, classes, norm, sizes: ResNet20(shape[0], classes, norm),
+    "logreg": lambda shape, classes, norm, sizes: LogReg(math.prod(shape), classes),
+    "transformer": lambda shape, classes, norm, sizes: Transformer(classes, shape[0], *sizes),
 }
-_EXPECTS = {"vector": "1-D inputs", "image": "images"}
+_EXPECTS = {"vector": "1-D inputs", "image": "images", "tokens": "token windows"}
 
 
 def build_model(
@@ -180,8 +250,14 @@ def build_model(
     num_classes: int,
     seed: int,
     norm: str = "batch",
+    transformer: Sizes = TRANSFORMER_SIZES,
+    tokens: bool = False,
 ) -> nn.Module:
-    """A freshly initialised model; the same arguments always give the same weights."""
+    """A freshly initialised model; the same arguments always give the same weights.
+
+    `transformer` is (layers, dim, heads) of the transformer; `tokens` says the examples are
+    token windows (a data set record's `tokens`).
+    """
     if name not in MODELS:
         raise ConfigError(f"model: {name!r} is not allowed; expected one of {', '.join(MODELS)}")
     if norm not in NORMS:
@@ -189,16 +265,28 @@ def build_model(
             f"resnet-norm: {norm!r} is not allowed; expected one of {', '.join(NORMS)}"
         )
     takes = MODEL_INPUTS[name]
-    if takes not in ("any", example_kind(input_shape)):
-        raise ConfigError(
-            f"model: {name!r} expects {_EXPECTS[takes]}, the data set has {input_shape}"
-        )
+    if not model_fits(takes, example_kind(input_shape, tokens)):
+        expects = _EXPECTS.get(takes, "float vectors or images")
+        raise ConfigError(f"model: {name!r} expects {expects}, the data set has {input_shape}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _BUILDERS[name](input_shape, num_classes, norm)
+        return _BUILDERS[name](input_shape, num_classes, norm, transformer)
+
+
+def sizes_of(source: Any) -> Sizes:
+    """(layers, dim, heads) of the transformer from a Config or a train request."""
+    return (source.transformer_layers, source.transformer_dim, source.transformer_heads)
 
 
 def model_for(cfg: Config) -> nn.Module:
     """The freshly initialised model of a run config (its data set's shape and classes)."""
     data = registry.get(cfg.dataset)
-    return build_model(cfg.model, data.shape, data.num_classes, cfg.seed, cfg.resnet_norm)
+    return build_model(
+        cfg.model,
+        data.shape,
+        data.num_classes,
+        cfg.seed,
+        cfg.resnet_norm,
+        sizes_of(cfg),
+        data.tokens,
+    )

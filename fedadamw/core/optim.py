@@ -88,29 +88,43 @@ def _without_decay(params: ParamsT) -> list[dict[str, Any]]:
     return [{"params": items, "weight_decay": 0.0}]
 
 
-def _decays(p: torch.Tensor, decay_params: str) -> bool:
-    """Whether `decay_params` decays tensor `p` (see `decay_param_groups`)."""
-    return decay_params == "all" or p.ndim >= 2
-
-
 def decayed_names(model: nn.Module, decay_params: str = "matrices") -> frozenset[str]:
-    """Names of the parameters `decay_param_groups` decays."""
+    """Names of the parameters `decay_param_groups` decays.
+
+    ``matrices``: every trained tensor with ndim ≥ 2 (matrices and kernels); ``all``: every
+    trained tensor; ``no-embeddings``: ``matrices`` less the weights of `nn.Embedding` modules
+    (minGPT's convention for transformers: decay on Linear matrices, none on LayerNorm weights,
+    biases and embedding tables).
+    """
+    tables = {
+        f"{prefix}.weight" if prefix else "weight"
+        for prefix, m in model.named_modules()
+        if isinstance(m, nn.Embedding)
+    }
     return frozenset(
-        n for n, p in model.named_parameters() if p.requires_grad and _decays(p, decay_params)
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        and (
+            decay_params == "all"
+            or (p.ndim >= 2 and not (decay_params == "no-embeddings" and n in tables))
+        )
     )
 
 
 def decay_param_groups(model: nn.Module, decay_params: str = "matrices") -> list[dict[str, Any]]:
-    """Two groups, decayed then kept: `decay_params` ``matrices`` or ``all`` tensors decay.
+    """Two groups, decayed then kept, as `decayed_names` picks them (in parameter order).
 
     ``matrices`` (the usual choice, nanoGPT's `configure_optimizers`) decays matrices and
     kernels (ndim ≥ 2), not biases or normalization weights; ``all`` decays every tensor and
-    leaves the second group empty. Both arms of a comparison decay exactly the same tensors, so
-    the mode is the only difference between them.
+    leaves the second group empty; ``no-embeddings`` keeps embedding tables undecayed too. Both
+    arms of a comparison decay exactly the same tensors, so the mode is the only difference
+    between them.
     """
-    trained = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trained if _decays(p, decay_params)]
-    keep = [p for p in trained if not _decays(p, decay_params)]
+    names = decayed_names(model, decay_params)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if n in names]
+    keep = [p for n, p in trained if n not in names]
     return [{"params": decay}, {"params": keep, "weight_decay": 0.0}]
 
 

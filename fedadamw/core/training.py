@@ -310,7 +310,12 @@ def add_proximal_grad(anchor: list[tuple[torch.Tensor, torch.Tensor]], mu: float
 def evaluate(
     model: nn.Module, data: ArrayDataset, device: torch.device | None = None, batch_size: int = 1024
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` on `data`."""
+    """(mean cross-entropy, accuracy) of `model` on `data`, over every target.
+
+    One target per row for classification; for token windows (targets (N, T), logits
+    (N, vocab, T)) every next-token target counts once: the mean loss per character (its
+    exponential is the perplexity) and next-character accuracy.
+    """
     device = device or pick_device()
     model.to(device).eval()
     x, y = data.tensors(device)
@@ -320,4 +325,5 @@ def evaluate(
         target = y[start : start + batch_size]
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         correct += int((logits.argmax(1) == target).sum())
-    return loss_sum / len(data), correct / len(data)
+    targets = int(y.numel())
+    return loss_sum / targets, correct / targets

@@ -61,6 +61,9 @@ class TrainRequest(ClientSettings):
     data: DataSpec
     model: str
     resnet_norm: str
+    transformer_layers: int  # the transformer's sizes (unused by the other models)
+    transformer_dim: int
+    transformer_heads: int
     straggler_rate: float
     client_batch_sizes: str  # as in the config: each client draws its batch size from these
     # the schedules need the run's length

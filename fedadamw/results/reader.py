@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fedadamw.results.lock import writer_alive
-from fedadamw.results.writer import SCHEMA_VERSION, describe_open_error
+from fedadamw.results.writer import SCHEMA_VERSION, describe_open_error, unpack_state
 from fedadamw.results.writer import StoreError as StoreError  # one class for write and read
 from fedadamw.schema import (
     INTERRUPTED,
@@ -92,6 +92,15 @@ def base_stat(column: str) -> str:
         if column.startswith(prefix):
             return column[len(prefix) :]
     return column
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run's global model after `round` and its server optimizer's state (empty: FedAvg)."""
+
+    round: int
+    state: dict[str, np.ndarray]
+    server_state: dict[str, np.ndarray]
 
 
 class Store:
@@ -310,6 +319,47 @@ class Store:
         hist = np.zeros((int(df["partition_id"].max()) + 1, int(df["label"].max()) + 1), int)
         hist[df["partition_id"].to_numpy(int), df["label"].to_numpy(int)] = df["count"]
         return hist
+
+    def checkpoint_rounds(self, run_id: str) -> list[int]:
+        """The rounds of a run whose global model the store holds, ascending.
+
+        Every `checkpoint-every`-th round (`kept_checkpoints`) plus the run's last stored round
+        (`checkpoints`, what a resumed run continues from); only the last one with the
+        default `checkpoint-every = 0`.
+        """
+        rounds: set[int] = set()
+        for table in ("checkpoints", "kept_checkpoints"):
+            if self.has_table(table):
+                df = self._query(f"SELECT round FROM {table} WHERE run_id = ?", (run_id,))
+                rounds.update(int(r) for r in df["round"])
+        return sorted(rounds)
+
+    def checkpoint(self, run_id: str, round: int) -> Checkpoint:
+        """The global model and server optimizer state a run stored after `round`.
+
+        StoreError naming the kept rounds if the store holds no checkpoint of that round.
+        """
+        for table in ("kept_checkpoints", "checkpoints"):
+            if not self.has_table(table):
+                continue
+            conn = self._connect()
+            try:
+                row = conn.execute(
+                    f"SELECT state, server_state FROM {table} WHERE run_id = ? AND round = ?",
+                    (run_id, round),
+                ).fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path}: cannot be read ({_first_line(exc)})") from None
+            finally:
+                conn.close()
+            if row is not None:
+                server = {} if row[1] is None else unpack_state(row[1])
+                return Checkpoint(round, unpack_state(row[0]), server)
+        kept = ", ".join(map(str, self.checkpoint_rounds(run_id))) or "none"
+        raise StoreError(
+            f"{self.path}: run {run_id!r} has no checkpoint of round {round} (kept rounds: "
+            f"{kept}; set checkpoint-every to keep more)"
+        )
 
     def rejections(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Client replies that were not aggregated, and why."""

@@ -12,6 +12,8 @@ Tables (docs/design.md; columns named here are a contract other tools rely on):
 
 - ``checkpoints``: per run, the global model after its last completed round, written in the
   same transaction as that round, so an interrupted run resumes exactly where it stopped.
+- ``kept_checkpoints``: per run and round, the global model (and server optimizer state) of
+  every `checkpoint-every`-th round, kept over the run (empty with the default 0).
 
 Re-writing a round replaces its rows, so a resumed run never duplicates them. Non-finite
 statistics that are undefined by definition (NaN, e.g. pairwise cosines with one client) are
@@ -54,11 +56,12 @@ from fedadamw.schema import (
 
 # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints; 4: label histograms;
 # 5: validation loss/accuracy and effective shrink; 6: each client's λ and Adam step count at
-# the start of its round, decayed-tensor counts, the server optimizer's state in checkpoints
-SCHEMA_VERSION = 6
+# the start of its round, decayed-tensor counts, the server optimizer's state in checkpoints;
+# 7: kept_checkpoints (the global model every `checkpoint-every` rounds)
+SCHEMA_VERSION = 7
 # Stores this version can upgrade in place: the changes since then only add tables (CREATE
 # TABLE IF NOT EXISTS) and columns (`_ADDED_COLUMNS`, ALTER TABLE ADD COLUMN).
-_UPGRADABLE = (2, 3, 4, 5)
+_UPGRADABLE = (2, 3, 4, 5, 6)
 # Columns added to existing tables since schema 2, added in place to an older store.
 _ADDED_COLUMNS = {
     "rounds": (f"{VAL_LOSS} REAL", f"{VAL_ACCURACY} REAL", f"{EFFECTIVE_SHRINK} REAL"),
@@ -114,6 +117,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, state BLOB NOT NULL,
     {", ".join(_ADDED_COLUMNS["checkpoints"])}
 );
+CREATE TABLE IF NOT EXISTS kept_checkpoints (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, state BLOB NOT NULL, server_state BLOB NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
 CREATE TABLE IF NOT EXISTS {PARAM_COUNTS_TABLE} (
     run_id TEXT PRIMARY KEY, {", ".join(f"{c} INTEGER NOT NULL" for c in PARAM_COUNT_COLUMNS)}
 );
@@ -122,7 +129,8 @@ CREATE TABLE IF NOT EXISTS labels (
     count INTEGER NOT NULL, PRIMARY KEY (run_id, partition_id, label)
 );
 """
-ROUND_TABLES = ("rounds", "clients", "layers", "pairs", "rejections")
+# Tables keyed by round: a resumed run drops their rows after its last checkpoint.
+ROUND_TABLES = ("rounds", "clients", "layers", "pairs", "rejections", "kept_checkpoints")
 
 
 class StoreError(RuntimeError):
@@ -163,6 +171,8 @@ class RoundRecord:
     checkpoint: Mapping[str, np.ndarray] | None = None  # the global model after this round
     # The server optimizer's state after this round (empty for FedAvg), with the checkpoint.
     server_state: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # Also keep this round's checkpoint in `kept_checkpoints` (a `checkpoint-every` round).
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -458,12 +468,20 @@ class ResultStore:
                     for pid, node, reason in rec.rejections
                 ],
             )
+            self._conn.execute("DELETE FROM kept_checkpoints WHERE run_id=? AND round=?", key)
             if rec.checkpoint is not None:
+                blobs = (pack_state(rec.checkpoint), pack_state(rec.server_state))
                 self._conn.execute(
                     "INSERT OR REPLACE INTO checkpoints (run_id, round, state, server_state) "
                     "VALUES (?, ?, ?, ?)",
-                    (*key, pack_state(rec.checkpoint), pack_state(rec.server_state)),
+                    (*key, *blobs),
                 )
+                if rec.keep:
+                    self._conn.execute(
+                        "INSERT INTO kept_checkpoints (run_id, round, state, server_state) "
+                        "VALUES (?, ?, ?, ?)",
+                        (*key, *blobs),
+                    )
 
 
 def _tables(conn: sqlite3.Connection) -> dict[str, list[str]]:

@@ -163,10 +163,13 @@ def expand(experiment: Experiment, sets: Sequence[str] = ()) -> list[Config]:
 def run_id_for(cfg: Config, arm: str) -> str:
     """A stable id of one arm of one config: re-running the same config finds its rows.
 
-    Every key but `arms` and `out-dir` is hashed, so a changed config never resumes into the
-    rows of another.
+    Every key but `arms`, `out-dir` and `checkpoint-every` is hashed, so a changed config never
+    resumes into the rows of another; how often checkpoints are kept changes nothing a run
+    computes (and leaves the ids of stores written before the key existed as they were).
     """
-    digest = hashlib.sha1(cfg.replace(arms=arm, out_dir="").to_json().encode()).hexdigest()[:8]
+    values = cfg.replace(arms=arm, out_dir="").to_dict()
+    del values["checkpoint-every"]
+    digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.experiment}:{arm}:{digest}"
 
 

@@ -157,6 +157,8 @@ class RunRecorder:
             # from exactly what its last stored round evaluated.
             rec.checkpoint = {k: v.detach().cpu().numpy() for k, v in state.items()}
             rec.server_state = dict(server_state or {})
+            every = self.cfg.checkpoint_every
+            rec.keep = every > 0 and server_round % every == 0  # besides the last, always kept
         self.store.write_round(rec)
         if self.progress is not None:
             cos = values.get("mean_pairwise_cosine")
