@@ -71,6 +71,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "server's evaluation and measurement (default 1, one core, like each Ray client)",
     )
     run.add_argument(
+        "--max-batch-runs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="engine = grid: at most N runs trained together (default 0: as many as the "
+        "memory budget allows, said in the console)",
+    )
+    run.add_argument(
         "--ray-address",
         metavar="ADDRESS",
         default=os.environ.get("RAY_ADDRESS") or None,
@@ -414,6 +422,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-restarts: {args.max_restarts} is not allowed; expected >= 0")
     if args.threads < 1:
         raise ConfigError(f"--threads: {args.threads} is not allowed; expected >= 1")
+    if args.max_batch_runs < 0:
+        raise ConfigError(
+            f"--max-batch-runs: {args.max_batch_runs} is not allowed; expected >= 0 (0: automatic)"
+        )
     if any(c.engine == "flower" for c in configs):
         _check_resources(cpus, gpus, args.ray_address)
     given = Path(args.out or Path("runs") / configs[0].experiment).expanduser()
@@ -479,6 +491,7 @@ def _supervise(
             parent_pid=os.getpid(),
             ray_address=address,
             threads=args.threads,
+            max_batch_runs=args.max_batch_runs,
         )
         _print_header(configs)
         started = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any
 from fedadamw.data.registry import REGISTRY
 from fedadamw.errors import ConfigError
 from fedadamw.schema import (
+    BATCHED_ENGINES,
     DECAY_MODES,
     DECAY_PARAMS,
     DECAY_SCALINGS,
@@ -394,11 +395,11 @@ def check_compatible(cfg: Config) -> None:
             f"partitioner: {cfg.partitioner!r} is not allowed with dataset {cfg.dataset!r}; "
             "expected natural-id (one partition per generated client)"
         )
-    if cfg.engine == "vmap" and cfg.model == "resnet20" and cfg.resnet_norm == "batch":
+    if cfg.engine in BATCHED_ENGINES and cfg.model == "resnet20" and cfg.resnet_norm == "batch":
         # Lockstep batches are padded to the widest client: padded rows would enter BatchNorm's
         # batch statistics, and its running statistics are updated in place, per module.
         raise ConfigError(
-            "engine: 'vmap' is not allowed with model 'resnet20' and resnet-norm 'batch' "
+            f"engine: {cfg.engine!r} is not allowed with model 'resnet20' and resnet-norm 'batch' "
             "(BatchNorm); set resnet-norm=group or engine=flower"
         )
 
@@ -418,10 +419,10 @@ def _check_optimizer_state(cfg: Config) -> None:
     state = cfg.optimizer_state
     if state == RESET_STATE:
         return
-    if cfg.engine == "vmap":
+    if cfg.engine in BATCHED_ENGINES:
         # The cohort engine keeps no per-partition store of moments (yet).
         raise ConfigError(
-            f"engine: 'vmap' is not allowed with optimizer-state {state!r}; "
+            f"engine: {cfg.engine!r} is not allowed with optimizer-state {state!r}; "
             "set optimizer-state=reset or engine=flower"
         )
     sgd = [m.name for m in cfg.modes if not m.adam]

@@ -91,9 +91,12 @@ MODEL_INPUTS = {
 }
 MODELS = tuple(MODEL_INPUTS)
 NORMS = ("batch", "group")
-# How a round's clients train: Flower's simulation engine (Ray actors) or the vectorized cohort
-# engine (every sampled client in lockstep in one process, `fedadamw.core.cohort`).
-ENGINES = ("flower", "vmap")
+# How a round's clients train: Flower's simulation engine (Ray actors), the vectorized cohort
+# engine (every sampled client in lockstep in one process, `fedadamw.core.cohort`), or the grid
+# engine (the clients of many runs of a sweep in lockstep, `server.run_batch`).
+ENGINES = ("flower", "vmap", "grid")
+# The engines that train stacked clients with `fedadamw.core.cohort.train_cohort`.
+BATCHED_ENGINES = ("vmap", "grid")
 
 # -- server optimizers and Adam's state across rounds ----------------------------
 # Flower's own strategies (server/strategy.py); `fedprox` adds (μ/2)‖w − w_global‖² locally.

@@ -6,6 +6,7 @@ and both arms see the same nodes, partitions, sampled clients and initial weight
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -31,9 +32,12 @@ from fedadamw.errors import ConfigError
 from fedadamw.run.orchestrate import ArmTask, Session
 from fedadamw.run.outdir import resolve_under_root
 from fedadamw.run.recorder import Progress
+from fedadamw.schema import BATCHED_ENGINES
+from server.cohort_grid import CohortGrid
 from server.grid import GuardedGrid
 from server.metrics import scalar
 from server.optimizers import make_strategy
+from server.run_batch import RunBatch
 from server.strategy import NODE_WAIT_S
 
 
@@ -87,15 +91,29 @@ def run_experiment(
     stop: threading.Event | None = None,
     lost_worker_fatal: bool = False,
     take_lock: bool = True,
+    batch_runs: int = 1,
 ) -> list[str]:
     """Train every arm of every config on `grid`, writing `out_dir`/results.db; the run ids.
 
     All configs share the grid's SuperNodes (the same `num-clients`); each client reads its
     data spec from the train message, so seeds and partitioners may differ between them.
-    What to run, resume or skip is `fedadamw.run.orchestrate.Session`'s business.
+    What to run, resume or skip is `fedadamw.run.orchestrate.Session`'s business. On a
+    `CohortGrid`, `batch_runs` > 1 trains that many arms' rounds at once (`server.run_batch`).
     """
     with Session(configs, out_dir, progress, restart=restart, take_lock=take_lock) as session:
         partitions = discover_partitions(grid, session.num_clients)
+        if batch_runs > 1 and isinstance(grid, CohortGrid):
+            # The grid engine: `batch_runs` arms at a time, their rounds trained together.
+            batch: RunBatch[ArmTask] = RunBatch(grid, stop)
+
+            def work(task: ArmTask, member: Grid) -> None:
+                with task.running():
+                    _train(GuardedGrid(member, stop), task, partitions)
+
+            arms = session.arms()
+            while chunk := list(itertools.islice(arms, batch_runs)):
+                batch.run(chunk, work)
+            return session.run_ids
         guarded = GuardedGrid(grid, stop, lost_worker_fatal)
         for task in session.arms():
             with task.running():
@@ -200,9 +218,8 @@ def main(grid: Grid, context: Context) -> None:
         # Flower would log a traceback for an exception; the submitter needs the one line.
         print(f"fedadamw: error: {exc}", file=sys.stderr, flush=True)
         return
-    if cfg.engine == "vmap":
+    if cfg.engine in BATCHED_ENGINES:
         # The whole federation trains in this process; the SuperNodes get no message.
-        from server.cohort_grid import CohortGrid
-
         grid = CohortGrid(cfg.num_clients)
-    run_experiment(grid, [cfg], out_dir)
+    batch_runs = len(cfg.arm_list) if cfg.engine == "grid" else 1
+    run_experiment(grid, [cfg], out_dir, batch_runs=batch_runs)

@@ -37,10 +37,13 @@ from fedadamw.core.wire import TrainRequest
 from fedadamw.data import registry
 from fedadamw.data.split import ArrayDataset, load_partition
 
+# What fixes a model's structure: (model, data set, norm, transformer sizes).
+_ModelKey = tuple[str, str, str, tuple[int, int, int]]
 # Node i holds partition i. Far above Flower's own SuperLink node id (1), like its random ids.
 NODE_ID_BASE = 1 << 32
 
-_Member = tuple[Message, TrainSpec, ArrayDataset]
+# A train message, what its client trains, its partition id, data and global model.
+_Member = tuple[Message, TrainSpec, int, ArrayDataset, dict[str, torch.Tensor]]
 
 
 def _error_reply(msg: Message, exc: BaseException) -> Message:
@@ -63,7 +66,7 @@ class CohortGrid(Grid):
             TaskIdentity.task_id, TaskIdentity.run_id = 1, self._run.run_id
             TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._replies: dict[str, Message] = {}
-        self._models: dict[tuple[str, str, int, str, tuple[int, int, int]], nn.Module] = {}
+        self._models: dict[_ModelKey, nn.Module] = {}
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -91,7 +94,8 @@ class CohortGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Answer every message; the train messages as cohorts (one per round and request)."""
         ids: list[str] = []
-        cohorts: dict[tuple[TrainRequest, int, int], list[_Member]] = {}
+        cohorts: dict[tuple[_ModelKey, str, str], list[_Member]] = {}
+        states: dict[int, dict[str, torch.Tensor]] = {}
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's grids do
             ids.append(msg.metadata.message_id)
@@ -113,10 +117,21 @@ class CohortGrid(Grid):
                 self._answer(_error_reply(msg, exc))
                 continue
             # Messages that share their content (FedAvg sends one record) share the weights.
-            key = (request, spec.server_round, id(msg.content))
-            cohorts.setdefault(key, []).append((msg, spec, data))
-        for (request, _, _), members in cohorts.items():
-            self._train(request, members)
+            state = states.get(id(msg.content))
+            if state is None:
+                try:
+                    state = states[id(msg.content)] = state_dict(
+                        msg.content.array_records["arrays"]
+                    )
+                except Exception as exc:
+                    self._answer(_error_reply(msg, exc))
+                    continue
+            # One stack per model structure and optimizer family: the clients of every run
+            # pushed together (the grid engine) train in one call, each with its own weights.
+            key = (self._model_key(request), spec.mode, spec.decay_params)
+            cohorts.setdefault(key, []).append((msg, spec, pid, data, state))
+        for (model_key, _, _), members in cohorts.items():
+            self._train(model_key, members)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -133,38 +148,41 @@ class CohortGrid(Grid):
         reply.metadata.__dict__["_message_id"] = str(uuid4())
         self._replies[reply.metadata.reply_to_message_id] = reply
 
-    def _model(self, request: TrainRequest) -> nn.Module:
-        """The arm's model structure (train_cohort takes the weights from the message)."""
-        sizes = sizes_of(request)
-        key = (request.model, request.data.dataset, request.data.seed, request.resnet_norm, sizes)
+    @staticmethod
+    def _model_key(request: TrainRequest) -> _ModelKey:
+        """What fixes a model's structure (its weights come from the message)."""
+        return (request.model, request.data.dataset, request.resnet_norm, sizes_of(request))
+
+    def _model(self, key: _ModelKey) -> nn.Module:
+        """The model structure of `key` (train_cohort takes the weights from the messages)."""
         if key not in self._models:
-            data = registry.get(request.data.dataset)
+            model, dataset, norm, sizes = key
+            data = registry.get(dataset)
             self._models[key] = build_model(
-                request.model,
-                data.shape,
-                data.num_classes,
-                request.data.seed,
-                request.resnet_norm,
-                sizes,
-                data.tokens,
+                model, data.shape, data.num_classes, 0, norm, sizes, data.tokens
             )
         return self._models[key]
 
-    def _train(self, request: TrainRequest, members: list[_Member]) -> None:
+    def _train(self, model_key: _ModelKey, members: list[_Member]) -> None:
         """Train one cohort and answer each of its messages."""
-        first = members[0][0]
+        # Each push's clients by partition id: Flower samples them in a random order, and a
+        # stack in partition order makes identical settings identical calls (the pairing).
+        first: dict[int, int] = {}
+        for i, member in enumerate(members):
+            first.setdefault(id(member[4]), i)
+        members = sorted(members, key=lambda m: (first[id(m[4])], m[2]))
         try:
-            model = self._model(request)
-            global_state = state_dict(first.content.array_records["arrays"])
+            model = self._model(model_key)
             started = time.perf_counter()
-            clients = [CohortClient(data, spec) for _, spec, data in members]
-            results = train_cohort(model, global_state, clients, self.device)
+            clients = [CohortClient(data, spec) for _, spec, _, data, _ in members]
+            states = [state for *_, state in members]
+            results = train_cohort(model, states, clients, self.device)
             seconds = time.perf_counter() - started
         except Exception as exc:  # what would fail in every client fails each of them
-            for msg, _, _ in members:
+            for msg, *_ in members:
                 self._answer(_error_reply(msg, exc))
             return
         # Lockstep clients have no time of their own: each gets its share of the steps.
         steps = sum(r.local_steps for r in results)
-        for (msg, spec, _), result in zip(members, results, strict=True):
+        for (msg, spec, *_), result in zip(members, results, strict=True):
             self._answer(train_reply(msg, spec, result, seconds * result.local_steps / steps))

@@ -228,7 +228,7 @@ def test_the_stacked_step_is_torchs_step_given_the_same_gradients(
     sizes = (8, 20, 50)  # normalized decay: a different λ per client
     which = str(extra.get("decay_params", "matrices"))
     layout = _Layout.of(model, which)
-    stacked = [g.stack(model.state_dict(), len(specs), CPU) for g in layout.groups]
+    stacked = [g.stack([model.state_dict()] * len(specs), CPU) for g in layout.groups]
     clients = [CohortClient(_data(n, (6,), 0), s) for n, s in zip(sizes, specs, strict=True)]
     opt = _CohortOptimizer(mode, clients, layout, stacked, CPU, steps)
     refs = [copy.deepcopy(model) for _ in specs]

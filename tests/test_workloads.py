@@ -250,6 +250,14 @@ def _both_engines(cfg: Config, tmp_path: Path) -> None:
     for a, b in zip(vmap, flower, strict=True):
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4)
         assert a["mean_pairwise_cosine"] == pytest.approx(b["mean_pairwise_cosine"], abs=1e-3)
+    # The grid engine: the arms of the config stacked in one computation per round.
+    stacked = cfg.replace(engine="grid")
+    run_experiment(
+        CohortGrid(cfg.num_clients), [stacked], tmp_path / "grid", batch_runs=len(cfg.arm_list)
+    )
+    for a, b in zip(_check_stored_run(stacked, tmp_path / "grid"), vmap, strict=True):
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+        assert a["mean_pairwise_cosine"] == pytest.approx(b["mean_pairwise_cosine"], abs=1e-5)
 
 
 def test_shakespeare_trains_one_client_per_role_with_both_engines(

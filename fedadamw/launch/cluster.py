@@ -1,7 +1,8 @@
 """A sweep on an existing Ray cluster: one Ray task per grid point, one writer per store.
 
 `fedadamw run --ray-address ADDRESS` with a `[sweep]` of two or more grid points hands each
-grid point (a *cell*: one config, all its arms, its own engine) to Ray as a task, so the grid
+grid point (a *cell*: one config, all its arms, its own engine; with `engine = grid` a batch of
+points, `cells`) to Ray as a task, so the grid
 spreads over every node of the cluster. SQLite wants one writer per store, and a task may run
 on another machine, so:
 
@@ -96,13 +97,15 @@ def run_sweep(spec: Spec, configs: list[Config], progress: Progress, stop: threa
     out_dir = Path(spec.out_dir)
     swept = swept_keys(configs)
     task = ray.remote(run_cell)
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])  # type: ignore[no-untyped-call]
     with Session(configs, out_dir, progress, restart=spec.restart, take_lock=False):
-        pending: dict[Any, Config] = {}
-        for cfg in configs:
-            ids = [run_id_for(cfg, arm) for arm in cfg.arm_list]
+        pending: dict[Any, list[Config]] = {}
+        for cell_configs in cells(configs, nodes, spec.max_batch_runs):
+            cfg = cell_configs[0]
+            ids = [run_id_for(c, arm) for c in cell_configs for arm in c.arm_list]
             cell = {
                 **asdict(spec),
-                "configs": [cfg.to_dict()],
+                "configs": [c.to_dict() for c in cell_configs],
                 "ray_temp_dir": None,
                 # A flower cell's clients join this very cluster; a vmap cell needs no Ray.
                 "ray_address": address if cfg.engine == "flower" else None,
@@ -114,7 +117,7 @@ def run_sweep(spec: Spec, configs: list[Config], progress: Progress, stop: threa
                 "max_retries": 0,  # a cell that died resumes from the store on the next run
             }
             ref = task.options(**options).remote(cell, _rows_of(out_dir, ids, spec.restart))
-            pending[ref] = cfg
+            pending[ref] = cell_configs
         code = 0
         try:
             while pending:
@@ -122,14 +125,44 @@ def run_sweep(spec: Spec, configs: list[Config], progress: Progress, stop: threa
                 if stop.is_set():
                     raise KeyboardInterrupt
                 for ref in done:
-                    cfg = pending.pop(ref)
                     result: CellResult = ray.get(ref)
-                    label = " ".join(f"{k}={cfg.to_dict()[k]}" for k in swept)
-                    code = code or _merge(out_dir, cfg, result, progress, label)
+                    for cfg in pending.pop(ref):
+                        label = " ".join(f"{k}={cfg.to_dict()[k]}" for k in swept)
+                        code = code or _merge(out_dir, cfg, result, progress, label)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True, recursive=True)
     return code
+
+
+def cells(configs: list[Config], nodes: int, most_runs: int = 0) -> list[list[Config]]:
+    """The Ray tasks of a sweep: one grid point each, or for `engine = grid` a batch of points.
+
+    Grid-engine points that share a federation go in batches of at most `most_runs` runs (0: no
+    cap), and in at least `nodes` batches where there are that many points, so the sweep spreads
+    over the cluster; a point is never split (its arms are one cell's rows).
+    """
+    out: list[list[Config]] = []
+    batched: dict[int, list[Config]] = {}
+    for cfg in configs:
+        if cfg.engine == "grid":
+            batched.setdefault(cfg.num_clients, []).append(cfg)
+        else:
+            out.append([cfg])
+    for group in batched.values():
+        runs = sum(len(c.arm_list) for c in group)
+        per_cell = -(-runs // max(1, min(nodes, len(group))))
+        if most_runs > 0:
+            per_cell = min(per_cell, most_runs)
+        cell: list[Config] = []
+        for cfg in group:
+            if cell and sum(len(c.arm_list) for c in cell) + len(cfg.arm_list) > per_cell:
+                out.append(cell)
+                cell = []
+            cell.append(cfg)
+        if cell:
+            out.append(cell)
+    return out
 
 
 def _rows_of(out_dir: Path, run_ids: list[str], restart: bool) -> bytes | None:

@@ -155,7 +155,7 @@ def _simulate(
     groups = _groups(configs)
     with progress.bar:
         for i, group in enumerate(groups):
-            if group[0].engine == "vmap":
+            if group[0].engine in ("vmap", "grid"):
                 _run_cohort(spec, group, progress, stopper)
             else:
                 # Flower's engine shuts Ray down after each group: the next one starts it again.
@@ -183,7 +183,12 @@ def _run_cohort(spec: Spec, group: list[Config], progress: Progress, stopper: _S
     """The vectorized engine: the same ServerApp logic on an in-process grid; no Ray at all."""
     from server.app import run_experiment
     from server.cohort_grid import CohortGrid
+    from server.run_batch import batch_size
 
+    batch_runs = 1
+    if group[0].engine == "grid":
+        batch_runs, why = batch_size(group, spec.max_batch_runs)
+        progress.note(why)
     try:
         run_experiment(
             CohortGrid(group[0].num_clients),
@@ -193,6 +198,7 @@ def _run_cohort(spec: Spec, group: list[Config], progress: Progress, stopper: _S
             restart=spec.restart,
             stop=stopper.event,
             take_lock=False,  # the parent holds the folder's lock and shares it with us
+            batch_runs=batch_runs,
         )
     finally:
         stopper.closed.set()

@@ -35,6 +35,8 @@ class Spec:
     # actors, other jobs), more threads than free cores spin and wait; measured on 2 shared
     # cores, a vmap round took 15–25 s with 2 threads against 1.6 s with 1.
     threads: int = 1
+    # engine = grid: at most this many runs trained together; 0: as many as memory allows.
+    max_batch_runs: int = 0
 
     def write(self, path: Path) -> None:
         """Save as JSON."""

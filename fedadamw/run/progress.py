@@ -77,10 +77,14 @@ class ConsoleProgress(Progress):
         self.total = sum(c.num_server_rounds * len(c.arm_list) for c in configs)
         self.done = 0
         self.started = monotonic()
-        self.recent: deque[float] = deque(maxlen=RECENT_ROUNDS)
-        self._label: str | None = None
-        self._last: float | None = None  # when the current arm's previous round was stored
-        # engine = vmap starts no Ray: its clients train in this process, ready in seconds.
+        # Gaps between stored rounds, whichever run: with engine = grid the runs of a batch
+        # store their rounds together, so the window spans at least one round of every run.
+        runs = sum(len(c.arm_list) for c in configs)
+        self.recent: deque[float] = deque(maxlen=max(RECENT_ROUNDS, runs))
+        self._seen: set[str] = set()  # arms whose header was printed
+        self._last: dict[str, float] = {}  # when each arm's previous round was stored
+        self._previous: float | None = None  # when any round was last stored
+        # engine = vmap or grid starts no Ray: its clients train in this process, ready in seconds.
         self.uses_ray = any(c.engine == "flower" for c in configs)
         self.task = self.bar.add_task(
             "starting Ray…" if self.uses_ray else "starting…", total=self.total
@@ -89,7 +93,8 @@ class ConsoleProgress(Progress):
         self.console.print(
             f"starting Ray and {sizes} simulated clients (about 20 s before the first round)…"
             if self.uses_ray
-            else f"training {sizes} simulated clients in one process (engine = vmap)…",
+            else f"training {sizes} simulated clients in one process (engine = "
+            f"{', '.join(sorted({c.engine for c in configs}))})…",
             soft_wrap=True,
         )
         self._ray_up = False
@@ -108,15 +113,18 @@ class ConsoleProgress(Progress):
                 self.console.print(
                     f"Ray is up after {duration(now - self.started)}", soft_wrap=True
                 )
-        if report.label != self._label:
-            self._label, self._last = report.label, None
+        if report.label not in self._seen:
+            self._seen.add(report.label)
             self._header(report)
-        took = None if self._last is None else now - self._last
-        self._last = now
+        last = self._last.get(report.label)
+        took = None if last is None else now - last
+        self._last[report.label] = now
+        gap = None if self._previous is None else now - self._previous
+        self._previous = now
         if report.round == 0:
             return  # the initial model's evaluation: the next round's time starts here
-        if took is not None:
-            self.recent.append(took)
+        if gap is not None:
+            self.recent.append(gap)
         self.done += 1
         c = report.mean_pairwise_cosine
         cos = "  n/a" if c is None or math.isnan(c) else f"{c:+.3f}"  # n/a: one client

@@ -1,0 +1,207 @@
+"""The grid engine (`engine = grid`): many runs' rounds trained as one stacked computation.
+
+Every run keeps its own server loop — the strategy, the measurement, the recorder, the store:
+the one code path `server.app` runs for every engine — each in its own thread. The threads take
+turns: exactly one runs at a time, in the order the runs were given, until it sends its train
+messages (or ends). When every live run of the batch waits on its messages, the driver trains
+all of them in one `CohortGrid.push_messages` call: one `fedadamw.core.cohort.train_cohort` per
+(model, decay mode, decayed tensors), the clients of all runs stacked, each row with its own
+global model, η, λ, schedule, μ and batch plan. Then each run gets its replies and its turn again.
+
+Taking turns keeps everything outside the stacked training exactly sequential: the store's
+connection, the progress bar and the recorders are never used by two threads at once, and the
+order of every write is fixed by the runs' order, not by a thread scheduler.
+
+A run that fails stops the batch: the others are told to stop (they end ``interrupted`` and
+resume later), and the first error is raised in the driving thread, as a sequential run would.
+A stop request (Ctrl-C, SIGTERM) does the same.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+from flwr.app import Message, RecordDict
+from flwr.proto.node_pb2 import NodeInfo
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedadamw.config import Config
+from fedadamw.core.models import model_for
+from fedadamw.run.failures import RunInterruptedError
+from server.cohort_grid import CohortGrid
+
+T = TypeVar("T")
+# The stacked weights' budget on the CPU: each stacked client holds ~8 float32 copies of the
+# model (weights, gradient, Adam's two moments, the decay split's three sums, FedProx's anchor).
+CPU_BUDGET_BYTES = 2 << 30
+COPIES_PER_CLIENT = 8
+
+
+def batch_size(configs: Sequence[Config], most: int = 0) -> tuple[int, str]:
+    """How many runs of `configs` train together, and a line saying why.
+
+    As many as fit `CPU_BUDGET_BYTES` of stacked weights (half the free memory of a CUDA device),
+    at most `most` when it is > 0; the activations are bounded separately (train_cohort's chunks).
+    """
+    import torch
+
+    runs = sum(len(c.arm_list) for c in configs)
+    cfg = configs[0]
+    params = sum(p.numel() for p in model_for(cfg).parameters())
+    per_run = max(c.clients_per_round for c in configs) * params * 4 * COPIES_PER_CLIENT
+    budget = CPU_BUDGET_BYTES
+    if torch.cuda.is_available():
+        budget = torch.cuda.mem_get_info()[0] // 2
+    fit = max(1, budget // max(per_run, 1))
+    size = min(runs, fit, most) if most > 0 else min(runs, fit)
+    batches = -(-runs // size)
+    why = (
+        f"grid engine: {runs} runs in {batches} batch{'es' if batches > 1 else ''} of up to "
+        f"{size} ({size * per_run / 2**20:.0f} MiB of stacked weights"
+        + (f"; --max-batch-runs {most}" if most > 0 else f"; budget {budget / 2**30:.1f} GiB")
+        + ")"
+    )
+    return size, why
+
+
+class _Member(Grid):
+    """One run's view of the shared cohort grid: its pushes wait for the batch's turn."""
+
+    def __init__(self, batch: RunBatch[object], index: int) -> None:
+        self._batch, self._index = batch, index
+
+    def set_run(self, run: Run) -> None:
+        self._batch.grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._batch.grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._batch.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._batch.grid.get_node_ids()
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return self._batch.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._batch.push(self._index, list(messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._batch.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+class RunBatch(Generic[T]):
+    """Runs `work(item, grid)` for every item in its own thread, taking turns; see the module."""
+
+    def __init__(self, grid: CohortGrid, stop: threading.Event | None = None) -> None:
+        self.grid = grid
+        self._stop = stop or threading.Event()
+        self._cond = threading.Condition()
+        self._turn: int | None = None  # the member that may run; None: the driver's turn
+        self._pending: dict[int, list[Message]] = {}
+        self._ids: dict[int, list[str]] = {}
+        self._abort = False
+
+    def run(self, items: Sequence[T], work: Callable[[T, Grid], None]) -> None:
+        """Run every item's `work` to its end (or the batch's first error, which is raised)."""
+        self._abort = False
+        errors: dict[int, BaseException] = {}
+        done: set[int] = set()
+
+        def body(index: int, item: T) -> None:
+            try:
+                self._wait_turn(index)
+                work(item, _Member(self, index))  # type: ignore[arg-type]
+            except BaseException as exc:  # handed to the driver, which raises the first
+                errors[index] = exc
+            finally:
+                with self._cond:
+                    done.add(index)
+                    self._turn = None
+                    self._cond.notify_all()
+
+        threads = [
+            threading.Thread(target=body, args=(i, item), name=f"grid-run-{i}", daemon=True)
+            for i, item in enumerate(items)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while len(done) < len(threads):
+                for index in range(len(threads)):
+                    if errors and not self._abort:
+                        break  # nobody takes another step after a run failed
+                    if index not in done:
+                        self._give_turn(index, done)  # once aborting: its turn to stop
+                if errors or self._stop.is_set():
+                    self._abort = True  # the next round of turns stops every live run
+                    continue
+                if self._pending:
+                    self._serve()
+        except BaseException:
+            self._abort = True
+            for index in range(len(threads)):
+                if index not in done:
+                    self._give_turn(index, done)
+            raise
+        finally:
+            for thread in threads:
+                thread.join()
+        if errors:
+            first = min(errors)  # the earliest run's error, whatever the others did
+            real = [i for i in sorted(errors) if not isinstance(errors[i], RunInterruptedError)]
+            raise errors[real[0] if real else first]
+
+    def push(self, index: int, messages: list[Message]) -> list[str]:
+        """A member's train messages: wait until the driver has answered them, then return."""
+        with self._cond:
+            if self._abort:
+                raise RunInterruptedError("stop requested")
+            self._pending[index] = messages
+            self._turn = None
+            self._cond.notify_all()
+        self._wait_turn(index)
+        return self._ids.pop(index)
+
+    def _wait_turn(self, index: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._turn == index)
+            if self._abort:
+                self._pending.pop(index, None)
+                raise RunInterruptedError("stop requested")
+
+    def _give_turn(self, index: int, done: set[int]) -> None:
+        """Let member `index` run until it pushes or ends."""
+        with self._cond:
+            self._turn = index
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._turn is None or index in done)
+
+    def _serve(self) -> None:
+        """Answer every pending push in one call on the cohort grid (one stack per kind)."""
+        order = sorted(self._pending)
+        messages = [m for i in order for m in self._pending[i]]
+        ids = list(self.grid.push_messages(messages))
+        at = 0
+        for i in order:
+            n = len(self._pending[i])
+            self._ids[i], at = ids[at : at + n], at + n
+        self._pending.clear()

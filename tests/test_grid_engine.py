@@ -1,0 +1,182 @@
+"""The grid engine (`engine = grid`): many runs stacked per round give each run's own rounds.
+
+References: the same runs under `engine = vmap`, one run after another (whose agreement with
+Flower's own clients tests/test_cohort_grid.py checks), and identical settings giving identical
+rows whatever their position in the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from fedadamw.config import Config
+from fedadamw.run.failures import RunInterruptedError
+from fedadamw.run.recorder import Progress, RoundReport
+from server.app import run_experiment
+from server.cohort_grid import CohortGrid
+from server.run_batch import RunBatch, batch_size
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CLIENTS = 6
+BASE = {
+    "num-clients": CLIENTS,
+    "num-server-rounds": 3,
+    "local-epochs": 1,
+    "client-batch-sizes": "8,16,32",
+    "straggler-rate": 0.5,
+    "min-partition-size": 5,
+    "track-decay": True,
+    "experiment": "grid-engine-test",
+}
+
+
+def _grid() -> list[Config]:
+    """A small sweep that mixes modes, λ (0 among them), η, schedules and seeds."""
+    points = [
+        {"weight-decay": 0.0, "arms": "coupled,decoupled,none", "seed": 0},
+        {"weight-decay": 0.05, "arms": "coupled,decoupled,sgd-coupled,sgd-decoupled", "seed": 1},
+        {
+            "weight-decay": 0.01,
+            "learning-rate": 3e-3,
+            "lr-schedule": "cosine",
+            "arms": "decoupled,coupled",
+            "seed": 0,
+        },
+        {"weight-decay": 0.02, "arms": "server-decay,decoupled", "seed": 2},
+        {"weight-decay": 0.0, "arms": "none,coupled", "seed": 1, "proximal-mu": 0.1},
+    ]
+    return [Config.from_mapping({**BASE, **p, "engine": "grid"}) for p in points]
+
+
+def _rows(db: Path) -> dict[tuple[str, int], sqlite3.Row]:
+    """Every stored round by (run config without its engine and folder, round)."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute(
+        "SELECT u.config_json, r.* FROM rounds r JOIN runs u USING (run_id) "
+        "ORDER BY r.run_id, r.round"
+    ).fetchall()
+    conn.close()
+    out = {}
+    for row in rows:
+        cfg = json.loads(row["config_json"])
+        del cfg["engine"], cfg["out-dir"]
+        out[(json.dumps(cfg, sort_keys=True), row["round"])] = row
+    return out
+
+
+def _same(a: sqlite3.Row, b: sqlite3.Row) -> list[str]:
+    """The columns in which two stored rounds differ (timings aside)."""
+    skip = ("run_id", "config_json", "seconds")
+    return [k for k in a.keys() if k not in skip and a[k] != b[k]]  # noqa: SIM118
+
+
+def test_every_run_of_a_stacked_grid_equals_the_same_run_alone_under_vmap(tmp_path: Path) -> None:
+    grid = _grid()
+    runs = sum(len(c.arm_list) for c in grid)
+    run_experiment(CohortGrid(CLIENTS), grid, tmp_path / "grid", batch_runs=runs)
+    alone = [c.replace(engine="vmap") for c in grid]
+    run_experiment(CohortGrid(CLIENTS), alone, tmp_path / "vmap")
+    got, want = _rows(tmp_path / "grid" / "results.db"), _rows(tmp_path / "vmap" / "results.db")
+    assert len(got) == len(want) == runs * 4  # rounds 0 (the initial model) to 3
+    assert got.keys() == want.keys()
+    # Each model's rows are their own matrix products (fedadamw.core.stacked): a run's numbers
+    # do not depend on the runs stacked beside it, so they agree bit for bit, not only closely.
+    differing = {key: _same(got[key], want[key]) for key in got}
+    assert not any(differing.values()), {k: v for k, v in differing.items() if v}
+
+
+def test_identical_settings_give_identical_rows_whatever_their_place_in_the_batch(
+    tmp_path: Path,
+) -> None:
+    grid = _grid()
+    run_experiment(CohortGrid(CLIENTS), grid, tmp_path / "grid", batch_runs=20)
+    by_round: dict[int, list[sqlite3.Row]] = {}
+    for (key, rnd), row in _rows(tmp_path / "grid" / "results.db").items():
+        cfg = json.loads(key)
+        if cfg["weight-decay"] == 0.0 and cfg["seed"] == 0:
+            by_round.setdefault(rnd, []).append(row)
+    assert sorted(by_round) == [0, 1, 2, 3]
+    statistics = ("train_loss", "test_loss", "test_accuracy", "mean_pairwise_cosine", "dispersion")
+    for rows in by_round.values():
+        # λ = 0: coupled, decoupled and none are the same optimizer (seed 0; positions 0-2).
+        assert len(rows) == 3
+        for key in statistics:
+            assert len({r[key] for r in rows}) == 1, key
+
+
+class _StopAt(Progress):
+    """Asks for a stop once `after` rounds have been written, whichever runs they were."""
+
+    def __init__(self, stop: threading.Event, after: int) -> None:
+        self.stop, self.after, self.seen = stop, after, 0
+
+    def round(self, report: RoundReport) -> None:
+        self.seen += 1
+        if self.seen == self.after:
+            self.stop.set()
+
+
+def test_an_interrupted_grid_resumes_to_the_uninterrupted_rows(tmp_path: Path) -> None:
+    grid = _grid()[:2]
+    run_experiment(CohortGrid(CLIENTS), grid, tmp_path / "whole", batch_runs=7)
+    stop = threading.Event()
+    with pytest.raises(RunInterruptedError):
+        run_experiment(
+            CohortGrid(CLIENTS), grid, tmp_path / "cut", _StopAt(stop, 12), stop=stop, batch_runs=7
+        )
+    conn = sqlite3.connect(tmp_path / "cut" / "results.db")
+    statuses = [s for (s,) in conn.execute("SELECT status FROM runs")]
+    stored = conn.execute("SELECT count(*) FROM rounds").fetchone()[0]
+    conn.close()
+    assert set(statuses) == {"interrupted"} and 7 <= stored < 7 * 4
+    run_experiment(CohortGrid(CLIENTS), grid, tmp_path / "cut", batch_runs=3)
+    got, want = _rows(tmp_path / "cut" / "results.db"), _rows(tmp_path / "whole" / "results.db")
+    assert got.keys() == want.keys()
+    assert not any(_same(got[k], want[k]) for k in got)
+
+
+def test_a_failing_run_stops_the_batch_and_its_error_is_raised() -> None:
+    batch: RunBatch[int] = RunBatch(CohortGrid(2))
+    order: list[tuple[int, int]] = []
+
+    def work(item: int, grid: object) -> None:
+        for step in range(3):
+            order.append((item, step))
+            if item == 1 and step == 1:
+                raise ValueError("run 1 broke")
+            grid.push_messages([])  # type: ignore[attr-defined]
+
+    with pytest.raises(ValueError, match="run 1 broke"):
+        batch.run([0, 1, 2], work)
+    # Turns in the given order, one run at a time; after the error nobody takes another step.
+    assert order == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)]
+
+
+def test_the_batch_size_is_capped_by_the_flag_and_by_memory() -> None:
+    configs = _grid()
+    runs = sum(len(c.arm_list) for c in configs)
+    size, why = batch_size(configs)
+    assert size == runs and f"{runs} runs in 1 batch" in why
+    size, why = batch_size(configs, most=4)
+    assert size == 4 and f"{runs} runs in {-(-runs // 4)} batches of up to 4" in why
+
+
+def test_a_cluster_task_is_a_batch_of_grid_points_spread_over_the_nodes() -> None:
+    from fedadamw.launch.cluster import cells
+
+    grid = _grid()  # 5 points of 3, 4, 2, 2 and 2 runs
+    assert [len(c) for c in cells(grid, nodes=1)] == [5]  # all 13 runs in one task
+    two = cells(grid, nodes=2)
+    assert [sum(len(c.arm_list) for c in cell) for cell in two] == [7, 6]  # ≤ ⌈13/2⌉ each
+    assert [c for cell in two for c in cell] == grid  # every point once, in order
+    # A point is never split, even where it alone is above the cap.
+    assert [len(c) for c in cells(grid, nodes=1, most_runs=4)] == [1, 1, 2, 1]
+    flower = [c.replace(engine="flower") for c in grid]
+    assert cells(flower, nodes=1) == [[c] for c in flower]  # one point per task, as before
