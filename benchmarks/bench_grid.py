@@ -82,7 +82,9 @@ def timed_run(config: Path, engine: str, out: Path) -> float:
         proc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False, cwd=ROOT)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"bench_grid: {engine} run failed (exit {proc.returncode}); see {out}")
+        tail = (out.parent / f"{out.name}.console.txt").read_text().splitlines()[-15:]
+        print("\n".join(tail), file=sys.stderr)
+        raise SystemExit(f"bench_grid: {engine} run failed (exit {proc.returncode})")
     return seconds
 
 
