@@ -147,6 +147,16 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also list every point's scores (the cells of an η × λ heatmap; not in csv)",
     )
+    cmp.add_argument(
+        "--select-seeds",
+        metavar="SEEDS",
+        help="pick each mode's tuned point on these seeds only, e.g. 0-4 (default: all)",
+    )
+    cmp.add_argument(
+        "--report-seeds",
+        metavar="SEEDS",
+        help="score the A − B rows on these seeds only, e.g. 5-9; disjoint from --select-seeds",
+    )
     parts = sub.add_parser(
         "partitions", help="print the per-client label histogram of a split and plot it"
     )
@@ -266,6 +276,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from fedadamw.results.compare import parse_seeds
     from fedadamw.results.compare_render import compare_command
 
     return compare_command(
@@ -276,6 +287,12 @@ def _compare(args: argparse.Namespace) -> int:
         match=args.match,
         fmt=args.fmt,
         points=args.points,
+        select_seeds=None
+        if args.select_seeds is None
+        else parse_seeds(args.select_seeds, "--select-seeds"),
+        report_seeds=None
+        if args.report_seeds is None
+        else parse_seeds(args.report_seeds, "--report-seeds"),
     )
 
 

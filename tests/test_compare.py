@@ -17,7 +17,8 @@ import pytest
 from scipy import stats
 
 from fedadamw.config import Config
-from fedadamw.results.compare import SHRINK_TOLERANCE, compare
+from fedadamw.errors import ConfigError
+from fedadamw.results.compare import SHRINK_TOLERANCE, compare, parse_seeds
 from fedadamw.results.compare_render import render
 from fedadamw.results.stats import holm, paired_t_pvalue, t_interval
 from fedadamw.results.writer import ResultStore, RoundRecord
@@ -295,3 +296,41 @@ def test_compare_during_a_live_run_says_nothing_has_finished(tmp_path: Path) -> 
     assert report.rows == []
     assert any("no run has finished yet" in n for n in report.notes)
     assert not any("no validation accuracy" in n for n in report.notes)
+
+
+def test_held_out_seeds_select_on_one_set_and_score_on_the_other(tmp_path: Path) -> None:
+    runs: dict[tuple[str, float, float, int], dict[str, object]] = {}
+    for seed in range(6):
+        select = seed < 3
+        for lam in (0.01, 0.1):
+            # The selection seeds prefer λ = 0.1 for coupled; the report seeds would prefer
+            # λ = 0.01 by far, on validation too: reading them would change the pick.
+            good = (lam == 0.1) if select else (lam == 0.01)
+            runs[("coupled", 0.01, lam, seed)] = {
+                "val_accuracy": (0.9 if good else 0.3) if select else (0.95 if good else 0.1),
+                "test_accuracy": 0.5 + 0.01 * seed + (0.2 if lam == 0.1 else 0.0),
+            }
+            runs[("decoupled", 0.01, lam, seed)] = {
+                "val_accuracy": 0.8 if lam == 0.01 else 0.2,
+                "test_accuracy": 0.6 + 0.02 * seed,
+            }
+    _store(tmp_path / "r.db", runs)
+    report = compare(tmp_path / "r.db", select_seeds={0, 1, 2}, report_seeds={3, 4, 5})
+    chosen = {s.mode: s.point for s in report.selections}
+    assert chosen == {"coupled": (0.01, 0.1), "decoupled": (0.01, 0.01)}
+    acc = next(r for r in report.rows if r.measure == "test_accuracy")
+    assert acc.seeds == (3, 4, 5)
+    want = [(0.5 + 0.01 * s + 0.2) - (0.6 + 0.02 * s) for s in (3, 4, 5)]
+    assert acc.difference.mean == pytest.approx(float(np.mean(want)))
+    # Selecting on every seed picks the other coupled point: the report seeds outvote.
+    pooled = {s.mode: s.point for s in compare(tmp_path / "r.db").selections}
+    assert pooled["coupled"] == (0.01, 0.01)
+    with pytest.raises(ConfigError, match="share seeds \\[3\\]"):
+        compare(tmp_path / "r.db", select_seeds={0, 3}, report_seeds={3, 4})
+
+
+def test_seed_sets_are_parsed_and_bad_ones_refused() -> None:
+    assert parse_seeds("0-4,7", "--select-seeds") == frozenset({0, 1, 2, 3, 4, 7})
+    for bad in ("4-0", "a", "-1", ","):
+        with pytest.raises(ConfigError, match="--select-seeds"):
+            parse_seeds(bad, "--select-seeds")

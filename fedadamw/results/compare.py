@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,8 +272,15 @@ def compare(
     *,
     final_rounds: int = FINAL_ROUNDS,
     match: str = "tuned",
+    select_seeds: Collection[int] | None = None,
+    report_seeds: Collection[int] | None = None,
 ) -> Report:
-    """Every A − B row of the store at `path` for each B of `modes_b` (see the module text)."""
+    """Every A − B row of the store at `path` for each B of `modes_b` (see the module text).
+
+    With `select_seeds`, each mode's tuned point is picked on those seeds only; with
+    `report_seeds`, rows (A − B per seed) are scored on those only. Given both, they must not
+    overlap: the reported difference is then not inflated by the selection (held-out seeds).
+    """
     if final_rounds < 1:
         raise ConfigError(
             f"--final-rounds: {final_rounds} is not allowed; expected an integer >= 1"
@@ -286,6 +293,21 @@ def compare(
         decay_mode(mode)
     notes: list[str] = []
     table, labels, has_validation = _load(Path(path), final_rounds, notes)
+    scored = table
+    if select_seeds is not None or report_seeds is not None:
+        if select_seeds is not None and report_seeds is not None:
+            shared = sorted(set(select_seeds) & set(report_seeds))
+            if shared:
+                raise ConfigError(
+                    f"--select-seeds and --report-seeds share seeds {shared}; expected "
+                    "disjoint sets (selection on held-out seeds)"
+                )
+        table = _only_seeds(table, select_seeds)
+        scored = _only_seeds(scored, report_seeds)
+        notes.append(
+            f"points selected on seeds {_seed_text(select_seeds)}, rows scored on seeds "
+            f"{_seed_text(report_seeds)}"
+        )
     on = VAL_ACCURACY if has_validation else "test_accuracy"
     report = Report(final_rounds, match, "validation" if has_validation else "test", notes=notes)
     if not table:
@@ -315,17 +337,60 @@ def compare(
             if mode_b == mode_a or mode_a not in by_mode or mode_b not in by_mode:
                 continue
             modes = (mode_a, mode_b)
+            rows_by_mode = scored.get(setting, {})
+            if mode_a not in rows_by_mode or mode_b not in rows_by_mode:
+                continue
             if match == "tuned" and mode_a in chosen and mode_b in chosen:
                 pa, pb = chosen[mode_a].point, chosen[mode_b].point
-                sides = (by_mode[mode_a][pa], by_mode[mode_b][pb])
+                sides = (rows_by_mode[mode_a].get(pa, {}), rows_by_mode[mode_b].get(pb, {}))
                 report.rows += _pair(label, "tuned", modes, (pa, pb), sides)
             elif match == "nominal":
-                report.rows += _nominal(label, modes, by_mode)
+                report.rows += _nominal(label, modes, rows_by_mode)
             elif match == "shrink":
-                report.rows += _by_shrink(label, modes, by_mode, notes)
+                report.rows += _by_shrink(label, modes, rows_by_mode, notes)
     adjusted = holm([r.p_value for r in report.rows])
     report.rows = [_with_holm(r, p) for r, p in zip(report.rows, adjusted, strict=True)]
     return report
+
+
+def _only_seeds(table: _Table, seeds: Collection[int] | None) -> _Table:
+    """The table with only these seeds' runs (all of them for None), empty entries dropped."""
+    if seeds is None:
+        return table
+    keep = set(seeds)
+    out: _Table = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for setting, by_mode in table.items():
+        for mode, points in by_mode.items():
+            for point, by_seed in points.items():
+                kept = {s: v for s, v in by_seed.items() if s in keep}
+                if kept:
+                    out[setting][mode][point] = kept
+    return out
+
+
+def _seed_text(seeds: Collection[int] | None) -> str:
+    return "all" if seeds is None else ",".join(map(str, sorted(seeds)))
+
+
+def parse_seeds(text: str, flag: str) -> frozenset[int]:
+    """Seeds written as `0-4,7`: ranges and single seeds, comma-separated; ConfigError else."""
+    seeds: set[int] = set()
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            lo, _, hi = part.partition("-")
+            first, last = int(lo), int(hi) if hi else int(lo)
+            if first < 0 or last < first:
+                raise ValueError(part)
+            seeds.update(range(first, last + 1))
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: {text!r} is not allowed; expected seeds like 0-4,7 (non-negative, ascending)"
+        ) from None
+    if not seeds:
+        raise ConfigError(f"{flag}: {text!r} names no seed; expected seeds like 0-4,7")
+    return frozenset(seeds)
 
 
 def _with_holm(row: Row, p: float) -> Row:

@@ -13,7 +13,7 @@ import math
 import shutil
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -316,10 +316,20 @@ def compare_command(
     match: str = "tuned",
     fmt: str = "table",
     points: bool = False,
+    select_seeds: Collection[int] | None = None,
+    report_seeds: Collection[int] | None = None,
 ) -> int:
     """Print the comparison of `out`/results.db in `fmt`; 1 when there is nothing to compare."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
-    report = compare(out / STORE_FILE, mode_a, modes_b, final_rounds=final_rounds, match=match)
+    report = compare(
+        out / STORE_FILE,
+        mode_a,
+        modes_b,
+        final_rounds=final_rounds,
+        match=match,
+        select_seeds=select_seeds,
+        report_seeds=report_seeds,
+    )
     sys.stdout.write(render(report, fmt, points))
     return 0 if report.rows else 1
