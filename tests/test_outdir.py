@@ -101,7 +101,7 @@ def test_the_serverapp_takes_a_relative_out_dir_under_the_root(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[Path] = []
-    monkeypatch.setattr(server_app, "run_experiment", lambda g, c, out: seen.append(out))
+    monkeypatch.setattr(server_app, "run_experiment", lambda g, c, out, **options: seen.append(out))
     server_app.main(_NoGrid(), _context({"out-dir": "mine", "experiment": "e"}))  # type: ignore[arg-type]
     server_app.main(_NoGrid(), _context({"experiment": "e"}))  # type: ignore[arg-type]
     assert seen == [root / "mine", root / "e"]
