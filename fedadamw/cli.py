@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from fedadamw.config import Config
 from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error, survive_closed_stdout
+from fedadamw.fileio import atomic_write_text
+from fedadamw.results.endpoint import ENDPOINT_FILE, endpoint_text, read_endpoint
 from fedadamw.results.writer import ResultStore, StoreError
 from fedadamw.run.experiment import Experiment, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
@@ -315,6 +317,7 @@ OWN_FILES = frozenset(
         "partitions.png",
         ".fedadamw.results.lock",
         SPEC_FILE,
+        ENDPOINT_FILE,
         "export",  # fedadamw export's default --dir
         "tensorboard",  # --log tensorboard
         "mlflow",  # --log mlflow
@@ -381,7 +384,28 @@ def _check_name_lengths(path: Path) -> None:
 
 
 # What a refused run may have made in its --out folder before the refusal, and removes again.
-_REFUSAL_LEFTOVERS = (".fedadamw.results.lock", SPEC_FILE, "config.json")
+_REFUSAL_LEFTOVERS = (".fedadamw.results.lock", SPEC_FILE, "config.json", ENDPOINT_FILE)
+
+
+def _keep_endpoint(config_file: str | None, out_dir: Path) -> None:
+    """Keep the experiment's [endpoint] in the folder, declared before its runs.
+
+    A folder that already holds a different one refuses the run: the endpoint is fixed before
+    the results are seen (compare's --primary/--window/--family explore others).
+    """
+    endpoint = load_experiment(config_file).endpoint if config_file else None
+    if endpoint is None:
+        return
+    path = out_dir / ENDPOINT_FILE
+    text = endpoint_text(endpoint)
+    if path.is_file():
+        if read_endpoint(out_dir) != endpoint:
+            raise ConfigError(
+                f"[endpoint]: differs from the one {path} declared before these runs; restore "
+                "it, or explore with compare --primary/--window/--family"
+            )
+        return
+    atomic_write_text(path, text)
 
 
 def _clean_after_refusal(out_dir: Path, before: frozenset[str] | None) -> None:
@@ -451,6 +475,7 @@ def _run(args: argparse.Namespace) -> int:
         before = frozenset(p.name for p in given.iterdir()) if given.is_dir() else None
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     try:
+        _keep_endpoint(args.config, out_dir)
         code, supervisor = _supervise(args, configs, out_dir, cpus, gpus)
     except (ConfigError, StoreError):
         _clean_after_refusal(out_dir, before)
