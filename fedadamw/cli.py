@@ -116,12 +116,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     cmp.set_defaults(func=_compare)
     cmp.add_argument("out", metavar="OUT", help="a run's output folder (holds results.db)")
-    cmp.add_argument("--a", default="coupled", metavar="MODE", help="mode A (default coupled)")
+    cmp.add_argument(
+        "--a", default=None, metavar="MODE", help="mode A (default coupled, or the endpoint's)"
+    )
     cmp.add_argument(
         "--b",
-        default="decoupled",
+        default=None,
         metavar="MODE[,MODE...]",
-        help="mode(s) B, comma-separated: one A − B block each (default decoupled)",
+        help="mode(s) B, comma-separated: one A − B block each (default decoupled; with a "
+        "declared endpoint its family)",
     )
     cmp.add_argument(
         "--match",
@@ -133,9 +136,34 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--final-rounds",
         type=int,
-        default=5,
+        default=None,
         metavar="K",
-        help="a run's final accuracy is its mean over the last K rounds (default 5)",
+        help="a run's final accuracy is its mean over the last K rounds (default 5; without "
+        "an endpoint only)",
+    )
+    cmp.add_argument(
+        "--endpoint",
+        metavar="FILE.toml",
+        help="read the [endpoint] of this experiment file (stores run before it was declared)",
+    )
+    cmp.add_argument(
+        "--primary", metavar="MEASURE", help="explore another primary (not the declared endpoint)"
+    )
+    cmp.add_argument(
+        "--window",
+        metavar="WINDOW",
+        help="explore another window: last-20%%, last-N, all, matched-loss:0.35",
+    )
+    cmp.add_argument(
+        "--family",
+        metavar="A-B[,A-B...]",
+        help="explore another Holm family, e.g. coupled-none,decoupled-none",
+    )
+    cmp.add_argument(
+        "--power",
+        action="store_true",
+        help="add each row's smallest difference detectable at 80%% power (always with an "
+        "endpoint)",
     )
     cmp.add_argument(
         "--format",
@@ -284,7 +312,7 @@ def _compare(args: argparse.Namespace) -> int:
     return compare_command(
         _existing_store(args.out),
         args.a,
-        [b.strip() for b in args.b.split(",") if b.strip()],
+        None if args.b is None else [b.strip() for b in args.b.split(",") if b.strip()],
         final_rounds=args.final_rounds,
         match=args.match,
         fmt=args.fmt,
@@ -295,6 +323,11 @@ def _compare(args: argparse.Namespace) -> int:
         report_seeds=None
         if args.report_seeds is None
         else parse_seeds(args.report_seeds, "--report-seeds"),
+        endpoint_file=args.endpoint,
+        primary=args.primary,
+        window=args.window,
+        family=args.family,
+        power=args.power,
     )
 
 

@@ -205,7 +205,7 @@ def _windowed(trained: pd.DataFrame, window: Window) -> tuple[pd.DataFrame, set[
     ordered = trained.sort_values(["run_id", "round"])
     columns = [c for c in WINDOW_COLUMNS if c in ordered]
     if window.kind == "matched-loss":
-        losses = ordered["train_loss"] if "train_loss" in ordered else None
+        losses = ordered.get("train_loss")
         hit = ordered[losses <= window.value] if losses is not None else ordered.iloc[:0]
         first = hit.groupby("run_id").head(1).set_index("run_id")
         return first[columns], set(ordered["run_id"]) - set(first.index)

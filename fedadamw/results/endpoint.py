@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,9 +210,15 @@ def parse_endpoint(table: Any, where: str = "[endpoint]") -> Endpoint:
         raise ConfigError(f"{where} family: [] is not allowed; expected at least one A-B")
     descriptive = tuple(
         v if v in ENDPOINT_MEASURES else "-".join(parse_comparison(v, f"{where} descriptive"))
-        for v in _strings(table.get("descriptive", list(default.descriptive)), f"{where} descriptive")
+        for v in _strings(
+            table.get("descriptive", list(default.descriptive)), f"{where} descriptive"
+        )
     )
-    for name, values in (("secondary", secondary), ("family", family), ("descriptive", descriptive)):
+    for name, values in (
+        ("secondary", secondary),
+        ("family", family),
+        ("descriptive", descriptive),
+    ):
         if len(set(values)) != len(values):
             raise ConfigError(f"{where} {name}: names an entry twice; list each once")
     if primary in secondary:
@@ -240,6 +247,19 @@ def read_endpoint(out_dir: Path) -> Endpoint | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read as an endpoint ({exc})") from None
     return parse_endpoint(data, str(path))
+
+
+def endpoint_from_file(path: str | Path) -> Endpoint:
+    """The `[endpoint]` of an experiment file (compare --endpoint: stores run before it)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--endpoint {str(p)!r}: cannot be read as TOML ({exc})") from None
+    if "endpoint" not in data:
+        raise ConfigError(f"--endpoint {str(p)!r}: has no [endpoint] table")
+    return parse_endpoint(data["endpoint"], f"--endpoint {str(p)!r}: [endpoint]")
 
 
 def endpoint_text(endpoint: Endpoint) -> str:
