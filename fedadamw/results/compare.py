@@ -70,7 +70,7 @@ SYMBOLS = {"learning-rate": "η", "weight-decay": "λ"}
 Point = tuple[float, ...]  # a mode's values of OPTIMIZER_KEYS
 TOTAL_SHRINK = "total_shrink"  # per run: Σ over rounds of a client's Σₜ shrink per step (ηλT)
 # Read over an endpoint's window: accuracies and every endpoint measure.
-WINDOW_COLUMNS = ("test_accuracy", VAL_ACCURACY, *ENDPOINT_MEASURES)
+WINDOW_COLUMNS = tuple(dict.fromkeys(("test_accuracy", VAL_ACCURACY, *ENDPOINT_MEASURES)))
 _NO_VALUE = Interval(math.nan, math.nan, math.nan, 0)
 
 
@@ -208,7 +208,8 @@ def _windowed(trained: pd.DataFrame, window: Window) -> tuple[pd.DataFrame, set[
         losses = ordered.get("train_loss")
         hit = ordered[losses <= window.value] if losses is not None else ordered.iloc[:0]
         first = hit.groupby("run_id").head(1).set_index("run_id")
-        return first[columns], set(ordered["run_id"]) - set(first.index)
+        values = first[columns].apply(pd.to_numeric, errors="coerce")  # NULL → NaN
+        return values, set(ordered["run_id"]) - set(first.index)
     by_run = ordered.groupby("run_id")
     from_end = by_run.cumcount(ascending=False)
     keep = by_run["round"].transform("size").map(window.rounds)

@@ -113,8 +113,9 @@ def detectable_difference(
     crit = float(stats.t.ppf(1 - alpha / 2, df))
 
     def shortfall(nc: float) -> float:
-        reach = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
-        return float(reach) - power
+        # The far tail below −t is tiny for nc > 0; scipy returns NaN where it underflows.
+        lower = float(np.nan_to_num(stats.nct.cdf(-crit, df, nc), nan=0.0))
+        return float(stats.nct.sf(crit, df, nc)) + lower - power
 
     high = 1.0
     while shortfall(high) < 0:  # power rises with nc: bracket the root
