@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +205,7 @@ def test_held_out_selection_never_reads_the_report_seeds(tmp_path: Path) -> None
 
 def test_total_shrink_per_point_is_what_the_clients_stored(tmp_path: Path) -> None:
     runs = _runs(seeds=2)
-    for (mode, lam, _), columns in runs.items():
+    for (_, lam, _), columns in runs.items():
         columns["c_shrink"] = list(np.full(ROUNDS, 1e-3 * lam) * np.arange(1, ROUNDS + 1))
     _store(tmp_path / "r.db", runs, clients=3)
     report = compare(tmp_path / "r.db", endpoint=Endpoint())
