@@ -3,6 +3,7 @@ descriptive rows, ηλT per point and the power note, against numpy/scipy refere
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -212,7 +213,7 @@ def test_total_shrink_per_point_is_what_the_clients_stored(tmp_path: Path) -> No
     for s in report.points:
         per_run = [
             sum(
-                np.mean([c * (1 + i) * (5 + i) for i in range(3)])
+                float(np.mean([c * (1 + i) * (5 + i) for i in range(3)]))
                 for c in runs[(s.mode, s.point[1], seed)]["c_shrink"]
             )
             for seed in range(2)
@@ -229,11 +230,13 @@ def test_detectable_difference_has_80_percent_power() -> None:
     nc = delta * math.sqrt(n) / sd
     power = stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc)
     assert power == pytest.approx(0.80, abs=0.01)
-    try:
-        from statsmodels.stats.power import TTestPower
+    try:  # statsmodels is not a dependency: checked against it where it is installed
+        power_module = importlib.import_module("statsmodels.stats.power")
     except ImportError:
         return
-    effect = TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8, alternative="two-sided")
+    effect = power_module.TTestPower().solve_power(
+        nobs=n, alpha=0.05, power=0.8, alternative="two-sided"
+    )
     assert delta == pytest.approx(effect * sd, rel=1e-3)
 
 
@@ -245,8 +248,8 @@ def test_without_an_endpoint_compare_is_unchanged(tmp_path: Path) -> None:
     assert all(r.role == "" for r in report.rows) and "ηλT" not in render(report, "markdown")
     disp = next(r for r in report.rows if r.measure == "dispersion")
     want = [
-        np.mean(runs[("coupled", 1e-4, s)]["dispersion"])
-        - np.mean(runs[("decoupled", 0.1, s)]["dispersion"])
+        float(np.mean(runs[("coupled", 1e-4, s)]["dispersion"]))
+        - float(np.mean(runs[("decoupled", 0.1, s)]["dispersion"]))
         for s in range(5)
     ]
     assert disp.difference.mean == pytest.approx(np.mean(want))  # all rounds, as before

@@ -414,6 +414,7 @@ def resolve_endpoint(
 ) -> tuple[Endpoint | None, bool, str]:
     """The endpoint compare tests: the one kept in `out` (or read from `endpoint_file`),
     with command-line overrides; whether it is still the declared one; where it came from."""
+    declared: Endpoint | None
     if endpoint_file is not None:
         declared, source = endpoint_from_file(endpoint_file), f"{endpoint_file} [endpoint]"
     else:
