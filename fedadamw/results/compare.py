@@ -18,6 +18,11 @@ seed means the same partitions, validation rows, sampled clients, batches and in
 - **Inference.** A paired 95% Student-t interval per row and measure, the paired t-test's
   p-value, and Holm's adjustment over every row × measure of the table.
 
+With a declared endpoint (`fedadamw.results.endpoint`: the experiment's `[endpoint]` table)
+the comparisons are its family, every measure and the selecting validation accuracy are read
+over its one window, Holm adjusts the primary rows (the declared family) and the secondary rows
+apart, descriptive rows get no p-value, and each point carries its stored total shrink ηλT.
+
 This module computes the `Report`; `fedadamw.results.compare_render` prints it (table,
 markdown, csv, json) and is `fedadamw compare`.
 """
