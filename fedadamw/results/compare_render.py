@@ -418,7 +418,7 @@ def resolve_endpoint(
     if endpoint_file is not None:
         declared, source = endpoint_from_file(endpoint_file), f"{endpoint_file} [endpoint]"
     else:
-        declared, source = read_endpoint(out), str(out / ENDPOINT_FILE)
+        declared, source = read_endpoint(out), f"{out.name}/{ENDPOINT_FILE}"  # portable in findings
     changes: dict[str, Any] = {}
     if primary is not None:
         changes["primary"] = primary
