@@ -28,6 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedadamw import schema
 from fedadamw.config import Config
 from fedadamw.core import wire as messages
+from fedadamw.core.training import Evaluator
 from fedadamw.errors import ConfigError
 from fedadamw.run.orchestrate import ArmTask, Session
 from fedadamw.run.outdir import resolve_under_root
@@ -37,7 +38,7 @@ from server.cohort_grid import CohortGrid
 from server.grid import GuardedGrid
 from server.metrics import scalar
 from server.optimizers import make_strategy
-from server.run_batch import RunBatch
+from server.run_batch import Member, RunBatch
 from server.strategy import NODE_WAIT_S
 
 
@@ -106,9 +107,9 @@ def run_experiment(
             # The grid engine: `batch_runs` arms at a time, their rounds trained together.
             batch: RunBatch[ArmTask] = RunBatch(grid, stop)
 
-            def work(task: ArmTask, member: Grid) -> None:
+            def work(task: ArmTask, member: Member) -> None:
                 with task.running():
-                    _train(GuardedGrid(member, stop), task, partitions)
+                    _train(member, task, partitions, member.evaluate)
 
             arms = session.arms()
             while chunk := list(itertools.islice(arms, batch_runs)):
@@ -121,8 +122,14 @@ def run_experiment(
         return session.run_ids
 
 
-def _train(grid: Grid, task: ArmTask, partitions: dict[int, int]) -> None:
-    """The server optimizer's Flower loop over the rounds the arm still needs."""
+def _train(
+    grid: Grid, task: ArmTask, partitions: dict[int, int], evaluator: Evaluator | None = None
+) -> None:
+    """The server optimizer's Flower loop over the rounds the arm still needs.
+
+    `evaluator` scores each new global model (None: this run alone; the grid engine's batch
+    member scores all its runs' models at once).
+    """
     cfg, done = task.cfg, task.done
     recorder = task.recorder
     strategy = make_strategy(
@@ -146,6 +153,7 @@ def _train(grid: Grid, task: ArmTask, partitions: dict[int, int]) -> None:
             arrays.to_torch_state_dict(),
             strategy.last_measurement,
             strategy.last_server_state,
+            evaluator,
         )
         return MetricRecord({"test-loss": loss, "test-accuracy": acc})
 
