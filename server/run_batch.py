@@ -50,25 +50,54 @@ CPU_BUDGET_BYTES = 2 << 30
 COPIES_PER_CLIENT = 8
 
 
-def batch_size(configs: Sequence[Config], most: int = 0) -> tuple[int, str]:
-    """How many runs of `configs` train together, and a line saying why.
-
-    As many as fit `CPU_BUDGET_BYTES` of stacked weights (half the free memory of a CUDA device),
-    at most `most` when it is > 0; the activations are bounded separately (train_cohort's chunks).
-    """
-    runs = sum(len(c.arm_list) for c in configs)
-    cfg = configs[0]
+def run_bytes(cfg: Config) -> int:
+    """Bytes of stacked weights one run of `cfg` holds: clients × params × 4 × copies."""
     params = sum(p.numel() for p in model_for(cfg).parameters())
-    per_run = max(c.clients_per_round for c in configs) * params * 4 * COPIES_PER_CLIENT
-    budget = CPU_BUDGET_BYTES
+    return cfg.clients_per_round * params * 4 * COPIES_PER_CLIENT
+
+
+def memory_budget() -> int:
+    """`CPU_BUDGET_BYTES`, or half the free memory of a CUDA device."""
     if torch.cuda.is_available():
-        budget = torch.cuda.mem_get_info()[0] // 2
-    fit = max(1, budget // max(per_run, 1))
-    size = min(runs, fit, most) if most > 0 else min(runs, fit)
-    batches = -(-runs // size)
+        return int(torch.cuda.mem_get_info()[0]) // 2
+    return CPU_BUDGET_BYTES
+
+
+def fits(count: int, used: int, cost: int, budget: int, most: int = 0) -> bool:
+    """Whether a run of `cost` bytes joins a batch of `count` runs holding `used` bytes.
+
+    A batch always takes its first run; then runs join while the bytes stay within `budget`
+    (0: no memory cap) and the count within `most` (0: no cap).
+    """
+    if count == 0:
+        return True
+    return (most <= 0 or count < most) and (budget <= 0 or used + cost <= budget)
+
+
+def batch_size(configs: Sequence[Config], most: int = 0) -> tuple[int, str]:
+    """The largest batch of runs of `configs` that train together, and a line saying why.
+
+    The runs go in order into consecutive batches, each as large as `fits` lets it: within
+    `memory_budget()` of stacked weights, each run costed by its own config's model
+    (`run_bytes`), at most `most` runs when it is > 0; the activations are bounded separately
+    (train_cohort's chunks).
+    """
+    budget = memory_budget()
+    costs = [run_bytes(c) for c in configs for _ in c.arm_list]
+    sizes: list[int] = []
+    peak, count, used = 0, 0, 0
+    for cost in costs:
+        if not fits(count, used, cost, budget, most):
+            sizes.append(count)
+            count, used = 0, 0
+        count, used = count + 1, used + cost
+        peak = max(peak, used)
+    sizes.append(count)
+    size = max(sizes)
+    batches = len(sizes)
     why = (
-        f"grid engine: {runs} runs in {batches} batch{'es' if batches > 1 else ''} of up to "
-        f"{size} ({size * per_run / 2**20:.0f} MiB of stacked weights"
+        f"grid engine: {len(costs)} runs in {batches} batch{'es' if batches > 1 else ''} of up "
+        f"to {size} ({peak / 2**20:.0f} MiB of stacked weights"
         + (f"; --max-batch-runs {most}" if most > 0 else f"; budget {budget / 2**30:.1f} GiB")
         + ")"
     )

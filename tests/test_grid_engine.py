@@ -216,6 +216,55 @@ def test_the_batch_size_is_capped_by_the_flag_and_by_memory() -> None:
     assert size == 4 and f"{runs} runs in {-(-runs // 4)} batches of up to 4" in why
 
 
+def _mixed_models() -> list[Config]:
+    """cnn1d (2 runs) then the MLP (3 runs): two model sizes in one grid."""
+    small = {**BASE, "num-server-rounds": 1, "engine": "grid", "model": "cnn1d"}
+    return [
+        Config.from_mapping({**small, "arms": "coupled,decoupled"}),
+        Config.from_mapping({**small, "model": "mlp", "arms": "coupled,decoupled,none"}),
+    ]
+
+
+# Parameters by formula (MNIST-1D: 40 samples, 10 classes). cnn1d: convolutions of 25 channels
+# (k 5, 3, 3; stride 2, padding 1) take the length 40 -> 19 -> 10 -> 5, then a linear 125 -> 10;
+# the MLP: 40 -> 100 -> 100 -> 10.
+CNN1D_PARAMS = (25 * 1 * 5 + 25) + 2 * (25 * 25 * 3 + 25) + (125 * 10 + 10)
+MLP_PARAMS = (40 * 100 + 100) + (100 * 100 + 100) + (100 * 10 + 10)
+
+
+def test_each_batch_is_sized_by_its_own_runs_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.app
+    import server.run_batch
+
+    configs = _mixed_models()
+    clients = configs[0].clients_per_round
+    small, large = (clients * p * 4 * 8 for p in (CNN1D_PARAMS, MLP_PARAMS))  # 8 copies
+    assert [server.run_batch.run_bytes(c) for c in configs] == [small, large]
+    # Room for both cnn1d runs and one MLP run: then each MLP run alone (2 MLPs do not fit).
+    budget = 2 * small + large
+    monkeypatch.setattr(server.run_batch, "memory_budget", lambda: budget)
+    monkeypatch.setattr(server.app, "memory_budget", lambda: budget)
+    size, why = batch_size(configs)
+    assert size == 3 and "5 runs in 3 batches of up to 3" in why
+    assert f"({budget / 2**20:.0f} MiB" in why
+    sizes: list[int] = []
+    run = RunBatch.run
+
+    def counted(self: RunBatch[object], items: list[object], work: object) -> None:
+        sizes.append(len(items))
+        run(self, items, work)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RunBatch, "run", counted)
+    run_experiment(CohortGrid(CLIENTS), configs, tmp_path / "mixed", batch_runs=5)
+    assert sizes == [3, 1, 1]
+    conn = sqlite3.connect(tmp_path / "mixed" / "results.db")
+    statuses = [s for (s,) in conn.execute("SELECT status FROM runs")]
+    conn.close()
+    assert statuses == ["finished"] * 5
+
+
 def test_a_cluster_task_is_a_batch_of_grid_points_spread_over_the_nodes() -> None:
     from fedadamw.launch.cluster import cells
 
