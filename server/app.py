@@ -6,7 +6,6 @@ and both arms see the same nodes, partitions, sampled clients and initial weight
 
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 import time
@@ -28,16 +27,17 @@ from flwr.serverapp import Grid, ServerApp
 from fedadamw import schema
 from fedadamw.config import Config
 from fedadamw.core import wire as messages
+from fedadamw.core.training import Evaluator
 from fedadamw.errors import ConfigError
 from fedadamw.run.orchestrate import ArmTask, Session
 from fedadamw.run.outdir import resolve_under_root
 from fedadamw.run.recorder import Progress
-from fedadamw.schema import BATCHED_ENGINES
+from fedadamw.schema import BATCHED_ENGINES, INTERRUPTED
 from server.cohort_grid import CohortGrid
 from server.grid import GuardedGrid
 from server.metrics import scalar
 from server.optimizers import make_strategy
-from server.run_batch import RunBatch
+from server.run_batch import Member, RunBatch, fits, memory_budget, run_bytes
 from server.strategy import NODE_WAIT_S
 
 
@@ -106,13 +106,32 @@ def run_experiment(
             # The grid engine: `batch_runs` arms at a time, their rounds trained together.
             batch: RunBatch[ArmTask] = RunBatch(grid, stop)
 
-            def work(task: ArmTask, member: Grid) -> None:
+            def work(task: ArmTask, member: Member) -> None:
                 with task.running():
-                    _train(GuardedGrid(member, stop), task, partitions)
+                    _train(member, task, partitions, member.evaluate)
 
-            arms = session.arms()
-            while chunk := list(itertools.islice(arms, batch_runs)):
-                batch.run(chunk, work)
+            # Each batch as large as `fits` lets it: at most `batch_runs` runs, and within the
+            # memory budget with each run costed by its own model (a grid may mix model sizes).
+            arms, budget = session.arms(), memory_budget()
+            carry: ArmTask | None = None  # started, but waits for the next batch
+            try:
+                while True:
+                    chunk = [carry] if carry is not None else []
+                    carry = None
+                    used = sum(run_bytes(t.cfg) for t in chunk)
+                    for task in arms:
+                        cost = run_bytes(task.cfg)
+                        if not fits(len(chunk), used, cost, budget, batch_runs):
+                            carry = task
+                            break
+                        chunk.append(task)
+                        used += cost
+                    if not chunk:
+                        break
+                    batch.run(chunk, work)
+            finally:
+                if carry is not None:  # the batch before it stopped: it resumes later
+                    carry.recorder.finish(INTERRUPTED)
             return session.run_ids
         guarded = GuardedGrid(grid, stop, lost_worker_fatal)
         for task in session.arms():
@@ -121,8 +140,14 @@ def run_experiment(
         return session.run_ids
 
 
-def _train(grid: Grid, task: ArmTask, partitions: dict[int, int]) -> None:
-    """The server optimizer's Flower loop over the rounds the arm still needs."""
+def _train(
+    grid: Grid, task: ArmTask, partitions: dict[int, int], evaluator: Evaluator | None = None
+) -> None:
+    """The server optimizer's Flower loop over the rounds the arm still needs.
+
+    `evaluator` scores each new global model (None: this run alone; the grid engine's batch
+    member scores all its runs' models at once).
+    """
     cfg, done = task.cfg, task.done
     recorder = task.recorder
     strategy = make_strategy(
@@ -146,6 +171,7 @@ def _train(grid: Grid, task: ArmTask, partitions: dict[int, int]) -> None:
             arrays.to_torch_state_dict(),
             strategy.last_measurement,
             strategy.last_server_state,
+            evaluator,
         )
         return MetricRecord({"test-loss": loss, "test-accuracy": acc})
 

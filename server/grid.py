@@ -6,7 +6,9 @@ stopped. `GuardedGrid` delegates everything to the real grid and replaces only t
 polls for replies, raises `RunInterruptedError` as soon as the stop event is set, answers an empty
 send at once (the evaluate phase sends nothing: the server evaluates), and, in simulation,
 raises `WorkerLostError` when a reply says the Ray worker died (the run then resumes on fresh
-workers instead of silently training without those clients).
+workers instead of silently training without those clients). Its wait goes through its own
+`push_messages`/`pull_messages`, so a subclass that changes how messages are pushed (the grid
+engine's `server.run_batch.Member`) keeps the same interruptible round.
 """
 
 from __future__ import annotations
@@ -74,12 +76,12 @@ class GuardedGrid(Grid):
         if not outgoing:
             return []
         self._check_stop()
-        pending = set(self._grid.push_messages(outgoing))
+        pending = set(self.push_messages(outgoing))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         wait = _FIRST_POLL_S
         while pending:
-            got = list(self._grid.pull_messages(pending))
+            got = list(self.pull_messages(pending))
             replies += got
             pending -= {m.metadata.reply_to_message_id for m in got}
             if not pending or (deadline is not None and time.monotonic() > deadline):

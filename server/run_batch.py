@@ -8,6 +8,13 @@ all of them in one `CohortGrid.push_messages` call: one `fedadamw.core.cohort.tr
 (model, decay mode, decayed tensors), the clients of all runs stacked, each row with its own
 global model, η, λ, schedule, μ and batch plan. Then each run gets its replies and its turn again.
 
+Evaluation follows the same pattern: each run's `evaluate_fn` (server.app) hands its new global
+model to the recorder with its `Member.evaluate` as the evaluator, which waits like a push; the
+driver scores every waiting run's model with one `fedadamw.core.training.evaluate_many` per
+(architecture, data set) — the stacked forward of `fedadamw.core.stacked` over all of them —
+and each run writes its round on its next turn. Outside a batch the recorder evaluates the run
+alone (`evaluate_each`); the two differ by float rounding only.
+
 Taking turns keeps everything outside the stacked training exactly sequential: the store's
 connection, the progress bar and the recorders are never used by two threads at once, and the
 order of every write is fixed by the runs' order, not by a thread scheduler.
@@ -20,18 +27,21 @@ A stop request (Ctrl-C, SIGTERM) does the same.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from flwr.app import Message, RecordDict
-from flwr.proto.node_pb2 import NodeInfo
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+import torch
+from flwr.app import Message
+from torch import Tensor, nn
 
 from fedadamw.config import Config
 from fedadamw.core.models import model_for
+from fedadamw.core.training import evaluate_many
+from fedadamw.data.split import ArrayDataset
 from fedadamw.run.failures import RunInterruptedError
 from server.cohort_grid import CohortGrid
+from server.grid import GuardedGrid
 
 T = TypeVar("T")
 # The stacked weights' budget on the CPU: each stacked client holds ~8 float32 copies of the
@@ -40,72 +50,99 @@ CPU_BUDGET_BYTES = 2 << 30
 COPIES_PER_CLIENT = 8
 
 
-def batch_size(configs: Sequence[Config], most: int = 0) -> tuple[int, str]:
-    """How many runs of `configs` train together, and a line saying why.
-
-    As many as fit `CPU_BUDGET_BYTES` of stacked weights (half the free memory of a CUDA device),
-    at most `most` when it is > 0; the activations are bounded separately (train_cohort's chunks).
-    """
-    import torch
-
-    runs = sum(len(c.arm_list) for c in configs)
-    cfg = configs[0]
+def run_bytes(cfg: Config) -> int:
+    """Bytes of stacked weights one run of `cfg` holds: clients × params × 4 × copies."""
     params = sum(p.numel() for p in model_for(cfg).parameters())
-    per_run = max(c.clients_per_round for c in configs) * params * 4 * COPIES_PER_CLIENT
-    budget = CPU_BUDGET_BYTES
+    return cfg.clients_per_round * params * 4 * COPIES_PER_CLIENT
+
+
+def memory_budget() -> int:
+    """`CPU_BUDGET_BYTES`, or half the free memory of a CUDA device."""
     if torch.cuda.is_available():
-        budget = torch.cuda.mem_get_info()[0] // 2
-    fit = max(1, budget // max(per_run, 1))
-    size = min(runs, fit, most) if most > 0 else min(runs, fit)
-    batches = -(-runs // size)
+        return int(torch.cuda.mem_get_info()[0]) // 2
+    return CPU_BUDGET_BYTES
+
+
+def fits(count: int, used: int, cost: int, budget: int, most: int = 0) -> bool:
+    """Whether a run of `cost` bytes joins a batch of `count` runs holding `used` bytes.
+
+    A batch always takes its first run; then runs join while the bytes stay within `budget`
+    (0: no memory cap) and the count within `most` (0: no cap).
+    """
+    if count == 0:
+        return True
+    return (most <= 0 or count < most) and (budget <= 0 or used + cost <= budget)
+
+
+def batch_size(configs: Sequence[Config], most: int = 0) -> tuple[int, str]:
+    """The largest batch of runs of `configs` that train together, and a line saying why.
+
+    The runs go in order into consecutive batches, each as large as `fits` lets it: within
+    `memory_budget()` of stacked weights, each run costed by its own config's model
+    (`run_bytes`), at most `most` runs when it is > 0; the activations are bounded separately
+    (train_cohort's chunks).
+    """
+    budget = memory_budget()
+    costs = [run_bytes(c) for c in configs for _ in c.arm_list]
+    sizes: list[int] = []
+    peak, count, used = 0, 0, 0
+    for cost in costs:
+        if not fits(count, used, cost, budget, most):
+            sizes.append(count)
+            count, used = 0, 0
+        count, used = count + 1, used + cost
+        peak = max(peak, used)
+    sizes.append(count)
+    size = max(sizes)
+    batches = len(sizes)
     why = (
-        f"grid engine: {runs} runs in {batches} batch{'es' if batches > 1 else ''} of up to "
-        f"{size} ({size * per_run / 2**20:.0f} MiB of stacked weights"
+        f"grid engine: {len(costs)} runs in {batches} batch{'es' if batches > 1 else ''} of up "
+        f"to {size} ({peak / 2**20:.0f} MiB of stacked weights"
         + (f"; --max-batch-runs {most}" if most > 0 else f"; budget {budget / 2**30:.1f} GiB")
         + ")"
     )
     return size, why
 
 
-class _Member(Grid):
-    """One run's view of the shared cohort grid: its pushes wait for the batch's turn."""
+class Member(GuardedGrid):
+    """One run's view of the shared cohort grid: its pushes and evaluations wait for the batch.
 
-    def __init__(self, batch: RunBatch[object], index: int) -> None:
+    Everything else is `GuardedGrid`'s (the interruptible `send_and_receive` over this class's
+    `push_messages`), on the batch's cohort grid.
+    """
+
+    def __init__(self, batch: RunBatch[Any], index: int, stop: threading.Event) -> None:
+        super().__init__(batch.grid, stop)
         self._batch, self._index = batch, index
-
-    def set_run(self, run: Run) -> None:
-        self._batch.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._batch.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._batch.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._batch.grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        return self._batch.grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._batch.push(self._index, list(messages))
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._batch.grid.pull_messages(message_ids)
+    def evaluate(
+        self,
+        model: nn.Module,
+        state: Mapping[str, Tensor],
+        datasets: Sequence[ArrayDataset],
+        device: torch.device,
+    ) -> list[tuple[float, float]]:
+        """A `fedadamw.core.training.Evaluator`: answered with the batch's other requests."""
+        request = _Evaluation(model, dict(state), list(datasets), device)
+        return self._batch.evaluate(self._index, request)
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """One run's request: score `model` with `state` on each of `datasets`."""
+
+    model: nn.Module
+    state: dict[str, Tensor]
+    datasets: list[ArrayDataset]
+    device: torch.device
+
+    def key(self, data: ArrayDataset) -> tuple[object, ...]:
+        """Requests of equal keys are evaluated in one call: same architecture, data, device."""
+        shapes = tuple((n, tuple(p.shape)) for n, p in self.model.named_parameters())
+        return (type(self.model), shapes, id(data), str(self.device))
 
 
 class RunBatch(Generic[T]):
@@ -118,9 +155,11 @@ class RunBatch(Generic[T]):
         self._turn: int | None = None  # the member that may run; None: the driver's turn
         self._pending: dict[int, list[Message]] = {}
         self._ids: dict[int, list[str]] = {}
+        self._evals: dict[int, _Evaluation] = {}
+        self._scores: dict[int, list[tuple[float, float]]] = {}
         self._abort = False
 
-    def run(self, items: Sequence[T], work: Callable[[T, Grid], None]) -> None:
+    def run(self, items: Sequence[T], work: Callable[[T, Member], None]) -> None:
         """Run every item's `work` to its end (or the batch's first error, which is raised)."""
         self._abort = False
         errors: dict[int, BaseException] = {}
@@ -129,7 +168,7 @@ class RunBatch(Generic[T]):
         def body(index: int, item: T) -> None:
             try:
                 self._wait_turn(index)
-                work(item, _Member(self, index))  # type: ignore[arg-type]
+                work(item, Member(self, index, self._stop))
             except BaseException as exc:  # handed to the driver, which raises the first
                 errors[index] = exc
             finally:
@@ -154,7 +193,7 @@ class RunBatch(Generic[T]):
                 if errors or self._stop.is_set():
                     self._abort = True  # the next round of turns stops every live run
                     continue
-                if self._pending:
+                if self._pending or self._evals:
                     self._serve()
         except BaseException:
             self._abort = True
@@ -181,11 +220,23 @@ class RunBatch(Generic[T]):
         self._wait_turn(index)
         return self._ids.pop(index)
 
+    def evaluate(self, index: int, request: _Evaluation) -> list[tuple[float, float]]:
+        """A member's evaluation: wait until the driver has scored it with the others."""
+        with self._cond:
+            if self._abort:
+                raise RunInterruptedError("stop requested")
+            self._evals[index] = request
+            self._turn = None
+            self._cond.notify_all()
+        self._wait_turn(index)
+        return self._scores.pop(index)
+
     def _wait_turn(self, index: int) -> None:
         with self._cond:
             self._cond.wait_for(lambda: self._turn == index)
             if self._abort:
                 self._pending.pop(index, None)
+                self._evals.pop(index, None)
                 raise RunInterruptedError("stop requested")
 
     def _give_turn(self, index: int, done: set[int]) -> None:
@@ -196,12 +247,29 @@ class RunBatch(Generic[T]):
             self._cond.wait_for(lambda: self._turn is None or index in done)
 
     def _serve(self) -> None:
-        """Answer every pending push in one call on the cohort grid (one stack per kind)."""
-        order = sorted(self._pending)
-        messages = [m for i in order for m in self._pending[i]]
-        ids = list(self.grid.push_messages(messages))
-        at = 0
-        for i in order:
-            n = len(self._pending[i])
-            self._ids[i], at = ids[at : at + n], at + n
-        self._pending.clear()
+        """Answer every pending push in one call on the cohort grid (one stack per kind), and
+        every pending evaluation with one `evaluate_many` per (architecture, data set)."""
+        if self._pending:
+            order = sorted(self._pending)
+            messages = [m for i in order for m in self._pending[i]]
+            ids = list(self.grid.push_messages(messages))
+            at = 0
+            for i in order:
+                n = len(self._pending[i])
+                self._ids[i], at = ids[at : at + n], at + n
+            self._pending.clear()
+        if self._evals:
+            groups: dict[tuple[object, ...], list[tuple[int, int, ArrayDataset]]] = {}
+            for i in sorted(self._evals):
+                request = self._evals[i]
+                for j, data in enumerate(request.datasets):
+                    groups.setdefault(request.key(data), []).append((i, j, data))
+            scores = {i: [(0.0, 0.0)] * len(r.datasets) for i, r in self._evals.items()}
+            for members in groups.values():
+                first = self._evals[members[0][0]]
+                states = [self._evals[i].state for i, _, _ in members]
+                got = evaluate_many(first.model, states, members[0][2], first.device)
+                for (i, j, _), score in zip(members, got, strict=True):
+                    scores[i][j] = score
+            self._scores.update(scores)
+            self._evals.clear()

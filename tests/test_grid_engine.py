@@ -71,10 +71,24 @@ def _rows(db: Path) -> dict[tuple[str, int], sqlite3.Row]:
     return out
 
 
-def _same(a: sqlite3.Row, b: sqlite3.Row) -> list[str]:
-    """The columns in which two stored rounds differ (timings aside)."""
+# The evaluation's losses: the grid engine scores its runs' models in one stacked forward
+# (fedadamw.core.training.evaluate_many), per-run vmap each model alone; the two sum the same
+# cross-entropies in a different order, so they agree to float rounding (the engine-equality
+# tolerance of tests/test_cohort_grid.py), not bit for bit.
+EVALUATED = ("test_loss", "val_loss")
+
+
+def _same(a: sqlite3.Row, b: sqlite3.Row, rel: float = 0.0) -> list[str]:
+    """The columns in which two stored rounds differ (timings aside); the evaluation's losses
+    by more than `rel` relative."""
     skip = ("run_id", "config_json", "seconds")
-    return [k for k in a.keys() if k not in skip and a[k] != b[k]]  # noqa: SIM118
+    return [
+        k
+        for k in a.keys()  # noqa: SIM118
+        if k not in skip
+        and a[k] != b[k]
+        and not (k in EVALUATED and a[k] == pytest.approx(b[k], rel=rel, abs=0.0))
+    ]
 
 
 def test_every_run_of_a_stacked_grid_equals_the_same_run_alone_under_vmap(tmp_path: Path) -> None:
@@ -87,9 +101,12 @@ def test_every_run_of_a_stacked_grid_equals_the_same_run_alone_under_vmap(tmp_pa
     assert len(got) == len(want) == runs * 4  # rounds 0 (the initial model) to 3
     assert got.keys() == want.keys()
     # Each model's rows are their own matrix products (fedadamw.core.stacked): a run's numbers
-    # do not depend on the runs stacked beside it, so they agree bit for bit, not only closely.
-    differing = {key: _same(got[key], want[key]) for key in got}
+    # do not depend on the runs stacked beside it, so training agrees bit for bit, and so do
+    # the accuracies; the evaluation's losses to float rounding (EVALUATED).
+    differing = {key: _same(got[key], want[key], rel=1e-5) for key in got}
     assert not any(differing.values()), {k: v for k, v in differing.items() if v}
+    # ... and they were evaluated: every round has a test and a validation loss.
+    assert all(got[k]["test_loss"] > 0 and got[k]["val_loss"] > 0 for k in got)
 
 
 def test_identical_settings_give_identical_rows_whatever_their_place_in_the_batch(
@@ -109,6 +126,37 @@ def test_identical_settings_give_identical_rows_whatever_their_place_in_the_batc
         assert len(rows) == 3
         for key in statistics:
             assert len({r[key] for r in rows}) == 1, key
+
+
+def test_evaluating_many_models_at_once_gives_each_models_own_evaluation() -> None:
+    import torch
+
+    from fedadamw.core.models import model_for
+    from fedadamw.core.training import evaluate, evaluate_many
+    from fedadamw.data.split import DataSpec, load_splits
+
+    cfg = _grid()[0]
+    _, test = load_splits(DataSpec.from_config(cfg))
+    model = model_for(cfg)
+    states = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        states.append({k: torch.randn_like(v) * 0.3 for k, v in model.state_dict().items()})
+    want = []
+    for state in states:
+        model.load_state_dict(state)
+        want.append(evaluate(model, test, torch.device("cpu")))
+    cpu = torch.device("cpu")
+    # Chunks of 2 models × 150 examples (ragged at both ends), and everything in one call.
+    for rows in (300, 10**6):
+        got = evaluate_many(model, states, test, cpu, chunk_rows=rows)
+        assert [a for _, a in got] == [a for _, a in want]
+        assert [loss for loss, _ in got] == pytest.approx([loss for loss, _ in want], rel=1e-5)
+    # A state with a key the architecture lacks is not stacked: each model alone, exactly.
+    odd = [{**s, "extra": torch.zeros(1)} for s in states[:2]]
+    strict = model_for(cfg)
+    with pytest.raises(RuntimeError, match="extra"):
+        evaluate_many(strict, odd, test, cpu)
 
 
 class _StopAt(Progress):
@@ -166,6 +214,55 @@ def test_the_batch_size_is_capped_by_the_flag_and_by_memory() -> None:
     assert size == runs and f"{runs} runs in 1 batch" in why
     size, why = batch_size(configs, most=4)
     assert size == 4 and f"{runs} runs in {-(-runs // 4)} batches of up to 4" in why
+
+
+def _mixed_models() -> list[Config]:
+    """cnn1d (2 runs) then the MLP (3 runs): two model sizes in one grid."""
+    small = {**BASE, "num-server-rounds": 1, "engine": "grid", "model": "cnn1d"}
+    return [
+        Config.from_mapping({**small, "arms": "coupled,decoupled"}),
+        Config.from_mapping({**small, "model": "mlp", "arms": "coupled,decoupled,none"}),
+    ]
+
+
+# Parameters by formula (MNIST-1D: 40 samples, 10 classes). cnn1d: convolutions of 25 channels
+# (k 5, 3, 3; stride 2, padding 1) take the length 40 -> 19 -> 10 -> 5, then a linear 125 -> 10;
+# the MLP: 40 -> 100 -> 100 -> 10.
+CNN1D_PARAMS = (25 * 1 * 5 + 25) + 2 * (25 * 25 * 3 + 25) + (125 * 10 + 10)
+MLP_PARAMS = (40 * 100 + 100) + (100 * 100 + 100) + (100 * 10 + 10)
+
+
+def test_each_batch_is_sized_by_its_own_runs_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.app
+    import server.run_batch
+
+    configs = _mixed_models()
+    clients = configs[0].clients_per_round
+    small, large = (clients * p * 4 * 8 for p in (CNN1D_PARAMS, MLP_PARAMS))  # 8 copies
+    assert [server.run_batch.run_bytes(c) for c in configs] == [small, large]
+    # Room for both cnn1d runs and one MLP run: then each MLP run alone (2 MLPs do not fit).
+    budget = 2 * small + large
+    monkeypatch.setattr(server.run_batch, "memory_budget", lambda: budget)
+    monkeypatch.setattr(server.app, "memory_budget", lambda: budget)
+    size, why = batch_size(configs)
+    assert size == 3 and "5 runs in 3 batches of up to 3" in why
+    assert f"({budget / 2**20:.0f} MiB" in why
+    sizes: list[int] = []
+    run = RunBatch.run
+
+    def counted(self: RunBatch[object], items: list[object], work: object) -> None:
+        sizes.append(len(items))
+        run(self, items, work)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RunBatch, "run", counted)
+    run_experiment(CohortGrid(CLIENTS), configs, tmp_path / "mixed", batch_runs=5)
+    assert sizes == [3, 1, 1]
+    conn = sqlite3.connect(tmp_path / "mixed" / "results.db")
+    statuses = [s for (s,) in conn.execute("SELECT status FROM runs")]
+    conn.close()
+    assert statuses == ["finished"] * 5
 
 
 def test_a_cluster_task_is_a_batch_of_grid_points_spread_over_the_nodes() -> None:

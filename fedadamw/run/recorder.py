@@ -26,6 +26,7 @@ from fedadamw.run.rounds import round_record
 if TYPE_CHECKING:
     import torch
 
+    from fedadamw.core.training import Evaluator
     from fedadamw.core.updates import RoundMeasurement
 
 
@@ -117,22 +118,23 @@ class RunRecorder:
         state: Mapping[str, torch.Tensor],
         measured: RoundMeasurement | None = None,
         server_state: Mapping[str, np.ndarray] | None = None,
+        evaluator: Evaluator | None = None,
     ) -> tuple[float, float]:
         """Evaluate the global model of `server_round` and write the round; (loss, accuracy).
 
         `measured` is the strategy's measurement of the round's updates (None: round 0, or
         nothing was aggregated), `server_state` the server optimizer's state after it: it goes
-        into the round's checkpoint, so a resumed run continues identically.
+        into the round's checkpoint, so a resumed run continues identically. `evaluator`
+        scores the model on the test and validation sets (default: this run alone,
+        `fedadamw.core.training.evaluate_each`; the grid engine batches its runs').
         """
-        from fedadamw.core.training import evaluate
+        from fedadamw.core.training import evaluate_each
 
-        self.model.load_state_dict(dict(state))
-        test_loss, test_acc = evaluate(self.model, self.test, self.device)
-        val_loss, val_acc = (
-            evaluate(self.model, self.validation, self.device)
-            if len(self.validation)
-            else (None, None)  # val-fraction 0: nothing held out
-        )
+        held_out = len(self.validation) > 0  # val-fraction 0: nothing held out
+        datasets = [self.test, self.validation] if held_out else [self.test]
+        scores = (evaluator or evaluate_each)(self.model, state, datasets, self.device)
+        test_loss, test_acc = scores[0]
+        val_loss, val_acc = scores[1] if held_out else (None, None)
         now = time.perf_counter()
         values: dict[str, float | int | None] = {
             "test_loss": test_loss,
