@@ -405,10 +405,12 @@ class Store:
     ) -> pd.DataFrame:
         """The probed clients' updates kept with ``--keep-updates``, one row per client.
 
-        Columns: `PROBE_KEY`, ``partition_id``, ``num_examples`` and ``update`` (the flat
-        float32 update as a numpy array); optionally of one checkpoint round. Empty when none.
+        Columns: `PROBE_KEY`, ``partition_id``, ``num_examples``, ``update`` (the client's
+        flat float32 update Δ over the model's parameters, as a numpy array) and
+        ``decay_part`` (its decay part Δ_decay, same layout); optionally of one checkpoint
+        round. Empty when none.
         """
-        cols = [*PROBE_KEY, "partition_id", "num_examples", "update"]
+        cols = [*PROBE_KEY, "partition_id", "num_examples", "update", "decay_part"]
         if not self.has_table(PROBE_UPDATES_TABLE):
             return pd.DataFrame(columns=cols)
         extra = ("round = ?", [round]) if round is not None else None
@@ -417,7 +419,9 @@ class Store:
         )
         if df.empty:
             return pd.DataFrame(columns=cols)
-        df["update"] = [unpack_state(bytes(b))["update"] for b in df["update"]]
+        arrays = [unpack_state(bytes(b)) for b in df["update"]]
+        df["update"] = [a["update"] for a in arrays]
+        df["decay_part"] = [a.get("decay_part") for a in arrays]
         return df[cols]
 
     def rejections(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:

@@ -526,12 +526,13 @@ class ResultStore:
     def write_probes(
         self,
         rows: Iterable[Mapping[str, Any]],
-        updates: Iterable[tuple[Mapping[str, Any], np.ndarray]] = (),
+        updates: Iterable[tuple[Mapping[str, Any], Mapping[str, np.ndarray]]] = (),
     ) -> None:
         """Probe rows (`PROBE_COLUMNS`) and kept updates, in one transaction, replacing copies.
 
         `updates` pairs a `PROBE_UPDATE_COLUMNS` row (without ``update``) with the client's
-        flat update, stored as float32 in `pack_state`'s npz (key ``update``).
+        flat arrays (``update``: Δ; ``decay_part``: Δ_decay), stored as float32 in one
+        `pack_state` npz in the ``update`` column.
         """
         cols = ", ".join(PROBE_COLUMNS)
         ucols = ", ".join(f'"{c}"' for c in PROBE_UPDATE_COLUMNS)
@@ -547,9 +548,11 @@ class ResultStore:
                 [
                     (
                         *(row[c] for c in PROBE_UPDATE_COLUMNS[:-1]),
-                        pack_state({"update": np.asarray(update, np.float32).ravel()}),
+                        pack_state(
+                            {k: np.asarray(a, np.float32).ravel() for k, a in arrays.items()}
+                        ),
                     )
-                    for row, update in updates
+                    for row, arrays in updates
                 ],
             )
 
