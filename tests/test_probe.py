@@ -27,6 +27,7 @@ from fedadamw.core.sampling import sample_partitions
 from fedadamw.data.split import DataSpec, load_partition
 from fedadamw.results.reader import Store
 from fedadamw.results.writer import SCHEMA_VERSION, ResultStore
+from fedadamw.run.experiment import load as load_experiment
 from fedadamw.run.probe import make_options, plan_jobs
 from fedadamw.schema import PROBE_COLUMNS, PROBE_STATS
 from server.app import run_experiment
@@ -262,6 +263,7 @@ def test_the_probe_table_and_where_select_what_they_say(runs: Path, tmp_path: Pa
         'experiment = "probe"\n[probe]\nrounds = [1]\nmodes = ["coupled", "none"]\n'
         'weight-decay = [0.0, 0.3]\nlearning-rate = [0.02]\nwhere = ["seed=1"]\n'
     )
+    load_experiment(exp)  # `fedadamw run` reads the same file and leaves [probe] alone
     # The command line wins over the table: one mode only.
     assert main(["probe", str(out), "--config", str(exp), "--modes", "none"]) == 0
     rows = _rows(out)

@@ -147,12 +147,14 @@ class Probe:
 
     def flatten(self, result: TrainResult) -> tuple[np.ndarray, np.ndarray]:
         """(Δ, Δ_decay) of one client, float32, flat over the parameters."""
-        w = np.concatenate([result.state[n].double().numpy().reshape(-1) for n in self.names])
+        w = np.concatenate(
+            [result.state[n].detach().double().cpu().numpy().reshape(-1) for n in self.names]
+        )
         parts = result.decay_part or {}
         decay = np.concatenate(
             [
                 (
-                    parts[n].float().numpy().reshape(-1)
+                    parts[n].detach().float().cpu().numpy().reshape(-1)
                     if n in parts
                     else np.zeros(self.state[n].numel(), np.float32)
                 )
