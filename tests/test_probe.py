@@ -345,3 +345,33 @@ def test_a_schema_7_store_reads_empty_probes_and_is_upgraded(runs: Path, tmp_pat
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     conn.close()
     assert int(version) == SCHEMA_VERSION == 8 and {"probes", "probe_updates"} <= tables
+
+
+def test_ctrl_c_keeps_every_checkpoint_already_written(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedadamw.run import probe_train
+
+    out = _copy(runs, tmp_path / "stopped")
+    real = probe_train.probe_checkpoint
+    calls: list[str] = []
+
+    def stop_at_second(*args: object, **kwargs: object) -> object:
+        calls.append("x")
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C during the second checkpoint's training
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probe_train, "probe_checkpoint", stop_at_second)
+    grid = ["--modes", "none,decoupled", "--weight-decay", "0.1"]
+    assert main(["probe", str(out), *grid]) == 130
+    first = _rows(out)
+    assert len(first) == 2 and first["run_id"].nunique() == 1  # the first checkpoint's rows
+    monkeypatch.setattr(probe_train, "probe_checkpoint", real)
+    capsys.readouterr()
+    assert main(["probe", str(out), *grid]) == 0
+    assert capsys.readouterr().err.count("probe 1/1:") == 1  # only the lost one again
+    after = _rows(out)
+    assert len(after) == 4
+    kept = after[after["run_id"] == first["run_id"].iloc[0]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, first.reset_index(drop=True))

@@ -17,11 +17,17 @@ from fedadamw.core.sampling import dropped_partitions, sample_partitions
 from fedadamw.core.training import pick_device
 from fedadamw.core.wire import TrainRequest
 from fedadamw.data.split import load_partition
+from fedadamw.schema import DECAY_MODES
 
 if TYPE_CHECKING:
     from fedadamw.config import Config
     from fedadamw.results.reader import Checkpoint
     from fedadamw.run.probe import Job
+
+
+def decays(mode: str) -> bool:
+    """Whether λ acts in a probe mode (`none`: its optimizer ignores λ)."""
+    return DECAY_MODES[mode].client_decays
 
 
 def round_clients(cfg: Config, run_mode: str, server_round: int) -> list[ProbeClient]:
@@ -51,12 +57,16 @@ def probe_checkpoint(
     state = {k: torch.from_numpy(np.array(v)) for k, v in checkpoint.state.items()}
     clients = round_clients(job.cfg, job.mode, job.round + 1)
     settings = [Setting(*s) for s in job.settings]
-    trained = train_settings(model, state, clients, settings, engine, device)
+    # λ means nothing to `none`: its settings of one η train (and measure) once, at λ = 0.
+    same = {s: Setting(s.mode, s.learning_rate, 0.0) if not decays(s.mode) else s for s in settings}
+    unique = list(dict.fromkeys(same.values()))
+    trained = train_settings(model, state, clients, unique, engine, device)
     probe = Probe(model, state, clients, device)
+    measures = {u: probe.measure(u, results) for u, results in zip(unique, trained, strict=True)}
     rows: list[dict[str, Any]] = []
     updates: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []
-    for setting, results in zip(settings, trained, strict=True):
-        measured = probe.measure(setting, results)
+    for setting in settings:
+        measured = measures[same[setting]]
         key = {
             "run_id": job.run_id,
             "round": job.round,
