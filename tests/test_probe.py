@@ -375,3 +375,15 @@ def test_ctrl_c_keeps_every_checkpoint_already_written(
     assert len(after) == 4
     kept = after[after["run_id"] == first["run_id"].iloc[0]].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept, first.reset_index(drop=True))
+
+
+def test_copy_runs_carries_probes_and_updates(probed: Path, tmp_path: Path) -> None:
+    """A cluster sweep's copy of a run's rows (ResultStore.copy_runs) keeps its probe rows."""
+    ids = list(Store(probed).runs()["run_id"])
+    with ResultStore(tmp_path / "copy" / "results.db") as store:
+        store.copy_runs(probed / "results.db", ids)
+    pd.testing.assert_frame_equal(_rows(tmp_path / "copy"), _rows(probed))
+    a, b = _updates(tmp_path / "copy"), _updates(probed)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a["update"], b["update"], strict=True):
+        assert np.array_equal(x, y)
