@@ -70,13 +70,17 @@ def load(path: str | Path) -> Experiment:
     endpoint = None
     if "endpoint" in data:
         endpoint = parse_endpoint(data.pop("endpoint"), f"--config {str(p)!r}: [endpoint]")
+    # [probe] is read by `fedadamw probe` (fedadamw.run.probe.read_probe_table), not by a run.
+    if isinstance(data.get("probe"), dict):
+        del data["probe"]
     if not isinstance(sweep, dict):
         raise ConfigError(f"--config {str(p)!r}: 'sweep' must be a table of lists")
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise ConfigError(
             f"--config {str(p)!r}: table [{nested[0]}] is not allowed; "
-            "only [sweep] and [endpoint] may be tables, everything else is a config key"
+            "only [sweep], [endpoint] and [probe] (fedadamw probe) may be tables, everything "
+            "else is a config key"
         )
     swept: list[str] = []
     for key, values in sweep.items():
