@@ -208,7 +208,61 @@ def _build_parser() -> argparse.ArgumentParser:
         help="output folder (default: OUT/export, OUT/tensorboard or OUT/mlflow)",
     )
     exp.add_argument("--force", action="store_true", help="overwrite files that exist in --dir")
+    _add_probe_parser(sub)
     return parser
+
+
+def _add_probe_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    probe = sub.add_parser(
+        "probe",
+        help="one-round counterfactual: re-train each kept checkpoint's next-round clients on "
+        "the same batches under a grid of (mode, η, λ)",
+    )
+    probe.set_defaults(func=_probe)
+    probe.add_argument("out", metavar="DIR", help="a run's output folder (holds results.db)")
+    probe.add_argument(
+        "--rounds",
+        metavar="R,R...",
+        help="checkpoint rounds r (clients of round r + 1); default: every kept r < the run's "
+        "num-server-rounds",
+    )
+    probe.add_argument(
+        "--modes", metavar="MODE,...", help="decay modes (default all five client modes)"
+    )
+    probe.add_argument(
+        "--weight-decay",
+        metavar="L,L...",
+        help="λ values (default 0 and a half-decade grid 1e-5, 3e-5, ..., 1)",
+    )
+    probe.add_argument(
+        "--learning-rate", metavar="ETA,...", help="base learning rates (default: each run's own)"
+    )
+    probe.add_argument(
+        "--where",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="select runs by arm, experiment or a config key (repeatable), e.g. --where arm=none",
+    )
+    probe.add_argument("--seeds", metavar="SEEDS", help="select runs by seed, e.g. 0-4")
+    probe.add_argument(
+        "--config", metavar="FILE.toml", help="an experiment file whose [probe] table sets these"
+    )
+    probe.add_argument(
+        "--engine",
+        default="vmap",
+        choices=["vmap", "flower"],
+        help="vmap: a checkpoint's settings of one mode as one stacked computation (default); "
+        "flower: train_local per client, as the Flower ClientApp",
+    )
+    probe.add_argument(
+        "--format", default="table", choices=["table", "markdown", "csv"], dest="fmt"
+    )
+    probe.add_argument(
+        "--keep-updates",
+        action="store_true",
+        help="also store every client's update and decay part (table probe_updates)",
+    )
 
 
 def resolve_configs(config_file: str | None, overrides: Sequence[str]) -> list[Config]:
@@ -294,6 +348,24 @@ def _compare(args: argparse.Namespace) -> int:
         if args.report_seeds is None
         else parse_seeds(args.report_seeds, "--report-seeds"),
     )
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from fedadamw.run.probe import make_options, probe_command, read_probe_table
+
+    table = read_probe_table(args.config) if args.config else None
+    given = {
+        "rounds": args.rounds,
+        "modes": args.modes,
+        "weight-decay": args.weight_decay,
+        "learning-rate": args.learning_rate,
+        "where": args.where or None,
+        "seeds": args.seeds,
+    }
+    opts = make_options(
+        given, table, engine=args.engine, fmt=args.fmt, keep_updates=args.keep_updates
+    )
+    return probe_command(_existing_store(args.out), opts)
 
 
 def _existing_store(out: str) -> Path:

@@ -233,3 +233,26 @@ PARAM_COUNT_COLUMNS = (
 # simulation process (fedadamw.launch.spec.Spec, as JSON; removed when the run ends).
 STORE_FILE = "results.db"
 SPEC_FILE = ".fedadamw-spec.json"
+
+# -- the one-round counterfactual probe (`fedadamw probe`, fedadamw.run.probe) -----------------
+# From a kept checkpoint after round r, every client sampled in round r + 1 re-trains on the
+# same batches under each probe setting (mode, η, λ); one row per (run, round, setting, engine).
+PROBES_TABLE = "probes"
+PROBE_UPDATES_TABLE = "probe_updates"  # with --keep-updates: every client's Δ (float32, npz)
+PROBE_KEY = ("run_id", "round", "mode", "learning_rate", "weight_decay", "engine")
+# docs/usage.md defines each; `clients` is K, the number of re-trained clients.
+PROBE_STATS = (
+    "mean_pairwise_cosine",
+    "dispersion",
+    "mean_update_norm",
+    "decay_share",
+    "shrink_cosine",
+    "shrink_component",
+    "aggregate_loss_change",
+    "client_loss_change",
+    "total_shrink",
+)
+PROBE_COLUMNS = (*PROBE_KEY, "clients", *PROBE_STATS)
+PROBE_UPDATE_COLUMNS = (*PROBE_KEY, "partition_id", "num_examples", "update")
+# The run's own mode beside a probe row's `mode` (the setting it was re-trained under).
+RUN_MODE_COLUMN = "run_mode"

@@ -272,7 +272,7 @@ def test_a_schema_4_store_is_upgraded_in_place(tmp_path: Path) -> None:
     rows = conn.execute("SELECT round, test_accuracy, val_accuracy FROM rounds").fetchall()
     assert [tuple(r) for r in rows] == [(1, 0.4, None), (2, 0.5, 0.45)]
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 7
+    assert int(version) == SCHEMA_VERSION == 8
     columns = {r[1] for r in conn.execute("PRAGMA table_info(clients)")}
     assert {schema.EFFECTIVE_SHRINK, schema.CLIENT_DECAY_COLUMN} <= columns
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

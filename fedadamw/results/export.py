@@ -1,13 +1,13 @@
 """Every table of a results store as tidy CSV or Parquet files (`fedadamw export`).
 
 One file per table (`runs`, `rounds`, `clients`, `layers`, `pairs`, `rejections`, `labels`,
-`param_counts`),
+`param_counts`, `probes`),
 one row per observation as the store keys it (run × round × client, run × round × layer, …).
 Every row carries its run's experiment, arm, mode and status and every key of the run's
 config as a column under the key's own name (`weight-decay`, `seed`, …), so a file filters
 and groups by any swept key without a join. The store's own columns keep their snake_case
-names; config keys are kebab-case, so the two never clash. Checkpoints (model weights) are
-not exported.
+names; config keys are kebab-case, so the two never clash. Checkpoints (model weights) and
+kept probe updates are not exported.
 
 All tables are read in one SQLite read transaction: exported while a run writes, they show
 the same rounds. pandas and polars read the files as they are.
@@ -34,6 +34,7 @@ from fedadamw.results.reader import (
     effective_status,
     resolve_store_path,
 )
+from fedadamw.schema import RUN_MODE_COLUMN
 
 FORMATS = ("csv", "parquet")
 EXPORT_DIR = "export"  # the default --dir, inside the output folder
@@ -47,6 +48,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "rejections": ("run_id", "round", "partition_id"),
     "labels": ("run_id", "partition_id", "label"),
     "param_counts": ("run_id",),  # decayed / undecayed tensors and weights
+    "probes": ("run_id", "round", "mode", "learning_rate", "weight_decay", "engine"),
 }
 # Run columns every other table's rows carry, in front of the config keys.
 RUN_COLUMNS = ("experiment", "arm", "mode", "status")
@@ -87,7 +89,9 @@ def read_tables(out: str | Path) -> dict[str, pd.DataFrame]:
     tables = {"runs": runs.merge(config, on="run_id", how="left")}
     for table, df in raw.items():
         if table != "runs":
-            tables[table] = per_run.merge(df, on="run_id", how="right")
+            # A probe row's `mode` is the setting it re-trained under; the run's is `run_mode`.
+            base = per_run.rename(columns={"mode": RUN_MODE_COLUMN}) if "mode" in df else per_run
+            tables[table] = base.merge(df, on="run_id", how="right")
     return tables
 
 

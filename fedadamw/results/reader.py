@@ -27,6 +27,12 @@ from fedadamw.results.writer import StoreError as StoreError  # one class for wr
 from fedadamw.schema import (
     INTERRUPTED,
     PARTS,
+    PROBE_COLUMNS,
+    PROBE_KEY,
+    PROBE_STATS,
+    PROBE_UPDATES_TABLE,
+    PROBES_TABLE,
+    RUN_MODE_COLUMN,
     RUNNING,
     STAT_NAMES,
     STORE_FILE,
@@ -360,6 +366,63 @@ class Store:
             f"{self.path}: run {run_id!r} has no checkpoint of round {round} (kept rounds: "
             f"{kept}; set checkpoint-every to keep more)"
         )
+
+    def probes(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The probe rows (`fedadamw probe`) of the given runs, with their runs' config joined.
+
+        Columns: `PROBE_COLUMNS` (``mode``, ``learning_rate``, ``weight_decay`` are the probe
+        setting's), then the run's ``experiment``, ``arm``, ``run_mode`` (the mode the run
+        trained in), ``seed``, ``setting`` and ``condition`` as `runs` has them, then every key
+        of the run's config under its own kebab-case name (``dirichlet-alpha``, ``num-clients``,
+        ``weight-decay`` — the run's λ, not the probe's). Ordered by run, round and setting.
+        An empty DataFrame with `PROBE_COLUMNS` when the store has no probes table or rows.
+        """
+        if not self.has_table(PROBES_TABLE):
+            return pd.DataFrame(columns=list(PROBE_COLUMNS))
+        df = self._rows(PROBES_TABLE, run_ids, order=", ".join(PROBE_KEY))
+        df = df[[c for c in PROBE_COLUMNS if c in df]]
+        for stat in PROBE_STATS:  # NULL (undefined, e.g. cosines of one client) is NaN
+            df[stat] = pd.to_numeric(df[stat], errors="coerce").astype("float64")
+        if df.empty:
+            return pd.DataFrame(columns=list(PROBE_COLUMNS))
+        runs = self.runs()
+        runs = runs[runs["run_id"].isin(set(df["run_id"]))]
+        joined = runs[["run_id", "experiment", "arm", "mode", "seed", "setting", "condition"]]
+        joined = joined.rename(columns={"mode": RUN_MODE_COLUMN})
+        keys = list(
+            dict.fromkeys(k for c in runs["config"] for k in c if k not in joined and k not in df)
+        )
+        config = pd.DataFrame(
+            {k: [c.get(k) for c in runs["config"]] for k in keys}, index=joined.index
+        )
+        joined = pd.concat([joined, config], axis=1)
+        return df.merge(joined, on="run_id", how="left")
+
+    def probe_updates(
+        self,
+        run_ids: Iterable[str] | None = None,
+        round: int | None = None,
+    ) -> pd.DataFrame:
+        """The probed clients' updates kept with ``--keep-updates``, one row per client.
+
+        Columns: `PROBE_KEY`, ``partition_id``, ``num_examples``, ``update`` (the client's
+        flat float32 update Δ over the model's parameters, as a numpy array) and
+        ``decay_part`` (its decay part Δ_decay, same layout); optionally of one checkpoint
+        round. Empty when none.
+        """
+        cols = [*PROBE_KEY, "partition_id", "num_examples", "update", "decay_part"]
+        if not self.has_table(PROBE_UPDATES_TABLE):
+            return pd.DataFrame(columns=cols)
+        extra = ("round = ?", [round]) if round is not None else None
+        df = self._rows(
+            PROBE_UPDATES_TABLE, run_ids, order=", ".join([*PROBE_KEY, "partition_id"]), extra=extra
+        )
+        if df.empty:
+            return pd.DataFrame(columns=cols)
+        arrays = [unpack_state(bytes(b)) for b in df["update"]]
+        df["update"] = [a["update"] for a in arrays]
+        df["decay_part"] = [a.get("decay_part") for a in arrays]
+        return df[cols]
 
     def rejections(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Client replies that were not aggregated, and why."""

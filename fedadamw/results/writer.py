@@ -14,6 +14,9 @@ Tables (docs/design.md; columns named here are a contract other tools rely on):
   same transaction as that round, so an interrupted run resumes exactly where it stopped.
 - ``kept_checkpoints``: per run and round, the global model (and server optimizer state) of
   every `checkpoint-every`-th round, kept over the run (empty with the default 0).
+- ``probes``: per run, checkpoint round and probe setting (mode, η, λ, engine), the statistics
+  of the one-round counterfactual probe (`fedadamw probe`, fedadamw.run.probe).
+- ``probe_updates``: with ``--keep-updates``, every probed client's update (float32, npz).
 
 Re-writing a round replaces its rows, so a resumed run never duplicates them. Non-finite
 statistics that are undefined by definition (NaN, e.g. pairwise cosines with one client) are
@@ -47,6 +50,11 @@ from fedadamw.schema import (
     OPTIMIZER_STEPS_COLUMN,
     PARAM_COUNT_COLUMNS,
     PARAM_COUNTS_TABLE,
+    PROBE_COLUMNS,
+    PROBE_KEY,
+    PROBE_UPDATE_COLUMNS,
+    PROBE_UPDATES_TABLE,
+    PROBES_TABLE,
     RUNNING,
     SHRINK_COLUMNS,
     STAT_COLUMNS,
@@ -57,11 +65,12 @@ from fedadamw.schema import (
 # 2: decay_/data_ parts, shrink ratios, client work; 3: checkpoints; 4: label histograms;
 # 5: validation loss/accuracy and effective shrink; 6: each client's λ and Adam step count at
 # the start of its round, decayed-tensor counts, the server optimizer's state in checkpoints;
-# 7: kept_checkpoints (the global model every `checkpoint-every` rounds)
-SCHEMA_VERSION = 7
+# 7: kept_checkpoints (the global model every `checkpoint-every` rounds); 8: probes and
+# probe_updates (`fedadamw probe`)
+SCHEMA_VERSION = 8
 # Stores this version can upgrade in place: the changes since then only add tables (CREATE
 # TABLE IF NOT EXISTS) and columns (`_ADDED_COLUMNS`, ALTER TABLE ADD COLUMN).
-_UPGRADABLE = (2, 3, 4, 5, 6)
+_UPGRADABLE = (2, 3, 4, 5, 6, 7)
 # Columns added to existing tables since schema 2, added in place to an older store.
 _ADDED_COLUMNS = {
     "rounds": (f"{VAL_LOSS} REAL", f"{VAL_ACCURACY} REAL", f"{EFFECTIVE_SHRINK} REAL"),
@@ -128,9 +137,32 @@ CREATE TABLE IF NOT EXISTS labels (
     run_id TEXT NOT NULL, partition_id INTEGER NOT NULL, label INTEGER NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (run_id, partition_id, label)
 );
+CREATE TABLE IF NOT EXISTS {PROBES_TABLE} (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, mode TEXT NOT NULL,
+    learning_rate REAL NOT NULL, weight_decay REAL NOT NULL, engine TEXT NOT NULL,
+    clients INTEGER, mean_pairwise_cosine REAL, dispersion REAL, mean_update_norm REAL,
+    decay_share REAL, shrink_cosine REAL, shrink_component REAL, aggregate_loss_change REAL,
+    client_loss_change REAL, total_shrink REAL, PRIMARY KEY ({", ".join(PROBE_KEY)})
+);
+CREATE TABLE IF NOT EXISTS {PROBE_UPDATES_TABLE} (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, mode TEXT NOT NULL,
+    learning_rate REAL NOT NULL, weight_decay REAL NOT NULL, engine TEXT NOT NULL,
+    partition_id INTEGER NOT NULL, num_examples INTEGER NOT NULL, "update" BLOB NOT NULL,
+    PRIMARY KEY ({", ".join(PROBE_KEY)}, partition_id)
+);
 """
-# Tables keyed by round: a resumed run drops their rows after its last checkpoint.
-ROUND_TABLES = ("rounds", "clients", "layers", "pairs", "rejections", "kept_checkpoints")
+# Tables keyed by round: a resumed run drops their rows after its last checkpoint (a probe of
+# a round is a probe of that round's checkpoint, so it goes with it).
+ROUND_TABLES = (
+    "rounds",
+    "clients",
+    "layers",
+    "pairs",
+    "rejections",
+    "kept_checkpoints",
+    PROBES_TABLE,
+    PROBE_UPDATES_TABLE,
+)
 
 
 class StoreError(RuntimeError):
@@ -418,8 +450,8 @@ class ResultStore:
                 for (table,) in self._conn.execute(
                     "SELECT name FROM main.sqlite_master WHERE type='table' AND name != 'meta'"
                 ).fetchall():
-                    cols = ", ".join(
-                        r[1] for r in self._conn.execute(f"PRAGMA main.table_info({table})")
+                    cols = ", ".join(  # quoted: probe_updates has a column named update
+                        f'"{r[1]}"' for r in self._conn.execute(f"PRAGMA main.table_info({table})")
                     )
                     where = f"WHERE run_id IN ({marks})"
                     self._conn.execute(f"DELETE FROM main.{table} {where}", ids)
@@ -482,6 +514,47 @@ class ResultStore:
                         "VALUES (?, ?, ?, ?)",
                         (*key, *blobs),
                     )
+
+    # -- probes (`fedadamw probe`) -----------------------------------------------------------
+    def probe_keys(self, run_id: str) -> set[tuple[Any, ...]]:
+        """The `PROBE_KEY`s of every probe row a run has stored (what a re-run skips)."""
+        rows = self._conn.execute(
+            f"SELECT {', '.join(PROBE_KEY)} FROM {PROBES_TABLE} WHERE run_id=?", (run_id,)
+        ).fetchall()
+        return {tuple(r) for r in rows}
+
+    def write_probes(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        updates: Iterable[tuple[Mapping[str, Any], Mapping[str, np.ndarray]]] = (),
+    ) -> None:
+        """Probe rows (`PROBE_COLUMNS`) and kept updates, in one transaction, replacing copies.
+
+        `updates` pairs a `PROBE_UPDATE_COLUMNS` row (without ``update``) with the client's
+        flat arrays (``update``: Δ; ``decay_part``: Δ_decay), stored as float32 in one
+        `pack_state` npz in the ``update`` column.
+        """
+        cols = ", ".join(PROBE_COLUMNS)
+        ucols = ", ".join(f'"{c}"' for c in PROBE_UPDATE_COLUMNS)
+        with self._conn:
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO {PROBES_TABLE} ({cols}) "
+                f"VALUES ({', '.join('?' * len(PROBE_COLUMNS))})",
+                [tuple(_num(row[c]) for c in PROBE_COLUMNS) for row in rows],
+            )
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO {PROBE_UPDATES_TABLE} ({ucols}) "
+                f"VALUES ({', '.join('?' * len(PROBE_UPDATE_COLUMNS))})",
+                [
+                    (
+                        *(row[c] for c in PROBE_UPDATE_COLUMNS[:-1]),
+                        pack_state(
+                            {k: np.asarray(a, np.float32).ravel() for k, a in arrays.items()}
+                        ),
+                    )
+                    for row, arrays in updates
+                ],
+            )
 
 
 def _tables(conn: sqlite3.Connection) -> dict[str, list[str]]:

@@ -65,13 +65,17 @@ def load(path: str | Path) -> Experiment:
     except OSError as exc:
         raise ConfigError(f"--config {str(p)!r}: cannot be read ({exc.strerror})") from None
     sweep = data.pop("sweep", {})
+    # [probe] is read by `fedadamw probe` (fedadamw.run.probe.read_probe_table), not by a run.
+    if isinstance(data.get("probe"), dict):
+        del data["probe"]
     if not isinstance(sweep, dict):
         raise ConfigError(f"--config {str(p)!r}: 'sweep' must be a table of lists")
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise ConfigError(
             f"--config {str(p)!r}: table [{nested[0]}] is not allowed; "
-            "only [sweep] may be a table, everything else is a config key"
+            "only [sweep] (and [probe], for fedadamw probe) may be a table, everything else is "
+            "a config key"
         )
     swept: list[str] = []
     for key, values in sweep.items():
