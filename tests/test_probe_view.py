@@ -220,3 +220,20 @@ def test_probe_statistics_have_labels_and_ranges() -> None:
     assert figures.stat_range("shrink_cosine") == (-1.0, 1.0)
     assert figures.stat_range("decay_share")[0] == 0.0
     assert all(not stat_label(s).startswith("decay part") for s in figures.PROBE_STATS)
+
+
+def test_a_setting_probed_by_two_engines_counts_once() -> None:
+    # The same (run, round, setting) measured by both engines is one measurement, not two runs.
+    vmap = probe_rows(runs=3).assign(engine="vmap")
+    flower = probe_rows(runs=3, seed=1).assign(engine="flower")
+    flower = flower[flower["run_id"] == "run0"]  # flower probed one run only
+    both = pd.concat([vmap, flower], ignore_index=True)
+    assert figures.probe_engine(both) == "vmap" and figures.probe_engine(vmap) is None
+    ref = groups(vmap, "mean_pairwise_cosine")
+    for t in spec(figures.probe_figure(both, "mean_pairwise_cosine"))["data"]:
+        if (t.get("meta") or {}).get("probe") == "lambda":
+            rate = panel_of(t, sorted(RATES), [""])[1]
+            mode, rnd = line_key(t)
+            expect = [ref[("", rate, mode, rnd, lam)].mean() for lam in decode(t["x"])]
+            np.testing.assert_allclose(decode(t["y"]), expect, rtol=1e-12)
+    assert figures.probe_band_note(both).endswith("engine vmap drawn (probed by several)")

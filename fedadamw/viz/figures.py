@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 
 from fedadamw.results.stats import t_half_width
 from fedadamw.results.summaries import condition_labels
+from fedadamw.schema import PROBE_STATS as PROBE_STATS  # re-exported: the probe view's choices
 from fedadamw.schema import SHRINK_COLUMNS
 from fedadamw.viz.labels import ClientLabels
 from fedadamw.viz.style import (
@@ -830,18 +831,7 @@ def label_distribution(labels: ClientLabels, partition_ids: Sequence[int]) -> go
 
 
 # -- the probe: one round re-run from a checkpoint under each (mode, η, λ) ---------------------
-# What the probe view can show (`fedadamw probe`'s statistics), the default first.
-PROBE_STATS = (
-    "mean_pairwise_cosine",
-    "dispersion",
-    "mean_update_norm",
-    "decay_share",
-    "shrink_cosine",
-    "shrink_component",
-    "aggregate_loss_change",
-    "client_loss_change",
-    "total_shrink",
-)
+# What the probe view can show: `fedadamw probe`'s statistics (`PROBE_STATS`, the default first).
 PROBE_KEYS = ("learning_rate", "mode", "round", "weight_decay")  # one mean per group
 SOURCE = "source"  # optional column: what was probed (the runs' condition), one row of panels each
 
@@ -853,18 +843,37 @@ def probe_means(probes: pd.DataFrame, stat: str, band: str = "ci") -> pd.DataFra
     a source is what was probed (`SOURCE`, when the frame has that column).
     """
     keys = [SOURCE, *PROBE_KEYS] if SOURCE in probes else list(PROBE_KEYS)
+    engine = probe_engine(probes)
+    if engine is not None:  # the engines agree to tolerance: one of them, never both as runs
+        probes = probes[probes["engine"] == engine]
     if stat not in probes or probes.empty:
         return pd.DataFrame(columns=[*keys, "mean", "n", "lo", "hi", "band"])
     return band_stats(probes, keys, stat, band)
 
 
+def probe_engine(probes: pd.DataFrame) -> str | None:
+    """The engine whose probe rows are drawn when several probed the same runs (else None).
+
+    The one with the most rows (ties: by name): the same setting probed by both engines is
+    one measurement made twice, not two runs.
+    """
+    if "engine" not in probes or probes["engine"].nunique() < 2:
+        return None
+    counts = probes["engine"].astype(str).value_counts()
+    return str(min(counts.index, key=lambda e: (-int(counts[e]), e)))
+
+
 def probe_band_note(probes: pd.DataFrame, band: str = "ci") -> str:
     """What the bands and error bars of `probe_figure` show, for its caption."""
+    engine = probe_engine(probes)
+    if engine is not None:
+        probes = probes[probes["engine"] == engine]
     keys = [k for k in (SOURCE, *PROBE_KEYS) if k in probes]
     group = probes[keys].astype(str).agg("|".join, axis=1) if len(probes) else []
     note = band_note(pd.DataFrame({"condition": group, "seed": probes["run_id"]}), band)
     note = note.replace("seeds", "runs").replace("one seed per condition", "one run per point")
-    return note.replace("bands:", "bands (error bars at λ = 0):")
+    note = note.replace("bands:", "bands (error bars at λ = 0):")
+    return note + (f"; engine {engine} drawn (probed by several)" if engine else "")
 
 
 def zero_position(lambdas: Sequence[float]) -> float:
