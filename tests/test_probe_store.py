@@ -8,6 +8,7 @@ every round); the reference is a numpy mean of the rows `Store.probes` reads bac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def reference(out: Path, stat: str) -> dict[tuple[str, int, float], float]:
     }
 
 
-def drawn(fig: dict, zero: bool = False) -> dict[tuple[str, int, float], float]:
+def drawn(fig: dict[str, Any]) -> dict[tuple[str, int, float], float]:
     """(mode, round, λ) → plotted mean, λ = 0 read from its own markers."""
     out = {}
     for t in fig["data"]:

@@ -17,7 +17,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from fedadamw.viz import figures
-from fedadamw.viz.style import stat_label
+from fedadamw.viz.style import mode_color, stat_label, stat_range
 from tests.test_figures import decode, spec
 
 MODES = ("coupled", "decoupled", "none", "sgd-coupled", "sgd-decoupled")
@@ -120,11 +120,11 @@ def test_lines_are_numpy_means_and_bands_scipy_t_intervals(stat: str) -> None:
             assert meta["band"] == "ci"
             checked.add(("", rate, mode, rnd, 0.0))
         elif trace.get("fill") == "toself":  # the band of a λ > 0 line
-            mode, rnd = str(trace["name"]).removesuffix(" 95% CI").split(" · round ")
+            mode, band_round = str(trace["name"]).removesuffix(" 95% CI").split(" · round ")
             x, y = decode(trace["x"]), decode(trace["y"])
             half = len(x) // 2
             for lam, top, bottom in zip(x[:half], y[:half], y[half:][::-1], strict=True):
-                lo, hi = scipy_interval(ref[("", rate, mode, int(rnd), lam)], stat)
+                lo, hi = scipy_interval(ref[("", rate, mode, int(band_round), lam)], stat)
                 assert (top, bottom) == pytest.approx((hi, lo), rel=1e-10)
                 bands += 1
                 clipped += lo == RANGES[stat][0]
@@ -164,10 +164,10 @@ def test_each_mode_keeps_its_colour_and_each_round_its_dash() -> None:
         for t in spec(figures.probe_figure(df, "dispersion"))["data"]
         if (t.get("meta") or {}).get("probe") == "lambda"
     ]
-    dash = {}
+    dash: dict[int, set[str]] = {}
     for t in lines:
         mode, rnd = line_key(t)
-        assert t["line"]["color"] == figures.mode_color(mode)
+        assert t["line"]["color"] == mode_color(mode)
         dash.setdefault(rnd, set()).add(t["line"]["dash"])
     assert [len(d) for d in dash.values()] == [1, 1] and dash[ROUNDS[0]] != dash[ROUNDS[1]]
 
@@ -217,8 +217,8 @@ def test_one_eta_and_one_arm_is_one_panel_labelled_on_its_axis() -> None:
 def test_probe_statistics_have_labels_and_ranges() -> None:
     # decay_share is a statistic of its own, not the decay part of a statistic "share"
     assert stat_label("decay_share") == "decay share ‖Δ_decay‖/‖Δ‖"
-    assert figures.stat_range("shrink_cosine") == (-1.0, 1.0)
-    assert figures.stat_range("decay_share")[0] == 0.0
+    assert stat_range("shrink_cosine") == (-1.0, 1.0)
+    assert stat_range("decay_share")[0] == 0.0
     assert all(not stat_label(s).startswith("decay part") for s in figures.PROBE_STATS)
 
 
