@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pypdf
 import pytest
 
 from fedadamw.cli import main
 from fedadamw.results.reader import Store
 from fedadamw.viz import views
+from fedadamw.viz.commands import figures_command
 from fedadamw.viz.html_report import write_report
 from fedadamw.viz.stores import Stores
+from tests import needs
 from tests.test_dashboard import charts, open_app, texts
 from tests.test_figures import decode, spec, write_synthetic_store
 from tests.test_probe import GRID, _copy, runs  # noqa: F401 - `runs` is a fixture
@@ -105,3 +108,13 @@ def test_the_dashboard_shows_the_probe_figure_or_says_there_is_none(
     at = open_app(tmp_path, monkeypatch)
     assert "probe" not in charts(at) and texts(at, "error") == []
     assert any("no probes in this store: run `fedadamw probe DIR`" in t for t in texts(at, "info"))
+
+
+def test_figures_writes_the_probe_figures_as_png_and_pdf(probed: Path, tmp_path: Path) -> None:
+    needs.kaleido()
+    assert figures_command(probed, tmp_path / "figs") == 0
+    stems = [f"probe-probe-{s}" for s in views.REPORT_PROBE_STATS]
+    for stem in stems:
+        assert (tmp_path / "figs" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        pdf = pypdf.PdfReader(tmp_path / "figs" / f"{stem}.pdf")
+        assert pdf.metadata is not None and str(pdf.metadata.title).startswith("Probe: ")
