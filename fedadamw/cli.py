@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from fedadamw.config import Config
 from fedadamw.errors import EXIT_BAD_INPUT, ConfigError, print_error, survive_closed_stdout
+from fedadamw.fileio import atomic_write_text
+from fedadamw.results.endpoint import ENDPOINT_FILE, endpoint_text, read_endpoint
 from fedadamw.results.writer import ResultStore, StoreError
 from fedadamw.run.experiment import Experiment, expand, run_id_for, swept_keys
 from fedadamw.run.experiment import load as load_experiment
@@ -114,12 +116,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     cmp.set_defaults(func=_compare)
     cmp.add_argument("out", metavar="OUT", help="a run's output folder (holds results.db)")
-    cmp.add_argument("--a", default="coupled", metavar="MODE", help="mode A (default coupled)")
+    cmp.add_argument(
+        "--a", default=None, metavar="MODE", help="mode A (default coupled, or the endpoint's)"
+    )
     cmp.add_argument(
         "--b",
-        default="decoupled",
+        default=None,
         metavar="MODE[,MODE...]",
-        help="mode(s) B, comma-separated: one A − B block each (default decoupled)",
+        help="mode(s) B, comma-separated: one A − B block each (default decoupled; with a "
+        "declared endpoint its family)",
     )
     cmp.add_argument(
         "--match",
@@ -131,9 +136,34 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--final-rounds",
         type=int,
-        default=5,
+        default=None,
         metavar="K",
-        help="a run's final accuracy is its mean over the last K rounds (default 5)",
+        help="a run's final accuracy is its mean over the last K rounds (default 5; without "
+        "an endpoint only)",
+    )
+    cmp.add_argument(
+        "--endpoint",
+        metavar="FILE.toml",
+        help="read the [endpoint] of this experiment file (stores run before it was declared)",
+    )
+    cmp.add_argument(
+        "--primary", metavar="MEASURE", help="explore another primary (not the declared endpoint)"
+    )
+    cmp.add_argument(
+        "--window",
+        metavar="WINDOW",
+        help="explore another window: last-20%%, last-N, all, matched-loss:0.35",
+    )
+    cmp.add_argument(
+        "--family",
+        metavar="A-B[,A-B...]",
+        help="explore another Holm family, e.g. coupled-none,decoupled-none",
+    )
+    cmp.add_argument(
+        "--power",
+        action="store_true",
+        help="add each row's smallest difference detectable at 80%% power (always with an "
+        "endpoint)",
     )
     cmp.add_argument(
         "--format",
@@ -336,7 +366,7 @@ def _compare(args: argparse.Namespace) -> int:
     return compare_command(
         _existing_store(args.out),
         args.a,
-        [b.strip() for b in args.b.split(",") if b.strip()],
+        None if args.b is None else [b.strip() for b in args.b.split(",") if b.strip()],
         final_rounds=args.final_rounds,
         match=args.match,
         fmt=args.fmt,
@@ -347,6 +377,11 @@ def _compare(args: argparse.Namespace) -> int:
         report_seeds=None
         if args.report_seeds is None
         else parse_seeds(args.report_seeds, "--report-seeds"),
+        endpoint_file=args.endpoint,
+        primary=args.primary,
+        window=args.window,
+        family=args.family,
+        power=args.power,
     )
 
 
@@ -387,6 +422,7 @@ OWN_FILES = frozenset(
         "partitions.png",
         ".fedadamw.results.lock",
         SPEC_FILE,
+        ENDPOINT_FILE,
         "export",  # fedadamw export's default --dir
         "tensorboard",  # --log tensorboard
         "mlflow",  # --log mlflow
@@ -453,7 +489,28 @@ def _check_name_lengths(path: Path) -> None:
 
 
 # What a refused run may have made in its --out folder before the refusal, and removes again.
-_REFUSAL_LEFTOVERS = (".fedadamw.results.lock", SPEC_FILE, "config.json")
+_REFUSAL_LEFTOVERS = (".fedadamw.results.lock", SPEC_FILE, "config.json", ENDPOINT_FILE)
+
+
+def _keep_endpoint(config_file: str | None, out_dir: Path) -> None:
+    """Keep the experiment's [endpoint] in the folder, declared before its runs.
+
+    A folder that already holds a different one refuses the run: the endpoint is fixed before
+    the results are seen (compare's --primary/--window/--family explore others).
+    """
+    endpoint = load_experiment(config_file).endpoint if config_file else None
+    if endpoint is None:
+        return
+    path = out_dir / ENDPOINT_FILE
+    text = endpoint_text(endpoint)
+    if path.is_file():
+        if read_endpoint(out_dir) != endpoint:
+            raise ConfigError(
+                f"[endpoint]: differs from the one {path} declared before these runs; restore "
+                "it, or explore with compare --primary/--window/--family"
+            )
+        return
+    atomic_write_text(path, text)
 
 
 def _clean_after_refusal(out_dir: Path, before: frozenset[str] | None) -> None:
@@ -523,6 +580,7 @@ def _run(args: argparse.Namespace) -> int:
         before = frozenset(p.name for p in given.iterdir()) if given.is_dir() else None
     out_dir = prepare_out_dir(args.out, configs[0].experiment, args.force)
     try:
+        _keep_endpoint(args.config, out_dir)
         code, supervisor = _supervise(args, configs, out_dir, cpus, gpus)
     except (ConfigError, StoreError):
         _clean_after_refusal(out_dir, before)

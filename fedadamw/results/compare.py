@@ -18,6 +18,11 @@ seed means the same partitions, validation rows, sampled clients, batches and in
 - **Inference.** A paired 95% Student-t interval per row and measure, the paired t-test's
   p-value, and Holm's adjustment over every row × measure of the table.
 
+With a declared endpoint (`fedadamw.results.endpoint`: the experiment's `[endpoint]` table)
+the comparisons are its family, every measure and the selecting validation accuracy are read
+over its one window, Holm adjusts the primary rows (the declared family) and the secondary rows
+apart, descriptive rows get no p-value, and each point carries its stored total shrink ηλT.
+
 This module computes the `Report`; `fedadamw.results.compare_render` prints it (table,
 markdown, csv, json) and is `fedadamw compare`.
 """
@@ -32,9 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from fedadamw.errors import ConfigError
+from fedadamw.results.endpoint import ENDPOINT_MEASURES, Endpoint, Window
 from fedadamw.results.reader import Store
-from fedadamw.results.stats import Interval, holm, paired_t_pvalue, t_interval
+from fedadamw.results.stats import (
+    Interval,
+    detectable_difference,
+    holm,
+    paired_t_pvalue,
+    t_interval,
+)
 from fedadamw.results.summaries import last_rounds_mean
 from fedadamw.schema import (
     DECAY_KEY,
@@ -59,6 +73,10 @@ SHRINK_TOLERANCE = 10**0.5
 SYMBOLS = {"learning-rate": "η", "weight-decay": "λ"}
 
 Point = tuple[float, ...]  # a mode's values of OPTIMIZER_KEYS
+TOTAL_SHRINK = "total_shrink"  # per run: Σ over rounds of a client's Σₜ shrink per step (ηλT)
+# Read over an endpoint's window: accuracies and every endpoint measure.
+WINDOW_COLUMNS = tuple(dict.fromkeys(("test_accuracy", VAL_ACCURACY, *ENDPOINT_MEASURES)))
+_NO_VALUE = Interval(math.nan, math.nan, math.nan, 0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,7 @@ class Selection:
     test: Interval
     candidates: int  # points the mode ran with λ > 0 (any λ for `none`)
     dispersion: Interval  # whole-update dispersion there (mean over rounds), for reference
+    total_shrink: Interval = _NO_VALUE  # ηλT: a client's total shrink over the run (stored)
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,8 @@ class Row:
     p_holm: float = math.nan
     shrink_a: float = math.nan  # mean effective shrink per step of each side ("shrink" rows)
     shrink_b: float = math.nan
+    role: str = ""  # under an endpoint: "primary", "secondary" or "descriptive"
+    detectable: float = math.nan  # smallest |A − B| with 80% power at α = 0.05 (these seeds)
 
 
 @dataclass
@@ -104,36 +125,67 @@ class Report:
     selections: list[Selection] = field(default_factory=list)
     points: list[Selection] = field(default_factory=list)  # every candidate point (--points)
     notes: list[str] = field(default_factory=list)
+    endpoint: Endpoint | None = None  # what the rows test (None: compare's defaults)
+    declared: bool = True  # False when command-line overrides replaced the declared endpoint
+    source: str = ""  # where the endpoint was read
+    power: bool = False  # show each row's detectable difference
+    unreached: list[str] = field(default_factory=list)  # matched-loss: runs that never got there
 
     @property
     def tests(self) -> int:
-        """How many row × measure p-values Holm's adjustment counted."""
-        return sum(1 for r in self.rows if not math.isnan(r.p_value))
+        """How many row × measure p-values Holm's adjustment counted (primary ones, with an
+        endpoint: the declared family)."""
+        return self.family_tests("primary" if self.endpoint else "")
+
+    def family_tests(self, role: str) -> int:
+        """How many tests the Holm family of `role` holds ("" without an endpoint)."""
+        return sum(1 for r in self.rows if r.role == role and not math.isnan(r.p_value))
 
 
 # setting -> mode -> point -> seed -> values
 _Table = dict[str, dict[str, dict[Point, dict[int, dict[str, float]]]]]
 
 
-def _load(path: Path, final_rounds: int, notes: list[str]) -> tuple[_Table, dict[str, str], bool]:
-    """The finished runs of the store by setting, mode, point and seed; setting labels."""
+def _load(
+    path: Path,
+    final_rounds: int,
+    notes: list[str],
+    window: Window | None = None,
+    unreached: list[str] | None = None,
+) -> tuple[_Table, dict[str, str], bool]:
+    """The finished runs of the store by setting, mode, point and seed; setting labels.
+
+    Without a `window`: accuracies over the last `final_rounds` rounds, dispersions over all
+    trained rounds. With one: every measure over that window, plus each run's total shrink;
+    runs a matched-loss window never reaches are named in `unreached` and get no values.
+    """
     store = Store(path)
     runs = store.runs()
     rounds = store.rounds()
-    final = last_rounds_mean(rounds, ["test_accuracy", VAL_ACCURACY], final_rounds)
     trained = rounds[rounds["round"] >= 1]
-    over_rounds = [m for m in (*MEASURES[1:], EFFECTIVE_SHRINK) if m in trained]
-    means = trained.groupby("run_id")[over_rounds].mean()
+    missed: set[str] = set()
+    if window is None:
+        final = last_rounds_mean(rounds, ["test_accuracy", VAL_ACCURACY], final_rounds)
+        over_rounds = [m for m in (*MEASURES[1:], EFFECTIVE_SHRINK) if m in trained]
+        sources = [
+            (final, ["test_accuracy", VAL_ACCURACY]),
+            (trained.groupby("run_id")[over_rounds].mean(), over_rounds),
+        ]
+    else:
+        windowed, missed = _windowed(trained, window)
+        shrink = _total_shrink(store, trained)
+        sources = [(windowed, list(windowed.columns)), (shrink, [TOTAL_SHRINK])]
     unfinished = int((runs["status"] != FINISHED).sum())
     if unfinished:
         notes.append(f"{unfinished} run(s) not finished are left out")
-    _note_short_runs(runs, trained, final_rounds, notes)
+    if window is None:
+        _note_short_runs(runs, trained, final_rounds, notes)
     table: _Table = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     has_validation = False
     for _, run in runs[runs["status"] == FINISHED].iterrows():
         cfg, rid = run["config"], run["run_id"]
         values: dict[str, float] = {}
-        for source, columns in ((final, ["test_accuracy", VAL_ACCURACY]), (means, over_rounds)):
+        for source, columns in sources:
             for column in columns:
                 if rid in source.index and column in source:
                     value = float(source.at[rid, column])
@@ -142,8 +194,50 @@ def _load(path: Path, final_rounds: int, notes: list[str]) -> tuple[_Table, dict
         has_validation |= VAL_ACCURACY in values
         point = tuple(float(cfg.get(k, math.nan)) for k in OPTIMIZER_KEYS)
         setting = setting_of(cfg, also_without=OPTIMIZER_KEYS)
+        if rid in missed and unreached is not None:
+            unreached.append(f"{run['mode']} {format_point(point)} seed {int(cfg.get('seed', 0))}")
+            values = {k: v for k, v in values.items() if k == TOTAL_SHRINK}
         table[setting][str(run["mode"])][point][int(cfg.get("seed", 0))] = values
     return table, _labels(list(table)), has_validation
+
+
+def _windowed(trained: pd.DataFrame, window: Window) -> tuple[pd.DataFrame, set[str]]:
+    """Per run (index run_id), each WINDOW_COLUMNS column over `window`; runs never reached.
+
+    last-p%/last-N/all: the mean over the run's last rounds (NULLs skipped); matched-loss: the
+    values at the first round whose train loss is at or below the threshold.
+    """
+    ordered = trained.sort_values(["run_id", "round"])
+    columns = [c for c in WINDOW_COLUMNS if c in ordered]
+    if window.kind == "matched-loss":
+        losses = ordered.get("train_loss")
+        hit = ordered[losses <= window.value] if losses is not None else ordered.iloc[:0]
+        first = hit.groupby("run_id").head(1).set_index("run_id")
+        values = first[columns].apply(pd.to_numeric, errors="coerce")  # NULL → NaN
+        return values, set(ordered["run_id"]) - set(first.index)
+    by_run = ordered.groupby("run_id")
+    from_end = by_run.cumcount(ascending=False)
+    keep = by_run["round"].transform("size").map(window.rounds)
+    return ordered[from_end < keep].groupby("run_id")[columns].mean(), set()
+
+
+def _total_shrink(store: Store, trained: pd.DataFrame) -> pd.DataFrame:
+    """Per run (index run_id), ηλT as stored: over its trained rounds, the clients' mean of
+    effective shrink per step × local steps (the round's effective shrink × the clients' mean
+    local steps where clients store no shrink of their own); NaN without track-decay."""
+    wanted = (EFFECTIVE_SHRINK, "local_steps")
+    clients = store.clients()
+    clients = clients[clients["round"] >= 1] if "round" in clients else clients
+    if not all(c in clients for c in wanted) or not len(clients):
+        return pd.DataFrame({TOTAL_SHRINK: []}, index=pd.Index([], name="run_id"))
+    steps = clients.groupby(["run_id", "round"])["local_steps"].mean()
+    per_client = clients[EFFECTIVE_SHRINK].astype(float) * clients["local_steps"]
+    per_round = per_client.groupby([clients["run_id"], clients["round"]]).mean()
+    if EFFECTIVE_SHRINK in trained:  # clients without their own shrink: the round's
+        rounds = trained.set_index(["run_id", "round"])[EFFECTIVE_SHRINK].astype(float)
+        per_round = per_round.fillna(rounds.reindex(per_round.index) * steps)
+    total = per_round.groupby(level="run_id").sum(min_count=1)
+    return total.to_frame(TOTAL_SHRINK)
 
 
 def _note_short_runs(runs: Any, trained: Any, final_rounds: int, notes: list[str]) -> None:
@@ -209,6 +303,7 @@ def _summaries(
             _score(points[p], "test_accuracy"),
             len(candidates),
             _score(points[p], "dispersion"),
+            _score(points[p], TOTAL_SHRINK),
         )
         for p in candidates
     ]
@@ -227,16 +322,19 @@ def _pair(
     points: tuple[Point, Point],
     sides: tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]],
     shrinks: tuple[float, float] = (math.nan, math.nan),
+    endpoint: Endpoint | None = None,
 ) -> list[Row]:
     a, b = sides
     seeds = tuple(sorted(set(a) & set(b)))
     rows = []
-    for measure in MEASURES:
+    for measure in MEASURES if endpoint is None else endpoint.measures:
         diffs = [a[s].get(measure, math.nan) - b[s].get(measure, math.nan) for s in seeds]
         interval = t_interval(diffs)  # NaN differences (undefined rounds) dropped
         if interval.n == 0:
             continue  # nobody stored it (decay parts without track-decay) or undefined (NULL)
         used = tuple(s for s, d in zip(seeds, diffs, strict=True) if not math.isnan(d))
+        role = "" if endpoint is None else endpoint.role(measure, modes)
+        tested = role != "descriptive"
         rows.append(
             Row(
                 label,
@@ -246,9 +344,11 @@ def _pair(
                 used,
                 measure,
                 interval,
-                paired_t_pvalue(diffs),
+                paired_t_pvalue(diffs) if tested else math.nan,
                 shrink_a=shrinks[0],
                 shrink_b=shrinks[1],
+                role=role,
+                detectable=detectable_difference(diffs) if tested else math.nan,
             )
         )
     return rows
@@ -274,12 +374,17 @@ def compare(
     match: str = "tuned",
     select_seeds: Collection[int] | None = None,
     report_seeds: Collection[int] | None = None,
+    endpoint: Endpoint | None = None,
 ) -> Report:
     """Every A − B row of the store at `path` for each B of `modes_b` (see the module text).
 
     With `select_seeds`, each mode's tuned point is picked on those seeds only; with
     `report_seeds`, rows (A − B per seed) are scored on those only. Given both, they must not
     overlap: the reported difference is then not inflated by the selection (held-out seeds).
+
+    With an `endpoint`, its family's comparisons replace `mode_a`/`modes_b`, its window
+    replaces `final_rounds` for every measure, and Holm adjusts the primary rows (the family)
+    and the secondary rows (their own family) apart; descriptive rows get no p-value.
     """
     if final_rounds < 1:
         raise ConfigError(
@@ -289,10 +394,15 @@ def compare(
         raise ConfigError(
             f"--match: {match!r} is not allowed; expected one of {', '.join(MATCHES)}"
         )
-    for mode in (mode_a, *modes_b):
+    comparisons = (
+        list(endpoint.comparisons) if endpoint else [(mode_a, b) for b in modes_b if b != mode_a]
+    )
+    for mode in (mode_a, *modes_b, *(m for pair in comparisons for m in pair)):
         decay_mode(mode)
     notes: list[str] = []
-    table, labels, has_validation = _load(Path(path), final_rounds, notes)
+    unreached: list[str] = []
+    window = endpoint.window if endpoint else None
+    table, labels, has_validation = _load(Path(path), final_rounds, notes, window, unreached)
     scored = table
     if select_seeds is not None or report_seeds is not None:
         if select_seeds is not None and report_seeds is not None:
@@ -309,7 +419,19 @@ def compare(
             f"{_seed_text(report_seeds)}"
         )
     on = VAL_ACCURACY if has_validation else "test_accuracy"
-    report = Report(final_rounds, match, "validation" if has_validation else "test", notes=notes)
+    report = Report(
+        final_rounds,
+        match,
+        "validation" if has_validation else "test",
+        notes=notes,
+        endpoint=endpoint,
+        unreached=unreached,
+    )
+    if unreached and window is not None:
+        notes.append(
+            f"{len(unreached)} run(s) never reach train loss ≤ {window.value:g} and are left "
+            f"out of pairs: {'; '.join(unreached)}"
+        )
     if not table:
         notes.append("no run has finished yet: compare again once arms have finished")
     elif not has_validation:
@@ -317,10 +439,12 @@ def compare(
             "no validation accuracy stored (val-fraction 0 or an older store): points are "
             "selected on the test split they are scored on, which is optimistic"
         )
+    modes = list(dict.fromkeys((mode_a, *modes_b))) if endpoint is None else []
+    modes = list(dict.fromkeys((*modes, *(m for pair in comparisons for m in pair))))
     for setting in sorted(table, key=lambda s: labels[s]):
         by_mode, label = table[setting], labels[setting]
         chosen: dict[str, Selection] = {}
-        for mode in dict.fromkeys((mode_a, *modes_b)):
+        for mode in modes:
             if mode not in by_mode:
                 continue
             summaries = _summaries(label, mode, by_mode[mode], on)
@@ -333,23 +457,26 @@ def compare(
                 continue
             chosen[mode] = selection
             report.selections.append(selection)
-        for mode_b in modes_b:
-            if mode_b == mode_a or mode_a not in by_mode or mode_b not in by_mode:
+        for pair in comparisons:
+            if pair[0] not in by_mode or pair[1] not in by_mode:
                 continue
-            modes = (mode_a, mode_b)
             rows_by_mode = scored.get(setting, {})
-            if mode_a not in rows_by_mode or mode_b not in rows_by_mode:
+            if pair[0] not in rows_by_mode or pair[1] not in rows_by_mode:
                 continue
-            if match == "tuned" and mode_a in chosen and mode_b in chosen:
-                pa, pb = chosen[mode_a].point, chosen[mode_b].point
-                sides = (rows_by_mode[mode_a].get(pa, {}), rows_by_mode[mode_b].get(pb, {}))
-                report.rows += _pair(label, "tuned", modes, (pa, pb), sides)
+            if match == "tuned" and pair[0] in chosen and pair[1] in chosen:
+                pa, pb = chosen[pair[0]].point, chosen[pair[1]].point
+                sides = (rows_by_mode[pair[0]].get(pa, {}), rows_by_mode[pair[1]].get(pb, {}))
+                report.rows += _pair(label, "tuned", pair, (pa, pb), sides, endpoint=endpoint)
             elif match == "nominal":
-                report.rows += _nominal(label, modes, rows_by_mode)
+                report.rows += _nominal(label, pair, rows_by_mode, endpoint)
             elif match == "shrink":
-                report.rows += _by_shrink(label, modes, rows_by_mode, notes)
-    adjusted = holm([r.p_value for r in report.rows])
-    report.rows = [_with_holm(r, p) for r, p in zip(report.rows, adjusted, strict=True)]
+                report.rows += _by_shrink(label, pair, rows_by_mode, notes, endpoint)
+    # Holm within each family: every row without an endpoint; else primary and secondary apart.
+    for role in dict.fromkeys(r.role for r in report.rows):
+        members = [i for i, r in enumerate(report.rows) if r.role == role]
+        adjusted = holm([report.rows[i].p_value for i in members])
+        for i, p in zip(members, adjusted, strict=True):
+            report.rows[i] = _with_holm(report.rows[i], p)
     return report
 
 
@@ -398,7 +525,10 @@ def _with_holm(row: Row, p: float) -> Row:
 
 
 def _nominal(
-    label: str, modes: tuple[str, str], by_mode: dict[str, dict[Point, dict[int, Any]]]
+    label: str,
+    modes: tuple[str, str],
+    by_mode: dict[str, dict[Point, dict[int, Any]]],
+    endpoint: Endpoint | None = None,
 ) -> list[Row]:
     """Both modes at the same point (matched η and λ; `none` matches on η alone)."""
     a, b = modes
@@ -407,7 +537,7 @@ def _nominal(
         for pb in _candidates(b, by_mode[b]):
             if _shared(a, b, pa) == _shared(a, b, pb):
                 sides = (by_mode[a][pa], by_mode[b][pb])
-                rows += _pair(label, "nominal", modes, (pa, pb), sides)
+                rows += _pair(label, "nominal", modes, (pa, pb), sides, endpoint=endpoint)
     return rows
 
 
@@ -416,6 +546,7 @@ def _by_shrink(
     modes: tuple[str, str],
     by_mode: dict[str, dict[Point, dict[int, Any]]],
     notes: list[str],
+    endpoint: Endpoint | None = None,
 ) -> list[Row]:
     """Each λ > 0 point of A with the point of B (same other keys) of nearest effective shrink."""
     a, b = modes
@@ -444,7 +575,7 @@ def _by_shrink(
             )
             continue
         sides = (by_mode[a][pa], by_mode[b][pb])
-        rows += _pair(label, "shrink", modes, (pa, pb), sides, (sa, sb))
+        rows += _pair(label, "shrink", modes, (pa, pb), sides, (sa, sb), endpoint)
     return rows
 
 

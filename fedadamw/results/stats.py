@@ -87,3 +87,38 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         out[i] = running
     return out
+
+
+POWER = 0.8  # the power `detectable_difference` solves for
+ALPHA = 0.05  # two-sided
+
+
+def detectable_difference(
+    differences: Iterable[float | None], power: float = POWER, alpha: float = ALPHA
+) -> float:
+    """The smallest |mean difference| a two-sided paired t-test at `alpha` detects with `power`,
+    for as many seeds and the same per-seed SD as `differences` (None/NaN dropped).
+
+    Exact for the paired t-test: the noncentrality δ√n/s at which the noncentral t
+    (scipy.stats.nct, n − 1 degrees of freedom) exceeds ±t_{1−α/2} with probability `power`,
+    solved by root finding. NaN for fewer than two differences or no spread.
+    """
+    x = np.asarray([v for v in differences if v is not None and not math.isnan(v)], dtype=float)
+    if len(x) < 2 or float(x.std(ddof=1)) == 0.0:
+        return math.nan
+    from scipy import optimize, stats  # only here: scipy.stats is slow to import
+
+    n, sd = len(x), float(x.std(ddof=1))
+    df = n - 1
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+
+    def shortfall(nc: float) -> float:
+        # The far tail below −t is tiny for nc > 0; scipy returns NaN where it underflows.
+        lower = float(np.nan_to_num(stats.nct.cdf(-crit, df, nc), nan=0.0))
+        return float(stats.nct.sf(crit, df, nc)) + lower - power
+
+    high = 1.0
+    while shortfall(high) < 0:  # power rises with nc: bracket the root
+        high *= 2
+    nc = float(optimize.brentq(shortfall, 0.0, high, xtol=1e-10))
+    return nc * sd / math.sqrt(n)

@@ -37,6 +37,7 @@ from typing import Any
 
 from fedadamw.config import Config, parse_assignment
 from fedadamw.errors import ConfigError
+from fedadamw.results.endpoint import Endpoint, parse_endpoint
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Experiment:
 
     overrides: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
+    endpoint: Endpoint | None = None  # the [endpoint] table (fedadamw.results.endpoint)
 
 
 def load(path: str | Path) -> Experiment:
@@ -65,6 +67,9 @@ def load(path: str | Path) -> Experiment:
     except OSError as exc:
         raise ConfigError(f"--config {str(p)!r}: cannot be read ({exc.strerror})") from None
     sweep = data.pop("sweep", {})
+    endpoint = None
+    if "endpoint" in data:
+        endpoint = parse_endpoint(data.pop("endpoint"), f"--config {str(p)!r}: [endpoint]")
     # [probe] is read by `fedadamw probe` (fedadamw.run.probe.read_probe_table), not by a run.
     if isinstance(data.get("probe"), dict):
         del data["probe"]
@@ -74,8 +79,8 @@ def load(path: str | Path) -> Experiment:
     if nested:
         raise ConfigError(
             f"--config {str(p)!r}: table [{nested[0]}] is not allowed; "
-            "only [sweep] (and [probe], for fedadamw probe) may be a table, everything else is "
-            "a config key"
+            "only [sweep], [endpoint] and [probe] (fedadamw probe) may be tables, everything "
+            "else is a config key"
         )
     swept: list[str] = []
     for key, values in sweep.items():
@@ -95,7 +100,9 @@ def load(path: str | Path) -> Experiment:
             if k in data or k in swept:
                 raise ConfigError(f"--config {str(p)!r}: {k!r} is both set and swept")
         swept += keys
-    return Experiment(overrides=data, sweep={k: list(v) for k, v in sweep.items()})
+    return Experiment(
+        overrides=data, sweep={k: list(v) for k, v in sweep.items()}, endpoint=endpoint
+    )
 
 
 # The most grid points one experiment may have: each point runs every arm and is one row of
