@@ -35,7 +35,7 @@ from fedadamw.results.summaries import (
     varying_keys,
 )
 from fedadamw.schema import RUNNING
-from fedadamw.viz import views
+from fedadamw.viz import figures, views
 from fedadamw.viz.figures import BANDS, band_note
 from fedadamw.viz.labels import ClientLabels, stored_labels
 from fedadamw.viz.serve import STORE_ENV, stores_from_env
@@ -408,6 +408,38 @@ def _sweep(store: Stores, sel: dict[str, Any]) -> None:
     )
 
 
+def _probes(store: Stores, sel: dict[str, Any]) -> None:
+    """`fedadamw probe`'s statistics against λ at the chosen setting, or how to get them."""
+    st.subheader("Probes: one round re-run from a checkpoint")
+    stats = views.probe_stats(store)
+    if not stats:
+        st.info(views.NO_PROBES + ".")
+        return
+    runs = sel["runs"]
+    probes = views.probed_runs(store, runs)
+    if probes.empty:
+        st.info(
+            "No run of this setting was probed; choose another setting above, or run "
+            "`fedadamw probe DIR` on its checkpoints."
+        )
+        return
+    c1, _ = st.columns([1.5, 3])
+    stat = str(c1.selectbox("Probe statistic", stats, format_func=stat_label, key="probe_stat"))
+    rounds = ", ".join(str(int(r)) for r in sorted(probes["round"].unique()))
+    st.caption(
+        f"{stat_label(stat)} against λ: the same global model (after round {rounds}), the same "
+        "clients and batches, only the optimizer, η and λ varied; one line per mode (colour) "
+        "and checkpoint round (dash), one row of panels per probed arm, one column per η; "
+        f"lines: mean over the probed runs · {figures.probe_band_note(probes, sel['band'])}; "
+        "λ = 0 at its own tick '0'."
+    )
+    _chart(
+        views.probe_figure(store, runs, stat, sel["band"]),
+        "probe",
+        f"The probes of this setting hold no {stat_label(stat)}.",
+    )
+
+
 def _page(paths: Sequence[str], band: str, refresh: str) -> None:
     """Everything drawn from the stores; re-run alone by the auto-refresh timer."""
     if not paths:
@@ -459,6 +491,8 @@ def _page(paths: Sequence[str], band: str, refresh: str) -> None:
         _layers(store, sel)
     with _guard("The sweep view"):
         _sweep(store, sel)
+    with _guard("The probe view"):
+        _probes(store, sel)
 
 
 def _sidebar() -> tuple[list[str], bool, int, str]:

@@ -7,6 +7,7 @@ and picks what to draw; colours, fonts and labels come from `fedadamw.viz.style`
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from plotly.subplots import make_subplots
 
 from fedadamw.results.stats import t_half_width
 from fedadamw.results.summaries import condition_labels
+from fedadamw.schema import PROBE_STATS as PROBE_STATS  # re-exported: the probe view's choices
 from fedadamw.schema import SHRINK_COLUMNS
 from fedadamw.viz.labels import ClientLabels
 from fedadamw.viz.style import (
@@ -826,3 +828,222 @@ def label_distribution(labels: ClientLabels, partition_ids: Sequence[int]) -> go
     fig.update_yaxes(autorange="reversed", title_text="client (dominant label)", type="category")
     fig.update_xaxes(title_text="training examples")
     return fig
+
+
+# -- the probe: one round re-run from a checkpoint under each (mode, η, λ) ---------------------
+# What the probe view can show: `fedadamw probe`'s statistics (`PROBE_STATS`, the default first).
+PROBE_KEYS = ("learning_rate", "mode", "round", "weight_decay")  # one mean per group
+SOURCE = "source"  # optional column: what was probed (the runs' condition), one row of panels each
+
+
+def probe_means(probes: pd.DataFrame, stat: str, band: str = "ci") -> pd.DataFrame:
+    """Mean of `stat` over the probed runs per (source, η, mode, checkpoint round, λ), with a band.
+
+    The band is `band_stats`' (95% Student t over the runs from 3 runs on, their min–max below);
+    a source is what was probed (`SOURCE`, when the frame has that column).
+    """
+    keys = [SOURCE, *PROBE_KEYS] if SOURCE in probes else list(PROBE_KEYS)
+    engine = probe_engine(probes)
+    if engine is not None:  # the engines agree to tolerance: one of them, never both as runs
+        probes = probes[probes["engine"] == engine]
+    if stat not in probes or probes.empty:
+        return pd.DataFrame(columns=[*keys, "mean", "n", "lo", "hi", "band"])
+    return band_stats(probes, keys, stat, band)
+
+
+def probe_engine(probes: pd.DataFrame) -> str | None:
+    """The engine whose probe rows are drawn when several probed the same runs (else None).
+
+    The one with the most rows (ties: by name): the same setting probed by both engines is
+    one measurement made twice, not two runs.
+    """
+    if "engine" not in probes or probes["engine"].nunique() < 2:
+        return None
+    counts = probes["engine"].astype(str).value_counts()
+    return str(min(counts.index, key=lambda e: (-int(counts[e]), e)))
+
+
+def probe_band_note(probes: pd.DataFrame, band: str = "ci") -> str:
+    """What the bands and error bars of `probe_figure` show, for its caption."""
+    engine = probe_engine(probes)
+    if engine is not None:
+        probes = probes[probes["engine"] == engine]
+    keys = [k for k in (SOURCE, *PROBE_KEYS) if k in probes]
+    group = probes[keys].astype(str).agg("|".join, axis=1) if len(probes) else []
+    note = band_note(pd.DataFrame({"condition": group, "seed": probes["run_id"]}), band)
+    note = note.replace("seeds", "runs").replace("one seed per condition", "one run per point")
+    note = note.replace("bands:", "bands (error bars at λ = 0):")
+    return note + (f"; engine {engine} drawn (probed by several)" if engine else "")
+
+
+def zero_position(lambdas: Sequence[float]) -> float:
+    """Where λ = 0 sits on the log λ axis: a decade left of the smallest positive λ."""
+    positive = [v for v in lambdas if v > 0]
+    return min(positive) / 10.0 if positive else 1.0
+
+
+def _lambda_ticks(lambdas: Sequence[float]) -> tuple[list[float], list[str]]:
+    """Tick positions and labels: "0" at `zero_position`, then the probed λ (or decades)."""
+    positive = sorted({float(v) for v in lambdas if v > 0})
+    vals: list[float] = [zero_position(lambdas)] if any(v == 0 for v in lambdas) else []
+    text = ["0"] * len(vals)
+    if len(positive) > 8:  # a fine grid: decades only
+        lo, hi = math.floor(math.log10(positive[0])), math.ceil(math.log10(positive[-1]))
+        positive = [10.0**k for k in range(lo, hi + 1)]
+    vals += positive
+    text += [f"{v:g}" for v in positive]
+    return vals, text
+
+
+def _fmt_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def probe_figure(probes: pd.DataFrame, stat: str, band: str = "ci") -> go.Figure:
+    """`stat` against λ: one line per (mode, checkpoint round), mean and band over the runs.
+
+    λ is on a log axis; λ = 0 is drawn at its own tick "0" a decade left of the smallest λ, as
+    a marker with error bars that no line joins to the rest. One panel per η (columns) and per
+    source (rows, when the frame has a `SOURCE` column with several values). Colour: the mode;
+    dash: the checkpoint round.
+    """
+    agg = probe_means(probes, stat, band)
+    sources = list(dict.fromkeys(agg[SOURCE])) if SOURCE in agg else [""]
+    rates = sorted({float(v) for v in agg["learning_rate"]}) or [math.nan]
+    rounds = sorted({int(v) for v in agg["round"]})
+    modes = sorted({str(m) for m in agg["mode"]}, key=lambda m: (mode_rank(m), m))
+    zero = zero_position([float(v) for v in agg["weight_decay"]])
+    n = len(sources) * len(rates)
+    g = Grid(n, len(rates), len(sources), 340, 110, 56 if n > 1 else 30, 60)
+    titles = [
+        " · ".join(t for t in (src, f"η = {rate:g}" if len(rates) > 1 else "") if t)
+        for src in sources
+        for rate in rates
+    ]
+    fig = _subplots(g, titles, spacing=0.08)
+    shown: set[str] = set()
+    for r, src in enumerate(sources, start=1):
+        for c, rate in enumerate(rates, start=1):
+            panel = agg[agg["learning_rate"] == rate]
+            if SOURCE in agg:
+                panel = panel[panel[SOURCE] == src]
+            for j, (mode, (k, rnd)) in enumerate(itertools.product(modes, enumerate(rounds))):
+                line = panel[(panel["mode"] == mode) & (panel["round"] == rnd)]
+                line = line.sort_values("weight_decay")
+                if line.empty:
+                    continue
+                group = f"{mode} · round {rnd}"
+                s = Series(group, group, mode, mode_color(mode), DASHES[k % len(DASHES)], 0)
+                # The λ = 0 markers of the lines spread over ±0.2 decade, so each bar shows.
+                spread = 10.0 ** (0.4 * (j / max(1, len(modes) * len(rounds) - 1) - 0.5))
+                _probe_line(fig, line, s, zero * spread, stat, r, c, group not in shown)
+                shown.add(group)
+            vals, text = _lambda_ticks([float(v) for v in panel["weight_decay"]])
+            fig.update_xaxes(type="log", tickvals=vals, ticktext=text, row=r, col=c)
+            if r == len(sources):
+                fig.update_xaxes(title_text="weight decay λ", row=r, col=c)
+    if len(titles) == 1:
+        fig.layout.annotations = ()
+    fig.update_yaxes(title_text=stat_label(stat), col=1)
+    style(fig, height=max(g.height, 120 + 20 * len(shown)))
+    # A vertical legend at the side: one entry per mode and round, in that order.
+    fig.update_layout(
+        margin={"t": g.top, "b": g.bottom},
+        legend={"orientation": "v", "x": 1.02, "y": 1, "yanchor": "top"},
+    )
+    return fig
+
+
+def _probe_line(
+    fig: go.Figure,
+    line: pd.DataFrame,
+    s: Series,
+    zero: float,
+    stat: str,
+    row: int,
+    col: int,
+    legend: bool,
+) -> None:
+    """One (mode, round) of a probe panel: λ > 0 as a line with its band, λ = 0 a lone marker."""
+    hover = (
+        f"<b>{s.label}</b><br>λ %{{customdata[4]}}<br>mean %{{y:.4g}}"
+        "<br>%{customdata[3]} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]"
+        "<br>runs %{customdata[2]}<extra></extra>"
+    )
+    decay = line[line["weight_decay"] > 0]
+    if not decay.empty:
+        x = decay["weight_decay"].to_numpy(float)
+        banded = decay[decay["n"] >= 2]
+        if not banded.empty:
+            kinds = set(banded["band"])
+            fig.add_trace(
+                _band(
+                    banded["weight_decay"].to_numpy(float),
+                    banded["lo"].to_numpy(float),
+                    banded["hi"].to_numpy(float),
+                    s,
+                    kinds.pop() if len(kinds) == 1 else "ci",
+                    stat,
+                ),
+                row=row,
+                col=col,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=decay["mean"].to_numpy(float),
+                mode="lines+markers",
+                name=s.label,
+                legendgroup=s.condition,
+                showlegend=legend,
+                line={"color": s.color, "dash": s.dash, "width": 2.2},
+                marker={"size": 6, "color": s.color},
+                customdata=_probe_hover(decay),
+                hovertemplate=hover,
+                meta={"probe": "lambda", "stat": stat},
+            ),
+            row=row,
+            col=col,
+        )
+        legend = False
+    at_zero = line[line["weight_decay"] == 0]
+    if not at_zero.empty:
+        mean = at_zero["mean"].to_numpy(float)
+        several = at_zero["n"].to_numpy() >= 2
+        kinds = set(at_zero.loc[several, "band"])
+        fig.add_trace(
+            go.Scatter(
+                x=np.full(len(at_zero), zero),
+                y=mean,
+                mode="markers",
+                name=s.label,
+                legendgroup=s.condition,
+                showlegend=legend,
+                marker={"size": 8, "color": s.color, "symbol": "diamond"},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": np.where(several, at_zero["hi"].to_numpy(float) - mean, np.nan),
+                    "arrayminus": np.where(several, mean - at_zero["lo"].to_numpy(float), np.nan),
+                    "visible": bool(several.any()),
+                    "color": s.color,
+                    "thickness": 1.4,
+                    "width": 5,
+                },
+                customdata=_probe_hover(at_zero),
+                hovertemplate=hover,
+                meta={
+                    "probe": "zero",
+                    "stat": stat,
+                    "band": kinds.pop() if len(kinds) == 1 else "ci",
+                },
+            ),
+            row=row,
+            col=col,
+        )
+
+
+def _probe_hover(agg: pd.DataFrame) -> np.ndarray:
+    """customdata of probe points: band low, band high, runs, band kind, λ as text."""
+    lam = [_fmt_value(float(v)) for v in agg["weight_decay"]]
+    return np.concatenate([_band_hover(agg, 1.0), np.asarray(lam, dtype=object)[:, None]], axis=1)

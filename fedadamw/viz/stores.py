@@ -140,6 +140,10 @@ class Stores:
         """Client replies that were not aggregated, and why."""
         return self._gather("rejections", run_ids, lambda s, ids: s.rejections(ids))
 
+    def probes(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """`fedadamw probe`'s rows of the given runs: one per (run, round, mode, η, λ)."""
+        return self._gather("probes", run_ids, lambda s, ids: s.probes(ids))
+
     def pairs(self, run_id: str, round: int) -> pd.DataFrame:
         """The pairwise cosines (i < j) of one run and round."""
         split = self._split([run_id])

@@ -63,7 +63,15 @@ STAT_LABELS = {
     "work_fraction": "local work (fraction of epochs)",
     "batch_size": "batch size",
     "decay_norm": "decay-part norm",
+    # `fedadamw probe`'s statistics (one round re-run from a checkpoint under each setting)
+    "shrink_cosine": "cosine of Δᵢ to −w",
+    "shrink_component": "component of Δᵢ along −w/‖w‖",
+    "aggregate_loss_change": "loss change of the FedAvg aggregate",
+    "client_loss_change": "mean loss change of the clients' own updates",
+    "total_shrink": "total shrink ηλτ",
 }
+# Names that only look like a part (`decay_…`): the whole name is the statistic.
+_WHOLE_NAMES = {"decay_share": "decay share ‖Δ_decay‖/‖Δ‖"}
 
 
 # The range each quantity lives in (docs/design.md): bands are clipped to it, so no band shows
@@ -76,6 +84,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
             "mean_cosine_to_aggregate",
             "cosine_to_aggregate",
             "cosine_to_neg_weights",
+            "shrink_cosine",
         ),
         (-1.0, 1.0),
     ),
@@ -106,6 +115,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
             "local_steps",
             "batch_size",
             "seconds",
+            "decay_share",
+            "total_shrink",
         ),
         (0.0, None),
     ),
@@ -117,7 +128,7 @@ def stat_range(column: str) -> tuple[float, float]:
     for prefix in (ROUND_MEAN, FINAL):
         if column.startswith(prefix):
             column = column[len(prefix) :]
-    lo, hi = _RANGES.get(base_stat(column), (None, None))
+    lo, hi = _RANGES.get(column, _RANGES.get(base_stat(column), (None, None)))
     return (-math.inf if lo is None else lo, math.inf if hi is None else hi)
 
 
@@ -155,6 +166,8 @@ def stat_label(column: str) -> str:
         return f"{stat_label(column[len(ROUND_MEAN) :])} (mean over rounds)"
     if column.startswith(FINAL):
         return f"{stat_label(column[len(FINAL) :])} (final round)"
+    if column in _WHOLE_NAMES:
+        return _WHOLE_NAMES[column]
     base = base_stat(column)
     label = STAT_LABELS.get(base, base.replace("_", " "))
     if column.startswith("decay_"):

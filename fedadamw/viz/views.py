@@ -235,6 +235,41 @@ def trajectories_figure(
     return figures.client_trajectories(rows, runs)
 
 
+NO_PROBES = (
+    "no probes in this store: run `fedadamw probe DIR` to re-run one round of every sampled "
+    "client from the kept checkpoints under a grid of (mode, η, λ)"
+)
+
+
+def probe_stats(store: Stores) -> list[str]:
+    """The probe statistics (`figures.PROBE_STATS`) the store holds values of ([]: no probes)."""
+    return store.filled("probes", figures.PROBE_STATS)
+
+
+def probed_runs(store: Stores, runs: pd.DataFrame) -> pd.DataFrame:
+    """The probe rows of `runs`, each with its run's condition label as the source probed."""
+    probes = store.probes(list(runs["run_id"]))
+    labels = condition_labels(runs)
+    source = {r: labels[c] for r, c in zip(runs["run_id"], runs["condition"], strict=True)}
+    return probes.assign(**{figures.SOURCE: [source.get(r, str(r)) for r in probes["run_id"]]})
+
+
+def probe_figure(
+    store: Stores, runs: pd.DataFrame, stat: str, band: str = "ci"
+) -> go.Figure | None:
+    """A probe statistic against λ (`figures.probe_figure`), or None when `runs` have no probes.
+
+    One row of panels per probed condition (the checkpoints of different arms are different
+    global models, so their probes are never averaged together).
+    """
+    if stat not in probe_stats(store):
+        return None
+    probes = probed_runs(store, runs)
+    if stat not in probes or probes[stat].notna().sum() == 0:
+        return None
+    return figures.probe_figure(probes, stat, band)
+
+
 def _fmt(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else "—" if value is None else str(value)
 
@@ -432,7 +467,48 @@ def _experiment_section(
         new, new_notes = _setting_items(store, sub, prefix, group, labels, shown, band)
         items += new
         notes += new_notes
+    probe_items = _probe_items(store, runs, slug, settings, band)
+    if probe_items:
+        items += probe_items
+    else:
+        notes.append(NO_PROBES.replace("this store", f"experiment {experiment}", 1) + ".")
     return Section(experiment, runs, items, list(dict.fromkeys(notes)))
+
+
+# The probe statistics the report and the paper figures show: agreement between clients, how
+# much of the update decay is, and whether the aggregate still lowers the clients' loss.
+REPORT_PROBE_STATS = ("mean_pairwise_cosine", "decay_share", "aggregate_loss_change")
+
+
+def _probe_items(
+    store: Stores, runs: pd.DataFrame, slug: str, settings: dict[str, str], band: str
+) -> list[FigureItem]:
+    """The probe figures of an experiment, setting by setting; [] when nothing was probed."""
+    stats = [s for s in REPORT_PROBE_STATS if s in probe_stats(store)]
+    if not stats:
+        return []
+    items = []
+    for setting, label in settings.items():
+        probes = probed_runs(store, runs[runs["setting"] == setting])
+        prefix = slug if len(settings) == 1 else f"{slug}-{_slug(label)}"
+        group = "Probes" if len(settings) == 1 else f"Probes · {label}"
+        for stat in stats:
+            if stat not in probes or probes[stat].notna().sum() == 0:
+                continue
+            items.append(
+                FigureItem(
+                    f"{prefix}-probe-{_slug(stat)}",
+                    f"Probe: {stat_label(stat)} against λ",
+                    "One round re-run from each kept checkpoint, every sampled client on the "
+                    "same batches, under each (mode, η, λ); one line per mode and checkpoint "
+                    "round (the global model after it), one row of panels per probed arm; "
+                    f"lines: mean over the probed runs, {figures.probe_band_note(probes, band)}; "
+                    "λ = 0 at its own tick '0', left of the smallest λ.",
+                    figures.probe_figure(probes, stat, band),
+                    group=group,
+                )
+            )
+    return items
 
 
 def _setting_items(
