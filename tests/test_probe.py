@@ -256,7 +256,9 @@ def test_a_rerun_skips_stored_rows_and_computes_only_missing_ones(
     pd.testing.assert_frame_equal(after, before)  # recomputed bit for bit, the rest untouched
 
 
-def test_the_probe_table_and_where_select_what_they_say(runs: Path, tmp_path: Path) -> None:
+def test_the_probe_table_and_where_select_what_they_say(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = _copy(runs, tmp_path / "selected")
     exp = tmp_path / "exp.toml"
     exp.write_text(
@@ -266,7 +268,10 @@ def test_the_probe_table_and_where_select_what_they_say(runs: Path, tmp_path: Pa
     load_experiment(exp)  # `fedadamw run` reads the same file and leaves [probe] alone
     # The command line wins over the table: one mode only.
     assert main(["probe", str(out), "--config", str(exp), "--modes", "none"]) == 0
+    printed = capsys.readouterr().out
     rows = _rows(out)
+    # The printed note names what the table is over: as many runs as the store rows hold.
+    assert f"runs: {rows['run_id'].nunique()} (seed=1; seeds all); engine vmap" in printed
     assert set(rows["seed"]) == {1} and set(rows["mode"]) == {"none"}
     assert sorted(rows["weight_decay"]) == [0.0, 0.3] and set(rows["learning_rate"]) == {0.02}
     store = Store(out)

@@ -363,7 +363,8 @@ def probe_command(
             _run_jobs(store, writer, jobs, opts, err)
     finally:
         lock.release()
-    print(render(probe_table(Store(out), run_ids, opts), opts.fmt), file=stream, end="")
+    table = probe_table(Store(out), run_ids, opts)
+    print(render(table, opts.fmt, [selection_note(opts, len(run_ids))]), file=stream, end="")
     return 0
 
 
@@ -448,8 +449,20 @@ def _cell(row: Mapping[str, Any], stat: str) -> str:
     return f"{mean:.4g} ±{(high - low) / 2:.2g}"
 
 
-def render(table: pd.DataFrame, fmt: str) -> str:
-    """The table as aligned text, Markdown or CSV (mean and CI bounds as columns)."""
+def selection_note(opts: ProbeOptions, runs: int) -> str:
+    """What the table is over: the selected runs, the engine, what a round means."""
+    where = ", ".join(f"{k}={v}" for k, v in opts.where) or "every run"
+    seeds = _seed_text(opts.seeds) or "all"
+    return (
+        f"runs: {runs} ({where}; seeds {seeds}); engine {opts.engine}; round r: the run's "
+        f"global model after round r, each client of round r + 1 retrained on its own batches "
+        f"of that round under every setting"
+    )
+
+
+def render(table: pd.DataFrame, fmt: str, notes: Sequence[str] = ()) -> str:
+    """The table as aligned text, Markdown or CSV (mean and CI bounds as columns); `notes`
+    follow the table's own note (not in CSV)."""
     if fmt == "csv":
         return str(table.to_csv(index=False))
     header = ["round", "mode", "η", "λ", "runs", "K", *(SHORT[s] for s in PROBE_STATS)]
@@ -469,10 +482,10 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join([*lines, "", note]) + "\n"
+        return "\n\n".join(["\n".join(lines), note, *notes]) + "\n"
     widths = [max(len(c) for c in col) for col in zip(header, *body, strict=True)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
         for cells in [header, *body]
     ]
-    return "\n".join([*lines, note]) + "\n"
+    return "\n".join([*lines, note, *notes]) + "\n"
