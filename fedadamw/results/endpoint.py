@@ -27,12 +27,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedadamw.errors import ConfigError
+from fedadamw.fileio import read_toml
 from fedadamw.schema import DECAY_MODES
 
 ENDPOINT_FILE = "endpoint.json"  # in the output folder, written by `fedadamw run`
@@ -252,11 +252,7 @@ def read_endpoint(out_dir: Path) -> Endpoint | None:
 def endpoint_from_file(path: str | Path) -> Endpoint:
     """The `[endpoint]` of an experiment file (compare --endpoint: stores run before it)."""
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--endpoint {str(p)!r}: cannot be read as TOML ({exc})") from None
+    data = read_toml(p, "--endpoint")
     if "endpoint" not in data:
         raise ConfigError(f"--endpoint {str(p)!r}: has no [endpoint] table")
     return parse_endpoint(data["endpoint"], f"--endpoint {str(p)!r}: [endpoint]")

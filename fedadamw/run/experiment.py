@@ -29,7 +29,6 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 from fedadamw.config import Config, parse_assignment
 from fedadamw.errors import ConfigError
+from fedadamw.fileio import read_toml
 from fedadamw.results.endpoint import Endpoint, parse_endpoint
 
 
@@ -52,20 +52,7 @@ class Experiment:
 def load(path: str | Path) -> Experiment:
     """Read an experiment file, or raise ConfigError with one line saying what is wrong."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config {str(p)!r}: no such file")
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config {str(p)!r}: not valid TOML ({exc})") from None
-    except UnicodeDecodeError as exc:  # TOML is UTF-8: binary or another encoding
-        raise ConfigError(
-            f"--config {str(p)!r}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
-            "an experiment file is UTF-8 TOML"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"--config {str(p)!r}: cannot be read ({exc.strerror})") from None
+    data = read_toml(p)
     sweep = data.pop("sweep", {})
     endpoint = None
     if "endpoint" in data:

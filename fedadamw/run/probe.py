@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import pandas as pd
 
 from fedadamw.config import Config, parse_assignment
 from fedadamw.errors import ConfigError
+from fedadamw.fileio import read_toml
 from fedadamw.results.compare import parse_seeds
 from fedadamw.results.lock import FolderInUseError, WriterLock
 from fedadamw.results.reader import Store
@@ -70,15 +70,7 @@ class ProbeOptions:
 def read_probe_table(path: str | Path) -> dict[str, Any]:
     """An experiment file's ``[probe]`` table ({} without one); unknown keys refused."""
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {str(p)!r}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {str(p)!r}: not valid TOML ({exc})") from None
-    except OSError as exc:
-        raise ConfigError(f"--config {str(p)!r}: cannot be read ({exc.strerror})") from None
+    data = read_toml(p)
     table = data.get("probe", {})
     if not isinstance(table, dict):
         raise ConfigError(f"--config {str(p)!r}: 'probe' must be a table ([probe])")
