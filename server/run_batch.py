@@ -211,25 +211,24 @@ class RunBatch(Generic[T]):
 
     def push(self, index: int, messages: list[Message]) -> list[str]:
         """A member's train messages: wait until the driver has answered them, then return."""
-        with self._cond:
-            if self._abort:
-                raise RunInterruptedError("stop requested")
-            self._pending[index] = messages
-            self._turn = None
-            self._cond.notify_all()
-        self._wait_turn(index)
+        self._hand_in(self._pending, index, messages)
         return self._ids.pop(index)
 
     def evaluate(self, index: int, request: _Evaluation) -> list[tuple[float, float]]:
         """A member's evaluation: wait until the driver has scored it with the others."""
+        self._hand_in(self._evals, index, request)
+        return self._scores.pop(index)
+
+    def _hand_in(self, queue: dict[int, Any], index: int, item: Any) -> None:
+        """Queue member `index`'s request for the driver's next `_serve`, yield the turn, and
+        wait until the driver gives it back (RunInterruptedError if the batch stops)."""
         with self._cond:
             if self._abort:
                 raise RunInterruptedError("stop requested")
-            self._evals[index] = request
+            queue[index] = item
             self._turn = None
             self._cond.notify_all()
         self._wait_turn(index)
-        return self._scores.pop(index)
 
     def _wait_turn(self, index: int) -> None:
         with self._cond:
