@@ -111,30 +111,20 @@ def test_mean_pairwise_cosine_is_the_numpy_mean_of_the_stored_column_over_the_wi
     _store(tmp_path / "r.db", runs)
     for text, last in (("last-20%", 2), ("last-3", 3), ("all", ROUNDS), ("last-25%", 3)):
         report = compare(tmp_path / "r.db", endpoint=Endpoint(window=parse_window(text)))
-        row = next(
-            r
-            for r in report.rows
-            if r.measure == "mean_pairwise_cosine" and (r.mode_a, r.mode_b) == ("coupled", "none")
-        )
-        want = [
-            np.mean(runs[("coupled", 1e-4, s)]["mean_pairwise_cosine"][-last:])
-            - np.mean(runs[("none", 0.0, s)]["mean_pairwise_cosine"][-last:])
-            for s in range(5)
-        ]
-        assert row.difference.mean == pytest.approx(np.mean(want), rel=1e-12), text
-        assert row.p_value == pytest.approx(stats.ttest_1samp(want, 0.0).pvalue, rel=1e-9)
         # One window for every measure, accuracy included.
-        acc = next(
-            r
-            for r in report.rows
-            if r.measure == "test_accuracy" and (r.mode_a, r.mode_b) == ("coupled", "none")
-        )
-        acc_want = [
-            np.mean(runs[("coupled", 1e-4, s)]["test_accuracy"][-last:])
-            - np.mean(runs[("none", 0.0, s)]["test_accuracy"][-last:])
-            for s in range(5)
-        ]
-        assert acc.difference.mean == pytest.approx(np.mean(acc_want), rel=1e-12), text
+        for measure in ("mean_pairwise_cosine", "test_accuracy"):
+            row = next(
+                r
+                for r in report.rows
+                if r.measure == measure and (r.mode_a, r.mode_b) == ("coupled", "none")
+            )
+            want = [
+                np.mean(runs[("coupled", 1e-4, s)][measure][-last:])
+                - np.mean(runs[("none", 0.0, s)][measure][-last:])
+                for s in range(5)
+            ]
+            assert row.difference.mean == pytest.approx(np.mean(want), rel=1e-12), (text, measure)
+            assert row.p_value == pytest.approx(stats.ttest_1samp(want, 0.0).pvalue, rel=1e-9)
 
 
 def test_matched_loss_reads_the_first_round_at_or_below_and_reports_runs_that_never_reach(
